@@ -1,0 +1,1 @@
+"""The Gradio web UI for visual search."""

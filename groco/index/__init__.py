@@ -1,0 +1,1 @@
+"""Embedding a collection into a FAISS index with SQLite metadata, and searching it."""

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: differentiable sorting networks, losses, models, trainer."""
