@@ -1,0 +1,82 @@
+"""The run directory: what `groco train` writes and `groco export` / `--resume` read.
+
+    RUN/config.yaml          the full training configuration (``TrainConfig`` as a dict)
+    RUN/last.safetensors     model weights (``backbone.*``, ``projector.*``, method heads)
+    RUN/last.state.safetensors  optimiser tensors and RNG states, for ``--resume``
+    RUN/last.json            epoch, step, optimiser hyper-parameters, loss history
+    RUN/metrics.csv          one row per epoch
+
+Every file is written atomically; ``last.json`` is written last, so a checkpoint is
+complete exactly when ``last.json`` names its epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from groco.fileio import atomic_path, atomic_write_text
+
+CONFIG = "config.yaml"
+WEIGHTS = "last.safetensors"
+STATE_TENSORS = "last.state.safetensors"
+STATE = "last.json"
+
+
+class RunError(ValueError):
+    """A run directory that is missing, incomplete or unreadable."""
+
+
+def save_config(run_dir: Path, config: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False))
+
+
+def load_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a groco run directory (no {CONFIG})")
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict):
+        raise RunError(f"{path}: not a mapping")
+    return config
+
+
+def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_path(run_dir / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_weights(run_dir: str | Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """The run's weights; with ``prefix`` (e.g. ``"backbone."``) only those, prefix removed."""
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no checkpoint ({WEIGHTS}); has `groco train` finished "
+                       "an epoch?")
+    try:
+        weights = load_file(str(path))
+    except Exception as error:  # safetensors raises several types for a corrupt file
+        raise RunError(f"{path}: unreadable checkpoint ({error})") from error
+    if prefix is None:
+        return weights
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    with atomic_path(run_dir / STATE_TENSORS) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    atomic_write_text(run_dir / STATE, json.dumps(state, indent=1))
+
+
+def load_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The resume state, or None when the run has no complete checkpoint yet."""
+    if not (run_dir / STATE).is_file():
+        return None
+    state = json.loads((run_dir / STATE).read_text())
+    return load_file(str(run_dir / STATE_TENSORS)), state
