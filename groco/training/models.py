@@ -1,0 +1,326 @@
+"""Networks for self-supervised training: a timm backbone, the GroCo projector, and their pair.
+
+- ``build_backbone``: any ``timm.create_model`` name (CNN or ViT) with ``num_classes=0``, so
+  ``forward(x)`` returns pooled features ``(B, num_features)``. Never downloads weights; a
+  local weights file may be given. For small images a CNN gets the small-image stem.
+- ``Projector``: the projection head of the released GroCo code.
+- ``SSLModel``: ``backbone`` + ``projector``; its state dict holds ``backbone.*`` and
+  ``projector.*`` keys, which is what the ONNX exporter reads back (it rebuilds the backbone
+  with ``build_backbone(cfg["backbone"], cfg["image_size"], cfg["small_stem"])``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.layers import PatchEmbed
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+SMALL_STEM_MAX_SIZE = 64
+"""Auto mode (``small_stem=None``) gives CNNs the small-image stem at or below this size."""
+
+# Stem pooling layer (replaced by Identity) per timm model class that has one; classes listed
+# here or in _STRIDED_STEM_ONLY are the ones whose stem ``_apply_small_stem`` knows.
+_STEM_POOL = {"ResNet": "maxpool", "DenseNet": "features.pool0"}
+# Families whose stem is a single strided 3x3 conv and no pooling layer.
+_STRIDED_STEM_ONLY = {"EfficientNet", "MobileNetV3", "GhostNet", "RegNet"}
+_STATE_PREFIXES = ("module.", "_orig_mod.")
+
+
+def is_vit(model: nn.Module) -> bool:
+    """True for patch-embedding models (ViT, DeiT, Swin, MLP-Mixer, ...), False for CNNs."""
+    return hasattr(model, "patch_embed") or any(isinstance(m, PatchEmbed) for m in model.modules())
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Width of ``model(x)`` for a timm model built with ``num_classes=0``.
+
+    timm's ``head_hidden_size`` (the pre-logits width) where the head has layers of its own
+    (MobileNetV3's 1x1 conv head, VGG's MLP), else ``num_features``.
+    """
+    dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    if dim is None:
+        raise ValueError(f"{type(model).__name__} has no num_features: not a timm backbone?")
+    return int(dim)
+
+
+def _unknown_model_error(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Close names: {', '.join(close)}." if close else ""
+    return ValueError(
+        f"unknown timm model {name!r}.{hint} List names with "
+        f"`python -c \"import timm; print(timm.list_models('*resnet*'))\"` "
+        "(timm.list_models accepts a wildcard filter)."
+    )
+
+
+def _create(name: str, image_size: int) -> nn.Module:
+    """``timm.create_model`` without weights, passing ``img_size`` where the model takes it."""
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    try:
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+    return timm.create_model(name, **kwargs)
+
+
+def _small_conv(conv: nn.Module, where: str) -> nn.Conv2d:
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"small_stem: expected a Conv2d at {where!r}, found {type(conv).__name__}")
+    return nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        bias=conv.bias is not None,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+
+
+def _apply_small_stem(model: nn.Module) -> bool:
+    """Swap the stem for the small-image one; False when the model's stem is not recognised.
+
+    The first conv (timm's ``pretrained_cfg["first_conv"]``; the first conv of a deep stem,
+    e.g. ResNet-D's ``conv1.0``) becomes a 3x3 stride-1 conv with padding 1 and the same
+    channels and bias; the stem pooling layer (ResNet ``maxpool``, DenseNet ``pool0``), if
+    any, becomes ``Identity``. This is the CIFAR-style stem of SimCLR (Chen et al., 2020,
+    appendix B.9) and solo-learn: at 32 px a ResNet then ends on a 4x4 map instead of 1x1.
+    """
+    family = type(model).__name__
+    if family not in _STEM_POOL and family not in _STRIDED_STEM_ONLY:
+        return False
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if not isinstance(first_conv, str):
+        return False
+    model.set_submodule(first_conv, _small_conv(model.get_submodule(first_conv), first_conv))
+    if family in _STEM_POOL:
+        model.set_submodule(_STEM_POOL[family], nn.Identity())
+    return True
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
+    """The tensors of a checkpoint, descending into ``state_dict``/``model`` entries."""
+    while isinstance(obj, Mapping):
+        inner = next(
+            (obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict, found {type(obj).__name__}")
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise ValueError("the file holds no tensors")
+    return state
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error type for bad files
+            raise ValueError(f"cannot read {path} as safetensors: {err}") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several error types for non-checkpoints
+        raise ValueError(f"cannot read {path} as a torch state dict: {err}") from err
+    return _unwrap_state_dict(obj)
+
+
+def _backbone_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strip DDP/compile prefixes; keep only ``backbone.*`` keys (without it) when present."""
+    clean = {}
+    for key, value in state.items():
+        for prefix in _STATE_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        clean[key] = value
+    if any(k.startswith("backbone.") for k in clean):
+        clean = {k[len("backbone.") :]: v for k, v in clean.items() if k.startswith("backbone.")}
+    return clean
+
+
+def load_backbone_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a local weights file into a timm backbone, strictly; never downloads.
+
+    Accepts ``.safetensors`` or a torch ``.pt``/``.pth`` state dict, possibly nested under
+    ``state_dict``/``model``, possibly with ``module.``/``backbone.`` prefixes (so an
+    ``SSLModel`` checkpoint works; its ``projector.*`` keys are ignored). Keys of the
+    classifier head (timm's ``pretrained_cfg["classifier"]``) are dropped since the backbone
+    has none. Every other key must match the backbone in name and shape, else ``ValueError``.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = _backbone_keys(_read_weights(path))
+    own = model.state_dict()
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    state = {
+        k: v
+        for k, v in state.items()
+        if k in own or not any(k == h or k.startswith(h + ".") for h in heads)
+    }
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        problems = [
+            f"{label}: {few(items)}"
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches (file vs model)", wrong_shape),
+            )
+            if items
+        ]
+        raise ValueError(
+            f"weights file {path} does not fit this backbone ({'; '.join(problems)}). "
+            "It must come from the same timm model with the same image_size and small_stem."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def build_backbone(
+    name: str,
+    image_size: int,
+    small_stem: bool | None = None,
+    weights: str | Path | None = None,
+) -> tuple[nn.Module, int]:
+    """A timm backbone returning pooled features ``(B, D)``, and ``D`` (see ``feature_dim``).
+
+    ``timm.create_model(name, pretrained=False, num_classes=0)``, with ``img_size=image_size``
+    for models whose constructor takes it (ViTs and others).
+
+    ``small_stem``: ``None`` = auto, on for CNNs at ``image_size <= 64`` (left off, with a
+    logged warning, where the stem is not recognised); ``True`` forces it and raises
+    ``ValueError`` for a ViT or an unrecognised CNN stem; recognised: the ResNet family
+    (deep stems included), DenseNet, EfficientNet, MobileNetV3, GhostNet, RegNet.
+    ``weights``: a local file, see ``load_backbone_weights``.
+    """
+    if not timm.is_model(name):
+        raise _unknown_model_error(name)
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    model = _create(name, image_size)
+    vit = is_vit(model)
+    if small_stem and vit:
+        raise ValueError(
+            f"small_stem applies to CNNs; {name!r} is a patch-embedding model "
+            "(pick a smaller patch size, e.g. a *_patch8_* model, for small images)"
+        )
+    want = (not vit and image_size <= SMALL_STEM_MAX_SIZE) if small_stem is None else small_stem
+    if want and not _apply_small_stem(model):
+        if small_stem:
+            raise ValueError(
+                f"small_stem=True: don't know the stem of {name!r} ({type(model).__name__}); "
+                f"supported families: {', '.join(sorted({*_STEM_POOL, *_STRIDED_STEM_ONLY}))}. "
+                "Use small_stem=False or a larger image_size."
+            )
+        log.warning("%s: stem not recognised, keeping the ImageNet stem at %d px", name, image_size)
+    if weights is not None:
+        load_backbone_weights(model, weights)
+    return model, feature_dim(model)
+
+
+class Projector(nn.Sequential):
+    """GroCo projection head: ``[Linear(no bias)-BN-ReLU] x (num_layers-1) -> Linear -> BN``.
+
+    The last BatchNorm1d has ``affine=False``. Released GroCo code
+    (ninatu/learning_by_sorting, ``models/projection/regular_projection.py``), 3 layers of 2048
+    for ResNet-50. There the last Linear has a frozen bias, which the following BatchNorm
+    subtracts again; here it simply has none (same function, one fewer tensor).
+    ``forward``: ``(B, in_dim) -> (B, out_dim)``.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 2048, num_layers: int = 3
+    ) -> None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers += [
+                nn.Linear(dim, hidden_dim, bias=False),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+            ]
+            dim = hidden_dim
+        layers += [nn.Linear(dim, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False)]
+        super().__init__(*layers)
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+
+class SSLModel(nn.Module):
+    """``backbone`` + ``projector``; ``forward(x) -> (features (B, D), projection (B, P))``.
+
+    ``features`` are the pooled backbone features (what search embeds); ``projection`` is what
+    the self-supervised loss sees. Works with channels-last inputs and weights
+    (``model.to(memory_format=torch.channels_last)``): nothing here reshapes feature maps.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+        self.feature_dim = feature_dim(backbone)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.backbone(x)
+        return features, self.projector(features)
+
+
+def _get(config: Any, key: str, default: Any = ...) -> Any:
+    if isinstance(config, Mapping):
+        value = config.get(key, default)
+    else:
+        value = getattr(config, key, default)
+    if value is ...:
+        raise KeyError(f"model config needs {key!r}")
+    return value
+
+
+def build_model(config: Any) -> SSLModel:
+    """``SSLModel`` from a config mapping (or attribute object).
+
+    Keys: ``backbone``, ``image_size`` (required); ``small_stem`` (None = auto),
+    ``projector_hidden`` (2048), ``projector_dim`` (2048), ``projector_layers`` (3),
+    ``weights`` (None) - see ``build_backbone`` and ``Projector``.
+    """
+    backbone, dim = build_backbone(
+        _get(config, "backbone"),
+        int(_get(config, "image_size")),
+        _get(config, "small_stem", None),
+        _get(config, "weights", None),
+    )
+    projector = Projector(
+        dim,
+        hidden_dim=int(_get(config, "projector_hidden", 2048)),
+        out_dim=int(_get(config, "projector_dim", 2048)),
+        num_layers=int(_get(config, "projector_layers", 3)),
+    )
+    return SSLModel(backbone, projector)
