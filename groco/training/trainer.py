@@ -1,0 +1,365 @@
+"""`groco train`: one readable loop from an image folder to a run directory.
+
+decode on CPU workers (uint8) → augment on the device (``MultiViewAugment``) → backbone +
+projector on all views at once → loss → step; per step LR (warm-up + cosine); per epoch
+a k-NN monitor (when the folder has labels), ``metrics.csv``, TensorBoard and an atomic
+checkpoint. Under ``torchrun`` each process trains on its shard with DDP and the losses
+gather negatives from every rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from groco.knn import knn_accuracy
+from groco.training import checkpoint
+from groco.training.augment import MultiViewAugment, normalize_batch
+from groco.training.config import TrainConfig
+from groco.training.data import ImageFolderDataset, make_loader
+from groco.training.distributed import is_distributed, rank, world_size
+from groco.training.losses import GroCoLoss, SimCLRLoss
+from groco.training.models import SSLModel, build_model, is_vit
+from groco.training.optim import build_optimizer, learning_rate
+
+log = logging.getLogger("groco.train")
+
+METRICS = "metrics.csv"
+METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "broken", "knn_top1", "seconds"]
+
+
+class TrainError(ValueError):
+    """A run that cannot start: bad data, bad settings, an existing run without --resume."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    steps: int
+    final_loss: float
+    knn_top1: float | None
+    images_per_s: float
+    broken: int
+
+
+def build_loss(config: TrainConfig) -> nn.Module:
+    if config.method == "groco":
+        return GroCoLoss(config.topk_neg, config.steepness, config.network, config.relaxation,
+                         config.stop_grad)
+    if config.method == "simclr":
+        return SimCLRLoss(config.temperature)
+    raise TrainError(f"unknown method {config.method!r}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError("--device cuda: no CUDA device is available")
+        if is_distributed():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def _init_distributed(device_name: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+class Trainer:
+    """Holds a run's pieces; ``fit()`` trains to ``config.epochs`` and returns the result."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True):
+        _init_distributed(config.device)
+        self.run_dir = Path(config.out)
+        saved = self.run_dir / checkpoint.CONFIG
+        if resume and saved.is_file():
+            config = TrainConfig.from_dict(checkpoint.load_config(self.run_dir))
+        elif not resume and (self.run_dir / checkpoint.STATE).is_file():
+            raise TrainError(f"{self.run_dir} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+        self.config = config = config.resolved()
+        self.device = pick_device(config.device)
+        self.show_progress = show_progress and rank() == 0
+        torch.manual_seed(config.seed)  # same initial weights on every rank
+
+        self.dataset = ImageFolderDataset(config.data, config.base_size)
+        global_batch = config.batch_size * world_size()
+        if len(self.dataset) < global_batch:
+            raise TrainError(f"{config.data}: {len(self.dataset)} images, fewer than one batch "
+                             f"of {global_batch}; lower --batch-size")
+        self.sampler = DistributedSampler(self.dataset, num_replicas=world_size(), rank=rank(),
+                                          shuffle=True, seed=config.seed, drop_last=True)
+        self.loader = make_loader(self.dataset, config.batch_size, config.workers, shuffle=False,
+                                  seed=config.seed, drop_last=True, sampler=self.sampler)
+        self.steps_per_epoch = len(self.loader)
+        if config.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
+
+        model = build_model(config)
+        self.channels_last = not is_vit(model.backbone)
+        if self.device.type == "cuda" and is_distributed():
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model: SSLModel = model
+        self.ddp = (nn.parallel.DistributedDataParallel(model) if is_distributed() else None)
+        self.loss_fn = build_loss(config).to(self.device)
+        self.augment = MultiViewAugment(config.image_size, config.views, config.mean, config.std)
+        self.peak_lr = config.lr * global_batch / 256
+        self.optimizer = build_optimizer(config.optimizer, model, self.peak_lr,
+                                         config.weight_decay, config.momentum)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        self.epoch = self.step = 0
+        if resume:
+            self._restore()
+
+    # ----------------------------------------------------------------------------- state
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        opt = self.optimizer.state_dict()
+        for index, values in opt["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{index}.{key}"] = value
+        return tensors
+
+    def _save(self, metrics: dict) -> None:
+        """Metrics row first, then weights and state; ``last.json`` marks it complete."""
+        self._append_metrics(metrics)
+        checkpoint.save_config(self.run_dir, self.config.to_dict())
+        checkpoint.save_weights(self.run_dir, self.model.state_dict(),
+                                {"epoch": str(self.epoch), "method": self.config.method})
+        opt = self.optimizer.state_dict()
+        scalars = {str(i): {k: v for k, v in s.items() if not torch.is_tensor(v)}
+                   for i, s in opt["state"].items()}
+        state = {"epoch": self.epoch, "step": self.step, "rank_count": world_size(),
+                 "param_groups": opt["param_groups"], "optimizer_scalars": scalars}
+        checkpoint.save_state(self.run_dir, self._state_tensors(), state)
+
+    def _restore(self) -> None:
+        loaded = checkpoint.load_state(self.run_dir)
+        if loaded is None:
+            return
+        tensors, state = loaded
+        if state.get("rank_count", 1) != world_size():
+            raise TrainError(f"{self.run_dir} was trained with {state['rank_count']} processes; "
+                             f"resume it with the same number (now {world_size()})")
+        weights = checkpoint.load_weights(self.run_dir)
+        self.model.load_state_dict(weights)
+        opt_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                opt_state.setdefault(int(index), {})[name] = value.to(self.device)
+        for index, scalars in state["optimizer_scalars"].items():
+            opt_state.setdefault(int(index), {}).update(scalars)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.epoch, self.step = state["epoch"], state["step"]
+        self._truncate_metrics(self.epoch)
+        log.info("resumed %s at epoch %d (step %d)", self.run_dir, self.epoch, self.step)
+
+    def _append_metrics(self, row: dict) -> None:
+        path = self.run_dir / METRICS
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _truncate_metrics(self, epochs: int) -> None:
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    # ------------------------------------------------------------------------- training
+    def _views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        views = self.augment(images.to(self.device, non_blocking=True))
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def train_step(self, images: torch.Tensor) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.total_steps, self.warmup_steps,
+                                        self.peak_lr)
+        views = self._views(images)
+        network = self.ddp or self.model
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            _, projections = network(torch.cat(views))
+        loss = self.loss_fn(list(projections.float().chunk(len(views))))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; "
+                                     "lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def _equal_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Under DDP, trim to the smallest batch of all ranks (broken files are skipped)."""
+        if not is_distributed():
+            return images
+        size = torch.tensor([images.shape[0]], device=self.device)
+        dist.all_reduce(size, op=dist.ReduceOp.MIN)
+        return images[: int(size)]
+
+    def train_epoch(self) -> tuple[float, float, int]:
+        """(mean loss, images/s, broken files skipped) of one epoch.
+
+        The data order and the augmentations of epoch ``e`` depend on (seed, rank, e) only,
+        so a run resumed from the checkpoint of epoch ``e`` repeats an uninterrupted one.
+        """
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        torch.manual_seed(self.config.seed * 1_000_003 + rank() * 10_007 + self.epoch)
+        global_batch = self.config.batch_size * world_size()
+        progress = tqdm(total=self.steps_per_epoch * global_batch, unit="img",
+                        desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                        disable=not self.show_progress, dynamic_ncols=True, mininterval=1.0)
+        min_batch = self.config.topk_neg + 1 if self.config.method == "groco" else 2
+        losses, images_seen, broken, started = [], 0, 0, time.perf_counter()
+        for index, (images, _, _, n_broken) in enumerate(self.loader):
+            if index >= self.steps_per_epoch:
+                break
+            broken += n_broken
+            images = self._equal_batch(images)
+            if images.shape[0] * world_size() < min_batch:
+                continue
+            losses.append(self.train_step(images))
+            images_seen += images.shape[0] * world_size()
+            progress.update(images.shape[0] * world_size())
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", broken=broken, refresh=False)
+        progress.close()
+        if not losses:
+            raise TrainError(f"{self.config.data}: no readable image in an epoch "
+                             f"({broken} unreadable files skipped)")
+        seconds = time.perf_counter() - started
+        return float(np.mean(losses)), images_seen / seconds, broken
+
+    # ----------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def embed_folder(self, root: str, files=None) -> tuple[np.ndarray, list[str | None]]:
+        """L2-normalised backbone features and class names of un-augmented images."""
+        dataset = ImageFolderDataset(root, self.config.image_size, files=files)
+        loader = make_loader(dataset, 256, self.config.workers, shuffle=False,
+                             seed=0, drop_last=False)
+        self.model.eval()
+        features, labels = [], []
+        for images, targets, _, _ in loader:
+            if images.shape[0] == 0:
+                continue
+            batch = normalize_batch(images.to(self.device), self.config.mean, self.config.std)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                enabled=self.autocast_dtype is not None):
+                out = self.model.backbone(batch).float()
+            features.append(nn.functional.normalize(out, dim=1).cpu().numpy())
+            labels += [dataset.classes[t] if t >= 0 else None for t in targets.tolist()]
+        return np.concatenate(features), labels
+
+    def knn_monitor(self) -> float | None:
+        """Weighted k-NN top-1 (k, T from the config) on backbone features, or None
+        without labels. Queries: ``eval_data`` when given, else leave-one-out on the bank."""
+        labelled = [f for f, t in zip(self.dataset.files, self.dataset.targets, strict=True)
+                    if t >= 0]
+        if not labelled:
+            return None
+        bank, bank_names = self.embed_folder(self.config.data, labelled)
+        index = {name: i for i, name in enumerate(self.dataset.classes)}
+        bank_labels = np.array([index[name] for name in bank_names])
+        settings = {"k": self.config.knn_k, "temperature": self.config.knn_temperature,
+                    "num_classes": len(index)}
+        if not self.config.eval_data:
+            return knn_accuracy(bank, bank_labels, bank, bank_labels, exclude_self=True,
+                                **settings)
+        queries, query_names = self.embed_folder(self.config.eval_data)
+        keep = np.array([name in index for name in query_names])
+        if not keep.any():
+            return None
+        query_labels = np.array([index[n] for n in query_names if n in index])
+        return knn_accuracy(bank, bank_labels, queries[keep], query_labels, **settings)
+
+    # ------------------------------------------------------------------------------ fit
+    def fit(self) -> TrainResult:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if rank() == 0:
+            checkpoint.save_config(self.run_dir, config.to_dict())
+        writer = _tensorboard(self.run_dir) if rank() == 0 else None
+        loss = math.nan
+        knn = None
+        speed, broken_total = 0.0, 0
+        while self.epoch < config.epochs:
+            started = time.perf_counter()
+            loss, speed, broken = self.train_epoch()
+            broken_total += broken
+            self.epoch += 1
+            evaluate = config.eval_every > 0 and (self.epoch % config.eval_every == 0
+                                                  or self.epoch == config.epochs)
+            knn = self.knn_monitor() if evaluate and rank() == 0 else None
+            row = {"epoch": self.epoch, "step": self.step, "loss": f"{loss:.6f}",
+                   "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
+                   "images_per_s": f"{speed:.1f}", "broken": broken,
+                   "knn_top1": "" if knn is None else f"{knn:.4f}",
+                   "seconds": f"{time.perf_counter() - started:.1f}"}
+            if rank() == 0:
+                self._save(row)
+                log.info("epoch %d/%d: loss %.4f, %.1f img/s%s%s", self.epoch, config.epochs,
+                         loss, speed, "" if knn is None else f", k-NN top-1 {knn:.4f}",
+                         f", {broken} unreadable files skipped" if broken else "")
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss, self.epoch)
+                    writer.add_scalar("train/images_per_s", speed, self.epoch)
+                    if knn is not None:
+                        writer.add_scalar("eval/knn_top1", knn, self.epoch)
+                    writer.flush()
+            if is_distributed():
+                dist.barrier()
+        if writer is not None:
+            writer.close()
+        return TrainResult(self.run_dir, self.epoch, self.step, loss, knn, speed, broken_total)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but logging must never stop training
+        log.warning("tensorboard is not installed; writing metrics.csv only")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def train(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Train ``config`` (continuing a run in ``config.out`` when ``resume``)."""
+    return Trainer(config, resume=resume, show_progress=show_progress).fit()

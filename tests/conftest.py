@@ -1,0 +1,31 @@
+"""Shared fixtures: small generated image collections."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def make_collection(root: Path, classes: int = 3, per_class: int = 8, size: int = 24,
+                    seed: int = 0, broken: int = 0) -> Path:
+    """``classes`` subfolders of coloured noise images (one hue per class), plus ``broken``
+    unreadable files in the first class."""
+    rng = np.random.default_rng(seed)
+    hues = np.array([[220, 30, 30], [30, 200, 40], [40, 60, 230], [200, 200, 40],
+                     [180, 40, 200], [40, 200, 200]])
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 35, (size, size, 3))
+            pixels = np.clip(hues[c % len(hues)] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
+    for i in range(broken):
+        (root / "class0" / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Path:
+    return make_collection(tmp_path / "images", broken=2)

@@ -1,0 +1,133 @@
+"""`groco train` end to end on generated folders: CNN and ViT, broken files, resume after
+a kill, torchrun with two CPU processes, clear errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from groco.cli import app
+from groco.training.config import TrainConfig
+from groco.training.trainer import Trainer, TrainError
+
+FAST = ["--image-size", "16", "--batch-size", "8", "--topk-neg", "4", "--workers", "0",
+        "--projector-dim", "32", "--projector-hidden", "32", "--lr", "0.5"]
+
+
+def _groco(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "groco.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "vit_tiny_patch16_224"])
+def test_train_cli_on_a_folder_with_broken_files(collection, tmp_path, backbone):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(collection), "--out", str(run), "--backbone",
+                                      backbone, "--epochs", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 3  # header + one row per epoch
+    weights = load_file(str(run / "last.safetensors"))
+    assert any(k.startswith("backbone.") for k in weights)
+    assert any(k.startswith("projector.") for k in weights)
+    knn = [float(row.split(",")[6]) for row in metrics[1:]]
+    assert all(0.0 <= v <= 1.0 for v in knn)
+
+
+def test_broken_files_are_skipped_and_counted(tmp_path):
+    from tests.conftest import make_collection
+
+    data = make_collection(tmp_path / "images", classes=2, per_class=6, broken=4)
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), image_size=16,
+                         batch_size=16, topk_neg=4, workers=0, projector_dim=32,
+                         projector_hidden=32, epochs=1, eval_every=0)
+    trainer = Trainer(config, show_progress=False)
+    _, _, broken = trainer.train_epoch()
+    assert broken == 4  # 16 files, one batch of 16: every broken file is in it
+
+
+def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(collection,
+                                                                            tmp_path):
+    args = ["train", str(collection), "--epochs", "4", "--eval-every", "0", *FAST]
+    straight = tmp_path / "straight"
+    assert _groco(*args, "--out", str(straight)).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "groco.cli", *args, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "last.json").exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "last.json").exists(), "the first epoch never finished"
+    assert (killed / "last.json").read_text().count('"epoch": 4') == 0, "killed too late"
+
+    resumed = _groco(*args, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(straight / "last.safetensors"))
+    b = load_file(str(killed / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    def curve(run):  # epoch, step, loss, lr: the columns that do not depend on timing
+        return [row.split(",")[:4] for row in (run / "metrics.csv").read_text().splitlines()]
+
+    assert [row[0] for row in curve(killed)[1:]] == ["1", "2", "3", "4"]
+    assert curve(killed) == curve(straight)
+
+
+def test_torchrun_with_two_cpu_processes_trains(collection, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "groco.cli", "train", str(collection), "--out", str(run), "--epochs", "1",
+         "--device", "cpu", *FAST],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = (run / "last.json").read_text()
+    assert '"rank_count": 2' in state
+    assert (run / "metrics.csv").read_text().count("\n") == 2
+
+
+def test_clear_errors(tmp_path, collection):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["train", str(empty), "--out", str(tmp_path / "r1"), *FAST])
+    assert result.exit_code == 1 and "no images" in result.output
+
+    result = runner.invoke(app, ["train", str(collection), "--out", str(tmp_path / "r2"),
+                                 *FAST, "--batch-size", "64"])
+    assert result.exit_code == 1 and "fewer than one batch" in result.output
+
+    broken = tmp_path / "broken" / "a"
+    broken.mkdir(parents=True)
+    for i in range(10):
+        (broken / f"{i}.png").write_bytes(b"garbage")
+    result = runner.invoke(app, ["train", str(broken.parent), "--out", str(tmp_path / "r3"),
+                                 *FAST, "--epochs", "1"])
+    assert result.exit_code == 1 and "no readable image" in result.output
+
+    result = runner.invoke(app, ["train", str(collection), "--out", str(tmp_path / "r4"),
+                                 *FAST, "--method", "mystery"])
+    assert result.exit_code == 1 and "unknown method" in result.output
+
+
+def test_an_existing_run_needs_resume(collection, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(data=str(collection), out=str(run), image_size=16, batch_size=8,
+                         topk_neg=4, workers=0, projector_dim=32, projector_hidden=32,
+                         epochs=1, eval_every=0)
+    Trainer(config, show_progress=False).fit()
+    with pytest.raises(TrainError, match="--resume"):
+        Trainer(config, show_progress=False)
+    assert Path(run / "last.safetensors").exists()
