@@ -30,8 +30,8 @@ from groco.training.augment import MultiViewAugment, normalize_batch
 from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
-from groco.training.losses import GroCoLoss, SimCLRLoss
-from groco.training.models import SSLModel, build_model, is_vit
+from groco.training.models import build_model, is_vit
+from groco.training.objectives import Objective, build_objective
 from groco.training.optim import build_optimizer, learning_rate
 
 log = logging.getLogger("groco.train")
@@ -53,15 +53,6 @@ class TrainResult:
     knn_top1: float | None
     images_per_s: float
     broken: int
-
-
-def build_loss(config: TrainConfig) -> nn.Module:
-    if config.method == "groco":
-        return GroCoLoss(config.topk_neg, config.steepness, config.network, config.relaxation,
-                         config.stop_grad)
-    if config.method == "simclr":
-        return SimCLRLoss(config.temperature)
-    raise TrainError(f"unknown method {config.method!r}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -115,17 +106,17 @@ class Trainer:
 
         model = build_model(config)
         self.channels_last = not is_vit(model.backbone)
+        objective = build_objective(config, model)
         if self.device.type == "cuda" and is_distributed():
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(self.device)
+            objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+        objective = objective.to(self.device)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model: SSLModel = model
-        self.ddp = (nn.parallel.DistributedDataParallel(model) if is_distributed() else None)
-        self.loss_fn = build_loss(config).to(self.device)
+            objective = objective.to(memory_format=torch.channels_last)
+        self.objective: Objective = objective
+        self.ddp = (nn.parallel.DistributedDataParallel(objective) if is_distributed() else None)
         self.augment = MultiViewAugment(config.image_size, config.views, config.mean, config.std)
         self.peak_lr = config.lr * global_batch / 256
-        self.optimizer = build_optimizer(config.optimizer, model, self.peak_lr,
+        self.optimizer = build_optimizer(config.optimizer, objective, self.peak_lr,
                                          config.weight_decay, config.momentum)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
@@ -148,7 +139,7 @@ class Trainer:
         """Metrics row first, then weights and state; ``last.json`` marks it complete."""
         self._append_metrics(metrics)
         checkpoint.save_config(self.run_dir, self.config.to_dict())
-        checkpoint.save_weights(self.run_dir, self.model.state_dict(),
+        checkpoint.save_weights(self.run_dir, self.objective.state_dict(),
                                 {"epoch": str(self.epoch), "method": self.config.method})
         opt = self.optimizer.state_dict()
         scalars = {str(i): {k: v for k, v in s.items() if not torch.is_tensor(v)}
@@ -166,7 +157,7 @@ class Trainer:
             raise TrainError(f"{self.run_dir} was trained with {state['rank_count']} processes; "
                              f"resume it with the same number (now {world_size()})")
         weights = checkpoint.load_weights(self.run_dir)
-        self.model.load_state_dict(weights)
+        self.objective.load_state_dict(weights)
         opt_state: dict = {}
         for key, value in tensors.items():
             if key.startswith("optimizer."):
@@ -211,11 +202,9 @@ class Trainer:
             group["lr"] = learning_rate(self.step, self.total_steps, self.warmup_steps,
                                         self.peak_lr)
         views = self._views(images)
-        network = self.ddp or self.model
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
-            _, projections = network(torch.cat(views))
-        loss = self.loss_fn(list(projections.float().chunk(len(views))))
+            loss = (self.ddp or self.objective)(views)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; "
                                      "lower --lr")
@@ -223,6 +212,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
+        self.objective.after_step(self.step / self.total_steps)
         return float(loss.detach())
 
     def _equal_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -239,7 +229,7 @@ class Trainer:
         The data order and the augmentations of epoch ``e`` depend on (seed, rank, e) only,
         so a run resumed from the checkpoint of epoch ``e`` repeats an uninterrupted one.
         """
-        self.model.train()
+        self.objective.train()
         self.sampler.set_epoch(self.epoch)
         torch.manual_seed(self.config.seed * 1_000_003 + rank() * 10_007 + self.epoch)
         global_batch = self.config.batch_size * world_size()
@@ -273,7 +263,7 @@ class Trainer:
         dataset = ImageFolderDataset(root, self.config.image_size, files=files)
         loader = make_loader(dataset, 256, self.config.workers, shuffle=False,
                              seed=0, drop_last=False)
-        self.model.eval()
+        self.objective.eval()
         features, labels = [], []
         for images, targets, _, _ in loader:
             if images.shape[0] == 0:
@@ -283,7 +273,7 @@ class Trainer:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                                 enabled=self.autocast_dtype is not None):
-                out = self.model.backbone(batch).float()
+                out = self.objective.backbone(batch).float()
             features.append(nn.functional.normalize(out, dim=1).cpu().numpy())
             labels += [dataset.classes[t] if t >= 0 else None for t in targets.tolist()]
         return np.concatenate(features), labels
