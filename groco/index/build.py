@@ -1,0 +1,520 @@
+"""Build, update and merge index directories (``groco index build / update / merge``).
+
+An index directory holds::
+
+    meta.sqlite          one row per image file (groco.index.store)
+    shards/              emb-00001.npy + ids-00001.npy, ... (groco.index.shards)
+    index.faiss          the FAISS index over every embedded file (groco.index.indexfile)
+    manifest.json        what index.faiss is and how it was made (groco.index.manifest)
+
+- :func:`build_index_dir` embeds the images not yet recorded (so a rerun after a crash
+  or a kill resumes after the last committed shard) and writes the index.
+- :func:`update_index_dir` embeds new files, drops deleted ones and re-embeds changed
+  ones (size or mtime differ *and* the content hash differs), then updates the index from
+  the stored embeddings.
+- A sharded build (``shard``/``num_shards``, or ``RANK``/``WORLD_SIZE`` from torchrun)
+  embeds only its slice into ``OUT/part-IIIII-of-NNNNN/``, and :func:`merge_index_dirs`
+  joins the parts into one index.
+
+No torch here: embedding runs on ONNX Runtime (:class:`groco.encoder.runtime.Encoder`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from groco.encoder.runtime import CPU, CUDA, Encoder, _cuda_possible
+from groco.images import find_images
+
+from . import shards
+from .indexfile import index_is_current, write_index
+from .manifest import (
+    INDEX_NAME,
+    MANIFEST_NAME,
+    IndexDirError,
+    IndexMismatchError,
+    check_encoder_hash,
+    read_manifest,
+)
+from .pipeline import EmbedStats, Task, embed_files
+from .store import BROKEN, DB_NAME, EMBEDDED, FileRow, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_SHARD_SIZE = 10_000
+PART_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})$")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclass
+class BuildReport:
+    """What a build, update or merge did.
+
+    ``embedded``/``broken``: files embedded / found broken by this run; ``skipped``:
+    files already recorded (a resumed build); ``changed``/``deleted``/``touched``
+    (updates): files re-embedded, dropped, and with a new mtime but the same content.
+    ``count``/``broken_total``: vectors in the index / broken files recorded.
+    ``index_type`` is ``None`` for a part of a sharded build (no index of its own).
+    """
+
+    index_dir: Path
+    embedded: int = 0
+    broken: int = 0
+    skipped: int = 0
+    changed: int = 0
+    deleted: int = 0
+    touched: int = 0
+    count: int = 0
+    broken_total: int = 0
+    index_type: str | None = None
+    search_params: dict[str, float] = field(default_factory=dict)
+    recall_at_10: float | None = None
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+    broken_files: list[tuple[str, str]] = field(default_factory=list)
+    part: tuple[int, int] | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def parse_memory(value: int | str | None) -> int | None:
+    """Bytes from ``8G``, ``512M``, ``1.5GiB``, ``2T`` (binary units) or an int; None stays."""
+    if value is None or isinstance(value, int):
+        if value is not None and value < 1:
+            raise ValueError(f"memory must be positive, got {value}")
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.I)
+    if not match:
+        raise ValueError(f"memory must look like 8G, 512M or 2T, got {value!r}")
+    amount = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if amount < 1:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return amount
+
+
+def resolve_slice(shard: int | None, num_shards: int | None) -> tuple[int, int] | None:
+    """``(shard, num_shards)`` of a sharded build, or ``None`` for a whole build.
+
+    Explicit arguments win; with both ``None``, ``RANK``/``WORLD_SIZE`` (set by torchrun)
+    are used when ``WORLD_SIZE > 1``. ``ValueError`` for an inconsistent pair.
+    """
+    if shard is None and num_shards is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return None
+        shard, num_shards = int(os.environ.get("RANK", "0") or 0), world
+    if shard is None or num_shards is None:
+        raise ValueError("give both --shard and --num-shards")
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"need 0 <= shard < num_shards, got shard {shard} of {num_shards}")
+    return (shard, num_shards) if num_shards > 1 else None
+
+
+def slice_of(relpath: str, num_shards: int) -> int:
+    """The slice a file belongs to: blake2b of its relative path mod ``num_shards``.
+
+    Depends on the path alone, so every machine agrees without listing files in the same
+    order, and a file keeps its slice when others are added.
+    """
+    digest = hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % num_shards
+
+
+def part_dir(out_dir: str | Path, shard: int, num_shards: int) -> Path:
+    """Where slice ``shard`` of ``num_shards`` is written: ``OUT/part-IIIII-of-NNNNN``."""
+    return Path(out_dir) / f"part-{shard:05d}-of-{num_shards:05d}"
+
+
+def _relpaths(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in find_images(root)]
+
+
+def _providers() -> list | None:
+    """Under torchrun on GPUs, CUDA device ``LOCAL_RANK`` for this process; else default."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or not _cuda_possible():
+        return None
+    return [(CUDA, {"device_id": int(local)}), CPU]
+
+
+def _open_encoder(path: str | Path, batch_size: int) -> Encoder:
+    encoder = Encoder(path, providers=_providers(), batch_size=batch_size)
+    log.info("encoder %s: %s, dim %d, %d px, on %s", path, encoder.backbone or "?",
+             encoder.dim, encoder.image_size, encoder.provider)
+    return encoder
+
+
+def _claim(store: Store, index_dir: Path, root: Path, encoder: Encoder,
+           part: tuple[int, int] | None) -> None:
+    """Record the directory's root, encoder and slice, or check them on a resume."""
+    info = store.info()
+    slice_text = "" if part is None else f"{part[0]}/{part[1]}"
+    if "images_root" not in info:
+        store.set_info({
+            "images_root": str(root), "encoder_hash": encoder.hash,
+            "encoder_path": str(encoder.path.resolve()), "encoder_backbone": encoder.backbone,
+            "image_size": encoder.image_size, "dim": encoder.dim, "slice": slice_text,
+        })
+        return
+    if info["images_root"] != str(root):
+        raise IndexMismatchError(f"{index_dir} indexes {info['images_root']}, not {root}; "
+                                 "use another output directory")
+    check_encoder_hash(info["encoder_hash"], encoder.hash, encoder.path, index_dir)
+    if info.get("slice", "") != slice_text:
+        raise IndexMismatchError(f"{index_dir} holds slice {info.get('slice') or 'all'}, "
+                                 f"not {slice_text or 'all'}")
+    if info.get("merged_from"):
+        raise IndexMismatchError(f"{index_dir} is a merged index: use `groco index update`")
+    store.set_info({"encoder_path": str(encoder.path.resolve())})
+
+
+def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
+            memory: int | None, target_recall: float, stats: EmbedStats | None) -> BuildReport:
+    if stats is not None:
+        report.embedded += stats.embedded
+        report.broken += stats.broken
+        report.embed_seconds += stats.seconds
+        report.broken_files.extend(stats.broken_files)
+    if index_is_current(index_dir, store, index_type, memory, target_recall):
+        manifest = read_manifest(index_dir)
+        log.info("%s is up to date", index_dir)
+    else:
+        manifest = write_index(index_dir, store, index_type, memory, target_recall)
+    shards.remove_unreferenced(index_dir, store.referenced_shards())
+    report.count = manifest["count"]
+    report.broken_total = manifest["broken"]
+    report.index_type = manifest["index_type"]
+    report.search_params = manifest["search_params"]
+    report.recall_at_10 = manifest["recall_at_10"]
+    return report
+
+
+def _check_settings(target_recall: float, batch_size: int, shard_size: int) -> None:
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError("batch size and shard size must be >= 1")
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_index_dir(
+    images_root: str | Path,
+    encoder_path: str | Path,
+    out_dir: str | Path,
+    index_type: str = "auto",
+    memory: int | str | None = None,
+    target_recall: float = 0.95,
+    shard: int | None = None,
+    num_shards: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Embed every image under ``images_root`` into ``out_dir`` and build its FAISS index.
+
+    - Resumable: files already recorded in ``out_dir/meta.sqlite`` are skipped; shard
+      files left uncommitted by a crash are deleted first (see
+      :func:`groco.index.shards.reconcile`). A directory made for another images folder,
+      encoder (hash) or slice raises :class:`IndexMismatchError`.
+    - ``index_type``: ``"auto"`` (by collection size and ``memory``, e.g. ``"8G"``) or any
+      FAISS factory string; search parameters are tuned to ``target_recall`` (recall@10).
+    - ``shard``/``num_shards`` (or torchrun's ``RANK``/``WORLD_SIZE``): embed only the
+      files with :func:`slice_of` ``== shard`` into :func:`part_dir` of ``out_dir``; no
+      FAISS index is built there (see :func:`merge_index_dirs`).
+    - ``batch_size``: images per ONNX Runtime call; ``shard_size``: images per shard file;
+      ``workers``: decoding threads.
+
+    Broken images are recorded, counted, logged and listed in the report; they never stop
+    the build. ``FileNotFoundError``/``NotADirectoryError`` for a bad ``images_root``,
+    :class:`groco.encoder.runtime.EncoderError` for a bad encoder file.
+    """
+    start = time.perf_counter()
+    _check_settings(target_recall, batch_size, shard_size)
+    memory_bytes = parse_memory(memory)
+    root = Path(images_root).resolve()
+    relpaths = _relpaths(root)
+    part = resolve_slice(shard, num_shards)
+    index_dir = Path(out_dir)
+    if part is not None:
+        index_dir = part_dir(out_dir, *part)
+        relpaths = [p for p in relpaths if slice_of(p, part[1]) == part[0]]
+    encoder = _open_encoder(encoder_path, batch_size)
+    report = BuildReport(index_dir=index_dir, part=part)
+    with Store(index_dir / DB_NAME) as store:
+        _claim(store, index_dir, root, encoder, part)
+        shards.reconcile(index_dir, store)
+        known = store.paths()
+        tasks = [Task(p) for p in relpaths if p not in known]
+        report.skipped = len(relpaths) - len(tasks)
+        if report.skipped:
+            log.info("resuming: %d of %d files already recorded", report.skipped,
+                     len(relpaths))
+        stats = embed_files(index_dir, store, root, tasks, encoder, shard_size, workers,
+                            progress, skipped=report.skipped)
+        if part is not None:
+            store.set_info({"part_complete": 1})
+            report.embedded, report.broken = stats.embedded, stats.broken
+            report.embed_seconds, report.broken_files = stats.seconds, stats.broken_files
+            report.count, report.broken_total = store.count(EMBEDDED), store.count(BROKEN)
+        else:
+            _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# ----------------------------------------------------------------------------- update
+
+
+def update_index_dir(
+    index_dir: str | Path,
+    encoder_path: str | Path | None = None,
+    index_type: str | None = None,
+    memory: int | str | None = None,
+    target_recall: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Bring ``index_dir`` up to date with its images folder, re-embedding only what changed.
+
+    - new files are embedded; files gone from the folder are dropped;
+    - a recorded file whose size or mtime differs is read and hashed: a different
+      content hash re-embeds it (new id), the same one only records the new size/mtime;
+      a broken file is retried when it changed;
+    - the FAISS index is updated from the stored embeddings, never from images: in place
+      where FAISS can remove vectors (Flat, IVF), rebuilt otherwise (HNSW) or when
+      ``"auto"`` now chooses another type for the new size.
+
+    ``encoder_path`` defaults to the one recorded; its hash must match
+    (:class:`IndexMismatchError`). ``index_type``/``memory``/``target_recall`` default to
+    the manifest's. Also finishes an interrupted build or update.
+    """
+    start = time.perf_counter()
+    index_dir = Path(index_dir)
+    if not (index_dir / DB_NAME).is_file():
+        raise IndexDirError(f"{index_dir}: not an index directory (no {DB_NAME})")
+    try:
+        manifest = read_manifest(index_dir)
+    except IndexDirError:
+        manifest = {}
+    index_type = index_type or manifest.get("index_type_requested", "auto")
+    memory_bytes = parse_memory(memory) if memory is not None else manifest.get("memory_bytes")
+    if target_recall is None:
+        target_recall = manifest.get("target_recall", 0.95)
+    _check_settings(target_recall, batch_size, shard_size)
+    report = BuildReport(index_dir=index_dir)
+    with Store(index_dir / DB_NAME) as store:
+        info = store.info()
+        if info.get("slice"):
+            raise IndexDirError(f"{index_dir} is one part of a sharded build: merge the "
+                                "parts (`groco index merge`) and update the merged index")
+        root = Path(info["images_root"])
+        encoder = _open_encoder(encoder_path or info["encoder_path"], batch_size)
+        check_encoder_hash(info["encoder_hash"], encoder.hash, encoder.path, index_dir)
+        shards.reconcile(index_dir, store)
+        tasks, deleted = _changes(root, store)
+        report.deleted = len(deleted)
+        if deleted:
+            store.commit(delete_ids=deleted)
+            shards.remove_unreferenced(index_dir, store.referenced_shards())
+        stats = embed_files(index_dir, store, root, tasks, encoder, shard_size, workers,
+                            progress, desc="updating")
+        report.touched, report.changed = stats.unchanged, stats.replaced
+        _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats)
+        report.embedded -= stats.replaced  # new files and changed ones apart
+    log.info("update: %d new, %d changed, %d deleted, %d touched, %d broken",
+             report.embedded, report.changed, report.deleted, report.touched, report.broken)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _changes(root: Path, store: Store) -> tuple[list[Task], list[int]]:
+    """(tasks for new and possibly changed files, ids of files no longer on disk)."""
+    states = store.states()
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for rel in _relpaths(root):
+        seen.add(rel)
+        old = states.get(rel)
+        if old is None:
+            tasks.append(Task(rel))
+            continue
+        try:
+            st = os.stat(root / rel)
+        except OSError:
+            continue  # vanished since the listing: the next update drops it
+        if st.st_size != old.size or st.st_mtime_ns != old.mtime_ns:
+            tasks.append(Task(rel, replaces=old.id, same_hash=old.hash or None))
+    deleted = [s.id for p, s in states.items() if p not in seen]
+    return tasks, deleted
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def _expand(dirs: Sequence[str | Path]) -> list[Path]:
+    """Index directories among ``dirs``: each one with a meta.sqlite, or its part-* children."""
+    found: list[Path] = []
+    for d in map(Path, dirs):
+        if (d / DB_NAME).is_file():
+            found.append(d)
+            continue
+        parts = sorted(p for p in d.glob("part-*-of-*")
+                       if PART_PATTERN.match(p.name) and (p / DB_NAME).is_file())
+        if not parts:
+            raise IndexDirError(f"{d}: neither an index directory nor a folder of parts")
+        found.extend(parts)
+    return found
+
+
+def _check_parts(dirs: list[Path], infos: list[dict[str, str]]) -> None:
+    first = infos[0]
+    for d, info in zip(dirs, infos, strict=True):
+        for key in ("images_root", "encoder_hash", "dim"):
+            if info.get(key) != first.get(key):
+                raise IndexMismatchError(f"cannot merge {d} with {dirs[0]}: different {key} "
+                                         f"({info.get(key)} vs {first.get(key)})")
+    slices = [info.get("slice", "") for info in infos]
+    if not any(slices):
+        return
+    if not all(slices):
+        raise IndexDirError("cannot merge parts of a sharded build with whole indexes")
+    pairs = [tuple(map(int, s.split("/"))) for s in slices]
+    total = {n for _, n in pairs}
+    if len(total) != 1:
+        raise IndexDirError(f"parts of different sharded builds ({sorted(total)} shards)")
+    (n,) = total
+    have = sorted(i for i, _ in pairs)
+    if have != list(range(n)):
+        missing = sorted(set(range(n)) - set(have))
+        dup = sorted({i for i in have if have.count(i) > 1})
+        raise IndexDirError(f"need parts 0..{n - 1} once each: missing {missing}, "
+                            f"repeated {dup}")
+    unfinished = [str(d) for d, info in zip(dirs, infos, strict=True)
+                  if info.get("part_complete") != "1"]
+    if unfinished:
+        raise IndexDirError(f"unfinished part(s): {', '.join(unfinished)} (rerun their build)")
+
+
+def _prepare_merge_target(out: Path) -> None:
+    if (out / MANIFEST_NAME).exists():
+        raise IndexDirError(f"{out} already holds an index; merge into a new directory")
+    db = out / DB_NAME
+    if db.exists():
+        with Store(db, readonly=True) as store:
+            interrupted_merge = store.get_info("merged_from") is not None
+        if not interrupted_merge:
+            raise IndexDirError(f"{out} holds an unfinished build; merge into a new directory")
+        log.info("%s: restarting an interrupted merge", out)
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", INDEX_NAME):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / shards.SHARD_DIR, ignore_errors=True)
+
+
+def merge_index_dirs(
+    shard_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    index_type: str = "auto",
+    memory: int | str | None = None,
+    target_recall: float = 0.95,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> BuildReport:
+    """Join the parts of a sharded build (or index dirs of one folder) into one index.
+
+    ``shard_dirs``: part directories, or folders holding ``part-*`` directories. They must
+    share images root, encoder and dim; parts must be complete and cover every slice once.
+    Every file gets a new id by its relative path (``0..n-1`` in path order, the order
+    of a single build), embeddings are copied (never recomputed) into new shards of
+    ``shard_size``, metadata is merged, and the FAISS index is built as in
+    :func:`build_index_dir`. ``out_dir`` must be new (or an interrupted merge).
+    """
+    start = time.perf_counter()
+    _check_settings(target_recall, 1, shard_size)
+    memory_bytes = parse_memory(memory)
+    out = Path(out_dir)
+    dirs = _expand(shard_dirs)
+    stores = [Store(d / DB_NAME, readonly=True) for d in dirs]
+    try:
+        infos = [s.info() for s in stores]
+        _check_parts(dirs, infos)
+        rows = [(row, p) for p, s in enumerate(stores) for row in s.iter_rows()]
+    finally:
+        for s in stores:
+            s.close()
+    rows.sort(key=lambda item: item[0].path)
+    for (a, _), (b, _) in zip(rows, rows[1:], strict=False):
+        if a.path == b.path:
+            raise IndexDirError(f"{a.path} is in more than one of the merged directories")
+    _prepare_merge_target(out)
+    report = BuildReport(index_dir=out)
+    keep = ("images_root", "encoder_hash", "encoder_path", "encoder_backbone", "image_size",
+            "dim")
+    with Store(out / DB_NAME) as store:
+        store.set_info({**{k: infos[0][k] for k in keep if k in infos[0]}, "slice": "",
+                        "merged_from": len(dirs)})
+        _copy_rows(out, store, dirs, rows, shard_size, progress)
+        _finish(report, store, out, index_type, memory_bytes, target_recall, None)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _copy_rows(out: Path, store: Store, dirs: list[Path], rows: list[tuple[FileRow, int]],
+               shard_size: int, progress: bool) -> None:
+    """Commit ``rows`` with ids 0.. in order, copying embeddings into shards of ``out``."""
+    bar = tqdm(total=len(rows), desc="merging", unit="img", disable=not progress)
+    number, start = 1, 0
+    try:
+        while start < len(rows):
+            # a chunk ends after shard_size embedded rows (broken rows ride along)
+            end, embedded = start, 0
+            while end < len(rows) and embedded < shard_size:
+                embedded += rows[end][0].status == EMBEDDED
+                end += 1
+            chunk = rows[start:end]
+            new_rows, where = [], []
+            for offset, (row, part) in enumerate(chunk):
+                new_id = start + offset
+                if row.status == EMBEDDED:
+                    where.append((part, row.shard, row.shard_row))
+                    new_rows.append(FileRow(new_id, row.path, row.size, row.mtime_ns,
+                                            row.hash, row.label, EMBEDDED, number,
+                                            len(where) - 1))
+                else:
+                    new_rows.append(FileRow(new_id, row.path, row.size, row.mtime_ns,
+                                            row.hash, row.label, BROKEN, error=row.error))
+            if where:
+                table = np.array(where, dtype=np.int64)
+                vectors = np.empty((len(table), int(store.get_info("dim"))), np.float32)
+                for part in np.unique(table[:, 0]):
+                    mask = table[:, 0] == part
+                    vectors[mask] = shards.gather(dirs[part], table[mask, 1], table[mask, 2])
+                ids = np.array([r.id for r in new_rows if r.status == EMBEDDED], np.int64)
+                shards.write_shard(out, number, ids, vectors)
+                number += 1
+            store.commit(insert=new_rows)
+            bar.update(len(chunk))
+            start = end
+    finally:
+        bar.close()

@@ -1,0 +1,206 @@
+"""Search an index directory by image, by vector, or by one of its own images.
+
+:class:`Searcher` loads ``index.faiss``, ``manifest.json``, ``meta.sqlite`` and the encoder
+once, then answers queries; it is what ``groco search`` and the web app use. No torch:
+ONNX Runtime, FAISS, NumPy and SQLite only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from groco.encoder.runtime import Encoder, EncoderError
+from groco.images import load_image
+
+from . import shards
+from .faiss_index import load_index, search
+from .manifest import (
+    INDEX_NAME,
+    IndexDirError,
+    IndexMismatchError,
+    check_encoder_hash,
+    read_manifest,
+)
+from .store import DB_NAME, EMBEDDED, FileRow, Store
+
+__all__ = ["IndexDirError", "IndexMismatchError", "Result", "Searcher"]
+
+log = logging.getLogger(__name__)
+
+QueryImage = str | Path | bytes | Image.Image | BinaryIO
+
+
+@dataclass(frozen=True)
+class Result:
+    """One neighbour: its id (the FAISS id), paths, cosine similarity and folder label."""
+
+    id: int
+    path: str
+    """Absolute path (the images root recorded in the manifest + ``relpath``)."""
+    relpath: str
+    """POSIX path relative to the images root."""
+    score: float
+    """Cosine similarity to the query, in [-1, 1] (1 = same embedding)."""
+    label: str | None
+    """First subfolder under the images root, ``None`` for files directly in it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """A loaded index directory, ready to answer queries (thread-safe).
+
+    ``encoder_path`` defaults to the encoder recorded in the manifest. An encoder whose
+    ``groco.hash`` differs from the manifest's raises :class:`IndexMismatchError`: its
+    embeddings would not be comparable with the indexed ones. An index directory that is
+    missing, unfinished or inconsistent raises :class:`IndexDirError`. If the metadata
+    changed after ``index.faiss`` was written (an interrupted ``update``), a warning is
+    logged, results whose file is gone are dropped, and :meth:`facts` says ``stale``.
+    """
+
+    def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
+                 providers: list[str] | None = None) -> None:
+        self.index_dir = Path(index_dir)
+        self.manifest = read_manifest(self.index_dir)
+        self.root = Path(self.manifest["images_root"])
+        index_path = self.index_dir / INDEX_NAME
+        if not index_path.is_file() or not (self.index_dir / DB_NAME).is_file():
+            raise IndexDirError(f"{self.index_dir}: {INDEX_NAME} or {DB_NAME} is missing")
+        self.index = load_index(index_path, self.manifest.get("search_params") or None)
+        if self.index.ntotal != self.manifest["count"]:
+            raise IndexDirError(f"{index_path} holds {self.index.ntotal} vectors, the manifest "
+                                f"{self.manifest['count']}: run `groco index update` on it")
+        path = Path(encoder_path or self.manifest["encoder_path"])
+        if encoder_path is None and not path.is_file():
+            raise EncoderError(f"{path}: the encoder this index was built with is gone; "
+                               "pass the encoder file (--encoder)")
+        self.encoder = Encoder(path, providers=providers)
+        check_encoder_hash(self.manifest["encoder_hash"], self.encoder.hash, path,
+                           self.index_dir)
+        self._store = Store(self.index_dir / DB_NAME, readonly=True)
+        self._lock = threading.Lock()
+        self._shards: dict[int, np.ndarray] = {}
+        self.stale = self._store.generation != self.manifest.get("generation")
+        if self.stale:
+            log.warning("%s: the metadata changed after index.faiss was written (interrupted "
+                        "update?); run `groco index update %s`", self.index_dir, self.index_dir)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- queries
+
+    def embed_image(self, image: QueryImage) -> np.ndarray:
+        """The ``(dim,)`` unit embedding of a path, bytes, file object or PIL image.
+
+        :class:`groco.images.ImageError` for an image that cannot be decoded.
+        """
+        picture = image if isinstance(image, Image.Image) else load_image(image)
+        return self.encoder.embed_arrays(self.encoder.preprocess(picture)[None])[0]
+
+    def search_image(self, image: QueryImage, k: int = 10) -> list[Result]:
+        """The ``k`` indexed images most similar to ``image``, best first.
+
+        An image that is itself indexed comes back first with a score of ~1.
+        """
+        return self.search_vector(self.embed_image(image), k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10,
+                      exclude: int | None = None) -> list[Result]:
+        """The ``k`` nearest neighbours of a ``(dim,)`` embedding, best first.
+
+        ``exclude``: an id left out of the results. Fewer than ``k`` come back when the
+        index holds fewer vectors (or a stale index returns files since deleted).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != self.index.d:
+            raise ValueError(f"vector has dim {vector.shape[1]}, the index {self.index.d}")
+        want = min(k + (exclude is not None), self.index.ntotal)
+        scores, ids = search(self.index, vector, want)
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+                 if i >= 0 and i != exclude]
+        with self._lock:
+            rows = self._store.rows(i for i, _ in pairs)
+        results = [self._result(rows[i], s) for i, s in pairs if i in rows]
+        return results[:k]
+
+    def more_like(self, item: int | str | Path, k: int = 10) -> list[Result]:
+        """The ``k`` images most similar to an indexed one, *excluding itself*.
+
+        ``item``: its id, or its path (relative to the images root, or absolute). Uses the
+        stored embedding, so the file need not exist any more. ``KeyError`` for an unknown
+        item, ``ValueError`` for a broken one.
+        """
+        row = self.row(item)
+        return self.search_vector(self.vector_of(row), k, exclude=row.id)
+
+    # -- stored items
+
+    def row(self, item: int | str | Path) -> FileRow:
+        """The metadata row of an id or a path (relative or absolute); ``KeyError`` if none."""
+        with self._lock:
+            if isinstance(item, (int, np.integer)):
+                row = self._store.rows([int(item)]).get(int(item))
+            else:
+                path = Path(item)
+                if path.is_absolute():
+                    try:
+                        path = path.relative_to(self.root)
+                    except ValueError:
+                        raise KeyError(f"{item} is not under {self.root}") from None
+                row = self._store.row_by_path(path.as_posix())
+        if row is None:
+            raise KeyError(f"{item} is not in the index")
+        return row
+
+    def vector_of(self, item: int | str | Path | FileRow) -> np.ndarray:
+        """The stored ``(dim,)`` embedding of an indexed file."""
+        row = item if isinstance(item, FileRow) else self.row(item)
+        if row.status != EMBEDDED:
+            raise ValueError(f"{row.path} is not embedded ({row.status}: {row.error})")
+        with self._lock:
+            vectors = self._shards.get(row.shard)
+            if vectors is None:
+                vectors = self._shards[row.shard] = shards.load_vectors(self.index_dir,
+                                                                         row.shard)
+        return np.array(vectors[row.shard_row], dtype=np.float32)
+
+    def _result(self, row: FileRow, score: float) -> Result:
+        return Result(id=row.id, path=str(self.root / row.path), relpath=row.path,
+                      score=score, label=row.label)
+
+    def facts(self) -> dict[str, Any]:
+        """What a UI shows about the index (counts, encoder, index type, build date, dim)."""
+        m = self.manifest
+        return {
+            "count": m["count"],
+            "broken": m["broken"],
+            "dim": m["dim"],
+            "index_type": m["index_type"],
+            "search_params": m["search_params"],
+            "recall_at_10": m["recall_at_10"],
+            "built_at": m["built_at"],
+            "images_root": m["images_root"],
+            "encoder": {"path": str(self.encoder.path), "hash": self.encoder.hash,
+                        "backbone": self.encoder.backbone,
+                        "image_size": self.encoder.image_size,
+                        "provider": self.encoder.provider},
+            "groco_version": m["groco_version"],
+            "stale": self.stale,
+        }

@@ -1,0 +1,137 @@
+"""Embedding shard files of an index directory: ``shards/emb-00001.npy`` + ``ids-00001.npy``.
+
+Shard ``n`` holds ``emb-{n:05d}.npy`` (``(rows, dim)`` float32 unit vectors) and
+``ids-{n:05d}.npy`` (``(rows,)`` int64 ids, the same order). Both are written atomically
+(temporary file, fsync, rename), ids first: a shard exists when its ``emb`` file does. A
+shard becomes part of the index only when the metadata rows pointing to it are committed
+(:meth:`groco.index.store.Store.commit`); :func:`reconcile` removes the rest on start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from groco.fileio import atomic_path
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+SHARD_DIR = "shards"
+_NAME = re.compile(r"^(emb|ids)-(\d+)\.npy$")
+
+
+def emb_path(index_dir: Path, number: int) -> Path:
+    return Path(index_dir) / SHARD_DIR / f"emb-{number:05d}.npy"
+
+
+def ids_path(index_dir: Path, number: int) -> Path:
+    return Path(index_dir) / SHARD_DIR / f"ids-{number:05d}.npy"
+
+
+def write_shard(index_dir: Path, number: int, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Write shard ``number`` atomically (ids file first, then the embeddings)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or ids.shape != (len(vectors),):
+        raise ValueError(f"shard needs (n, dim) vectors and (n,) ids, got {vectors.shape} "
+                         f"and {ids.shape}")
+    for path, array in ((ids_path(index_dir, number), ids),
+                        (emb_path(index_dir, number), vectors)):
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def load_vectors(index_dir: Path, number: int, mmap: bool = True) -> np.ndarray:
+    """The ``(rows, dim)`` embeddings of shard ``number`` (memory-mapped by default)."""
+    return np.load(emb_path(index_dir, number), mmap_mode="r" if mmap else None)
+
+
+def shards_on_disk(index_dir: Path) -> set[int]:
+    """Numbers of the shards with an ``emb`` or ``ids`` file in ``shards/``."""
+    folder = Path(index_dir) / SHARD_DIR
+    if not folder.is_dir():
+        return set()
+    found = set()
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.add(int(match.group(2)))
+    return found
+
+
+def remove_shard(index_dir: Path, number: int) -> None:
+    emb_path(index_dir, number).unlink(missing_ok=True)
+    ids_path(index_dir, number).unlink(missing_ok=True)
+
+
+def _shard_ok(index_dir: Path, number: int, rows: int) -> bool:
+    try:
+        vectors = np.load(emb_path(index_dir, number), mmap_mode="r")
+        ids = np.load(ids_path(index_dir, number), mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return vectors.ndim == 2 and len(vectors) == len(ids) and len(ids) >= rows
+
+
+def reconcile(index_dir: Path, store: Store) -> tuple[int, int]:
+    """Make shard files and metadata agree after a crash; returns ``(files, rows)`` removed.
+
+    - temporary files left by an interrupted atomic write (``.*.tmp``) are deleted;
+    - shard files that no committed row references (written, then killed before the
+      commit) are deleted: their images are not recorded and get embedded again;
+    - rows that reference a missing or unreadable shard (a damaged directory) are
+      deleted, so those images are embedded again too.
+
+    Afterwards every embedded row points into a readable shard and every shard file is
+    referenced: a rerun never has an image twice.
+    """
+    index_dir = Path(index_dir)
+    folder = index_dir / SHARD_DIR
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+    referenced = store.referenced_shards()
+    files_removed = 0
+    for number in sorted(shards_on_disk(index_dir) - set(referenced)):
+        remove_shard(index_dir, number)
+        files_removed += 1
+    bad = [n for n, rows in referenced.items() if not _shard_ok(index_dir, n, rows)]
+    rows_removed = store.delete_shards(bad)
+    for number in bad:
+        remove_shard(index_dir, number)
+    if files_removed or rows_removed:
+        log.info("recovered from an interrupted run: %d uncommitted shard(s) deleted, "
+                 "%d row(s) in unreadable shards dropped", files_removed, rows_removed)
+    return files_removed, rows_removed
+
+
+def gather(index_dir: Path, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The vectors at ``(shards[i], rows[i])``, in that order: ``(n, dim)`` float32."""
+    shards = np.asarray(shards, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(shards) == 0:
+        raise ValueError("no vectors to gather")
+    first = load_vectors(index_dir, int(shards[0]))
+    out = np.empty((len(shards), first.shape[1]), dtype=np.float32)
+    order = np.argsort(shards, kind="stable")
+    bounds = np.flatnonzero(np.diff(shards[order])) + 1
+    for group in np.split(order, bounds):
+        vectors = load_vectors(index_dir, int(shards[group[0]]))
+        out[group] = vectors[rows[group]]
+    return out
+
+
+def remove_unreferenced(index_dir: Path, referenced: Iterable[int]) -> int:
+    """Delete shard files no row references any more (after updates); returns the count."""
+    keep = set(referenced)
+    gone = 0
+    for number in shards_on_disk(index_dir) - keep:
+        remove_shard(index_dir, number)
+        gone += 1
+    return gone

@@ -1,0 +1,275 @@
+"""The metadata of an index directory: one SQLite file, ``meta.sqlite`` (WAL mode).
+
+Table ``files`` holds one row per image file seen under the images root:
+
+    id        INTEGER PRIMARY KEY   the FAISS id of the file's embedding
+    path      TEXT UNIQUE           POSIX path relative to the images root
+    size      INTEGER               bytes, from the file's ``stat``
+    mtime_ns  INTEGER               modification time in ns, from the file's ``stat``
+    hash      TEXT                  blake2b (8-byte digest, 16 hex) of the bytes; '' if unread
+    label     TEXT                  first subfolder under the root (NULL directly in it)
+    status    TEXT                  'embedded' | 'broken'
+    shard     INTEGER               embedded: number of the shard file holding the vector
+    shard_row INTEGER               embedded: row of the vector in that shard
+    error     TEXT                  broken: the one-line reason
+
+Table ``info`` holds key/value facts of the directory (images root, encoder hash, the
+slice of a sharded build, a ``generation`` counter bumped by every commit that changes
+``files``, so a reader can tell whether ``index.faiss`` is behind the metadata).
+
+Writes go through :meth:`Store.commit`, one transaction per embedding shard: the shard
+file is written (atomically) *before* the rows that reference it are committed, which
+is what makes a build resumable after ``kill -9`` (see :mod:`groco.index.pipeline`).
+No torch here (nothing under ``groco.index`` imports it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DB_NAME = "meta.sqlite"
+EMBEDDED, BROKEN = "embedded", "broken"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id        INTEGER PRIMARY KEY,
+    path      TEXT NOT NULL UNIQUE,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    hash      TEXT NOT NULL,
+    label     TEXT,
+    status    TEXT NOT NULL CHECK (status IN ('embedded', 'broken')),
+    shard     INTEGER,
+    shard_row INTEGER,
+    error     TEXT,
+    CHECK ((status = 'embedded') = (shard IS NOT NULL AND shard_row IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS files_shard ON files (shard);
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = "id, path, size, mtime_ns, hash, label, status, shard, shard_row, error"
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One row of ``files`` (see the module docstring for the columns)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    label: str | None
+    status: str
+    shard: int | None = None
+    shard_row: int | None = None
+    error: str | None = None
+
+    def as_tuple(self) -> tuple:
+        return (self.id, self.path, self.size, self.mtime_ns, self.hash, self.label,
+                self.status, self.shard, self.shard_row, self.error)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What change detection needs of a recorded file."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    hash: str
+    status: str
+
+
+class Store:
+    """An open ``meta.sqlite`` (created with its schema if missing).
+
+    One connection, usable from several threads in turn (``check_same_thread=False``;
+    callers serialise access, e.g. :class:`groco.index.search.Searcher` holds a lock).
+    ``readonly=True`` opens an existing file without creating or migrating anything.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no metadata database at {self.path}")
+            self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA query_only = ON")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL: a commit survives a killed process (WAL is in the OS cache); on a
+            # power cut the last commits may be lost, which leaves shard files that no row
+            # references: they are deleted and re-embedded, never duplicated.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- info
+
+    def get_info(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def info(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM info"))
+
+    def set_info(self, values: dict[str, object]) -> None:
+        """Set several ``info`` entries in one transaction (values stored as strings)."""
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)",
+                                 [(k, str(v)) for k, v in values.items()])
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every commit that changes ``files``."""
+        return int(self.get_info("generation", "0") or 0)
+
+    # -- writing
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def commit(
+        self,
+        insert: Iterable[FileRow] = (),
+        delete_ids: Iterable[int] = (),
+        touch: Iterable[tuple[int, int, int]] = (),
+    ) -> None:
+        """One transaction: delete ``delete_ids``, insert ``insert``, and set new
+        ``(size, mtime_ns)`` on unchanged-content rows given as ``(id, size, mtime_ns)``;
+        bump ``generation`` if anything changed."""
+        rows = [r.as_tuple() for r in insert]
+        deletes = [(int(i),) for i in delete_ids]
+        touches = [(int(s), int(m), int(i)) for i, s, m in touch]
+        if not (rows or deletes or touches):
+            return
+        with self._transaction():
+            self._db.executemany("DELETE FROM files WHERE id = ?", deletes)
+            self._db.executemany(f"INSERT INTO files ({_COLUMNS}) VALUES "
+                                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
+                                 touches)
+            if rows:
+                top = max(r[0] for r in rows) + 1
+                self._db.execute(
+                    "INSERT INTO info (key, value) VALUES ('next_id', ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), "
+                    "CAST(excluded.value AS INTEGER)) AS TEXT)", (str(top),))
+            self._bump()
+
+    def delete_shards(self, shards: Iterable[int]) -> int:
+        """Delete the rows stored in ``shards``; returns how many went."""
+        numbers = [(int(s),) for s in shards]
+        if not numbers:
+            return 0
+        with self._transaction():
+            before = self.count()
+            self._db.executemany("DELETE FROM files WHERE shard = ?", numbers)
+            gone = before - self.count()
+            if gone:
+                self._bump()
+        return gone
+
+    def _bump(self) -> None:
+        self._db.execute(
+            "INSERT INTO info (key, value) VALUES ('generation', '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)")
+
+    # -- reading
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM files WHERE status = ?",
+                                (status,)).fetchone()[0]
+
+    def next_id(self) -> int:
+        """The first id never used: ids of deleted rows are not given out again (a stale
+        ``index.faiss`` may still hold them)."""
+        top = self._db.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM files").fetchone()[0]
+        return max(top, int(self.get_info("next_id", "0") or 0))
+
+    def referenced_shards(self) -> dict[int, int]:
+        """``{shard number: number of rows in it}`` over embedded rows."""
+        return dict(self._db.execute(
+            "SELECT shard, COUNT(*) FROM files WHERE shard IS NOT NULL GROUP BY shard"))
+
+    def paths(self) -> set[str]:
+        return {p for (p,) in self._db.execute("SELECT path FROM files")}
+
+    def states(self) -> dict[str, FileState]:
+        """``{path: FileState}`` of every row, for change detection."""
+        return {p: FileState(i, s, m, h, st) for i, p, s, m, h, st in self._db.execute(
+            "SELECT id, path, size, mtime_ns, hash, status FROM files")}
+
+    def embedded_locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, shards, shard_rows)`` of every embedded row, ordered by id (int64)."""
+        rows = self._db.execute("SELECT id, shard, shard_row FROM files "
+                                "WHERE status = 'embedded' ORDER BY id").fetchall()
+        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        return table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy()
+
+    def rows(self, ids: Iterable[int]) -> dict[int, FileRow]:
+        """``{id: FileRow}`` for those of ``ids`` that exist."""
+        wanted = [int(i) for i in ids]
+        out: dict[int, FileRow] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for values in self._db.execute(
+                    f"SELECT {_COLUMNS} FROM files WHERE id IN ({marks})", chunk):
+                out[values[0]] = FileRow(*values)
+        return out
+
+    def row_by_path(self, path: str) -> FileRow | None:
+        values = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?",
+                                  (path,)).fetchone()
+        return None if values is None else FileRow(*values)
+
+    def iter_rows(self, status: str | None = None) -> Iterator[FileRow]:
+        """Every row (optionally of one status), ordered by id."""
+        if status is None:
+            cursor = self._db.execute(f"SELECT {_COLUMNS} FROM files ORDER BY id")
+        else:
+            cursor = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE status = ? "
+                                      "ORDER BY id", (status,))
+        for values in cursor:
+            yield FileRow(*values)
+
+    def labels(self, ids: np.ndarray) -> list[str | None]:
+        """The label of each id in ``ids`` (``None`` for an unknown id or no label)."""
+        found = {i: r.label for i, r in self.rows(ids.tolist()).items()}
+        return [found.get(int(i)) for i in ids]
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
