@@ -100,26 +100,161 @@ def export(
     _not_implemented("export")
 
 
+def _index_logging(verbose: bool = True) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
+_INDEX_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+"""What index commands turn into one line on stderr and exit 1 (IndexDirError,
+IndexMismatchError, EncoderError and ImageError are ValueErrors; FAISS raises RuntimeError)."""
+
+
+def _summary(report, action: str) -> str:
+    broken = f"{report.broken} broken" + (f" ({report.broken_total} in all)"
+                                          if report.broken_total != report.broken else "")
+    rate = f", {report.images_per_second:.1f} images/s" if report.embedded else ""
+    if report.index_type is None:
+        return (f"{action} {report.embedded} images into {report.index_dir} ({broken}, "
+                f"{report.skipped} already done{rate}); slice {report.part[0]} of "
+                f"{report.part[1]}: when all slices are done, run "
+                f"`groco index merge {report.index_dir.parent} --out INDEX`")
+    recall = ("" if report.recall_at_10 is None
+              else f", recall@10 {report.recall_at_10:.3f}")
+    params = "".join(f" {k}={v}" for k, v in report.search_params.items())
+    return (f"{action} {report.embedded} images ({broken}, {report.skipped} already indexed"
+            f"{rate}); {report.index_dir}: {report.count} vectors, "
+            f"{report.index_type}{params}{recall}")
+
+
+_INDEX_TYPE_HELP = "auto (by collection size and --memory) or any FAISS factory string."
+_MEMORY_HELP = "Memory budget for --index-type auto, e.g. 8G [default: half the free RAM]."
+
+
 @index_app.command("build")
 def index_build(
-    images: Path = typer.Argument(..., help="Folder of images to index."),
+    images: Path = typer.Argument(..., help="Folder of images to index (searched recursively)."),
     encoder: Path = typer.Option(..., "--encoder", help="ONNX encoder from `groco export`."),
-    out: Path = typer.Option(..., "--out", help="Index directory to write."),
+    out: Path = typer.Option(..., "--out", help="Index directory to write (or resume)."),
+    index_type: str = typer.Option("auto", "--index-type", help=_INDEX_TYPE_HELP),
+    memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
+    target_recall: float = typer.Option(0.95, "--target-recall",
+                                        help="recall@10 the search parameters are tuned to."),
+    shard: int = typer.Option(None, "--shard", help="Embed only slice I of --num-shards "
+                                                    "[default: RANK under torchrun]."),
+    num_shards: int = typer.Option(None, "--num-shards", help="Number of slices "
+                                                              "[default: WORLD_SIZE]."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call."),
+    shard_size: int = typer.Option(10_000, "--shard-size",
+                                   help="Images per embedding file (the resume granularity)."),
+    workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
-    """Embed IMAGES and build a FAISS index."""
-    _not_implemented("index build")
+    """Embed IMAGES and build a FAISS index; rerun to resume an interrupted build."""
+    _index_logging()
+    from groco.index.build import build_index_dir
+
+    try:
+        report = build_index_dir(images, encoder, out, index_type=index_type, memory=memory,
+                                 target_recall=target_recall, shard=shard,
+                                 num_shards=num_shards, batch_size=batch_size,
+                                 shard_size=shard_size, workers=workers, progress=progress)
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    typer.echo(_summary(report, "embedded"))
 
 
 @index_app.command("update")
-def index_update(index: Path = typer.Argument(..., help="Index directory.")) -> None:
+def index_update(
+    index: Path = typer.Argument(..., help="Index directory."),
+    encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
+    index_type: str = typer.Option(None, "--index-type", help=_INDEX_TYPE_HELP +
+                                   " [default: as built]"),
+    memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
+    target_recall: float = typer.Option(None, "--target-recall",
+                                        help="recall@10 target [default: as built]."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call."),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
+    workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
     """Embed new files, drop deleted ones, re-embed changed ones."""
-    _not_implemented("index update")
+    _index_logging()
+    from groco.index.build import update_index_dir
+
+    try:
+        report = update_index_dir(index, encoder_path=encoder, index_type=index_type,
+                                  memory=memory, target_recall=target_recall,
+                                  batch_size=batch_size, shard_size=shard_size,
+                                  workers=workers, progress=progress)
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    typer.echo(f"{report.embedded} new, {report.changed} changed, {report.deleted} deleted, "
+               f"{report.touched} touched (same content)")
+    typer.echo(_summary(report, "updated:"))
+
+
+@index_app.command("merge")
+def index_merge(
+    parts: list[Path] = typer.Argument(..., help="Part directories of a sharded build, or "
+                                                 "the --out folder holding them."),
+    out: Path = typer.Option(..., "--out", help="New index directory to write."),
+    index_type: str = typer.Option("auto", "--index-type", help=_INDEX_TYPE_HELP),
+    memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
+    target_recall: float = typer.Option(0.95, "--target-recall", help="recall@10 target."),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Merge the parts of a sharded `index build` into one index (ids by path)."""
+    _index_logging()
+    from groco.index.build import merge_index_dirs
+
+    try:
+        report = merge_index_dirs(parts, out, index_type=index_type, memory=memory,
+                                  target_recall=target_recall, shard_size=shard_size,
+                                  progress=progress)
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    typer.echo(_summary(report, "merged"))
 
 
 @index_app.command("eval")
-def index_eval(index: Path = typer.Argument(..., help="Index directory.")) -> None:
+def index_eval(
+    index: Path = typer.Argument(..., help="Index directory."),
+    k: int = typer.Option(20, "-k", help="Neighbours in the k-NN vote."),
+    temperature: float = typer.Option(0.07, "--temperature", help="k-NN vote temperature."),
+    max_queries: int = typer.Option(10_000, "--max-queries", help="Query sample size."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """k-NN accuracy from folder labels, recall against exact search, latency."""
-    _not_implemented("index eval")
+    import json
+
+    _index_logging(verbose=False)
+    from groco.index.evaluate import evaluate_index
+
+    try:
+        report = evaluate_index(index, k=k, temperature=temperature, max_queries=max_queries)
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+
+    def pct(value: float | None) -> str:
+        return "n/a (needs 2+ labelled subfolders)" if value is None else f"{value:.4f}"
+
+    typer.echo(f"index: {report.index_type} {report.search_params}, {report.count} vectors, "
+               f"{report.labelled} labelled in {report.classes} classes, "
+               f"{report.queries} queries")
+    typer.echo(f"k-NN top-1 (k={report.k}, T={report.temperature}, leave-one-out): "
+               f"{pct(report.knn_top1)}")
+    typer.echo(f"precision@10 (same label): {pct(report.precision_at_10)}")
+    typer.echo(f"recall@10 vs exact search: {report.recall_at_10:.4f}")
+    typer.echo(f"single-query latency (ms): p50 {report.latency_ms_p50:.3f}, "
+               f"p95 {report.latency_ms_p95:.3f}, p99 {report.latency_ms_p99:.3f}")
 
 
 @app.command()
@@ -127,9 +262,27 @@ def search(
     index: Path = typer.Argument(..., help="Index directory."),
     image: Path = typer.Argument(..., help="Query image."),
     k: int = typer.Option(10, "-k", help="Number of neighbours."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
 ) -> None:
     """Print the nearest neighbours of IMAGE in INDEX."""
-    _not_implemented("search")
+    import json
+
+    _index_logging(verbose=False)
+    from groco.index.search import Searcher
+
+    try:
+        with Searcher(index, encoder_path=encoder) as searcher:
+            results = searcher.search_image(image, k=k)
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    if as_json:
+        rows = [{"rank": i + 1, **r.to_dict()} for i, r in enumerate(results)]
+        typer.echo(json.dumps({"query": str(image), "index": str(index), "k": k,
+                               "results": rows}, indent=2))
+        return
+    for i, r in enumerate(results, 1):
+        typer.echo(f"{i:3d}  {r.score:.4f}  {r.label or '-':<16} {r.path}")
 
 
 @app.command()
