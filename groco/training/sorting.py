@@ -48,6 +48,8 @@ class Layer:
     with wire ``start + (2·g + 1)·width + j`` (the ``b`` side, slot 1). ``descending`` and
     ``inert`` name the comparators whose min goes to the ``b`` side and those that leave both
     wires as they are (diffsort's pruned comparators); both are ``None`` when empty.
+    ``block``: the layer only mixes wires within aligned blocks of this many wires (0 = all
+    wires), so ``P`` is block-diagonal up to it and is stored as such.
     """
 
     start: int
@@ -55,6 +57,7 @@ class Layer:
     width: int
     descending: str | None = None
     inert: str | None = None
+    block: int = 0
 
     @property
     def stop(self) -> int:
@@ -98,7 +101,7 @@ def bitonic_layers(n: int) -> tuple[list[Layer], dict[str, Tensor], int]:
             if bool(inert.any()):
                 inert_name = f"{name}_inert"
                 masks[inert_name] = inert
-            layers.append(Layer(0, groups, width, desc_name, inert_name))
+            layers.append(Layer(0, groups, width, desc_name, inert_name, 2 ** (block + 1)))
     return layers, masks, padded
 
 
@@ -140,42 +143,70 @@ def _mix_(pairs: Tensor, alpha: Tensor) -> Tensor:
 class _SoftPermutation(torch.autograd.Function):
     """``P`` from the per-layer effective swap probabilities, with a hand-written backward.
 
-    Forward keeps ``Xᵀ`` (wires × inputs) in one buffer and mixes it layer by layer in place;
-    it saves each layer's ``x0 − x1`` (the only thing ``∂P/∂α`` needs). Backward runs the
-    layers in reverse on the gradient, ``∂L/∂α = Σ (g0 − g1)·(x0 − x1)``.
+    Forward keeps ``Xᵀ`` (wires × inputs, the padded wires carrying virtual inputs of their
+    own) in one buffer and mixes it layer by layer in place; it saves each layer's
+    ``x0 − x1`` (the only thing ``∂P/∂α`` needs). Backward runs the layers in reverse on the
+    gradient, ``∂L/∂α = Σ (g0 − g1)·(x0 − x1)``. While the layers only mix wires within
+    aligned blocks (bitonic stages), ``Xᵀ`` is block-diagonal and only its diagonal blocks
+    ``(B, blocks, size, size)`` are stored and mixed.
     """
 
     @staticmethod
     def forward(ctx, layers: list[Layer], padded: int, n: int, *alphas: Tensor) -> Tensor:
-        batch = alphas[0].shape[0] if alphas else 1
-        ref = alphas[0] if alphas else torch.empty(0)
-        xt = torch.zeros(batch, padded, n, dtype=ref.dtype, device=ref.device)
-        offset = padded - n
-        xt[:, offset:].copy_(torch.eye(n, dtype=ref.dtype, device=ref.device))
+        batch, ref = alphas[0].shape[0], alphas[0]
+        size = layers[0].block or padded
+        xt = torch.eye(size, dtype=ref.dtype, device=ref.device).repeat(
+            batch, padded // size, 1, 1)
         diffs = []
         for layer, alpha in zip(layers, alphas, strict=True):
-            pairs = xt[:, layer.start : layer.stop].view(batch, layer.groups, 2, layer.width, n)
+            if (layer.block or padded) != xt.shape[-1]:
+                xt = _grow_blocks(xt)
+            rows = xt.view(batch, padded, xt.shape[-1])[:, layer.start : layer.stop]
+            pairs = rows.view(batch, layer.groups, 2, layer.width, xt.shape[-1])
             diffs.append(_mix_(pairs, alpha.view(batch, layer.groups, 1, layer.width, 1)))
         ctx.layers, ctx.padded, ctx.n = layers, padded, n
         ctx.save_for_backward(*diffs, *alphas)
-        return xt[:, offset:].transpose(1, 2)
+        offset = padded - n
+        return xt.view(batch, padded, padded)[:, offset:, offset:].transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_p: Tensor):
         layers, padded, n = ctx.layers, ctx.padded, ctx.n
         saved = ctx.saved_tensors
         diffs, alphas = saved[: len(layers)], saved[len(layers) :]
-        batch = grad_p.shape[0]
-        grad = grad_p.new_zeros(batch, padded, n)
-        grad[:, padded - n :].copy_(grad_p.transpose(1, 2))
+        batch, offset = grad_p.shape[0], padded - n
+        grad = grad_p.new_zeros(batch, 1, padded, padded)
+        grad[:, 0, offset:, offset:].copy_(grad_p.transpose(1, 2))
         grad_alphas: list[Tensor] = [None] * len(layers)  # type: ignore[list-item]
         for t in range(len(layers) - 1, -1, -1):
             layer, alpha = layers[t], alphas[t]
-            pairs = grad[:, layer.start : layer.stop].view(batch, layer.groups, 2, layer.width, n)
+            while (layer.block or padded) != grad.shape[-1]:
+                grad = _diagonal_blocks(grad)
+            rows = grad.view(batch, padded, grad.shape[-1])[:, layer.start : layer.stop]
+            pairs = rows.view(batch, layer.groups, 2, layer.width, grad.shape[-1])
             g_diff = _mix_(pairs, alpha.view(batch, layer.groups, 1, layer.width, 1))
             if ctx.needs_input_grad[3 + t]:
                 grad_alphas[t] = torch.linalg.vecdot(g_diff, diffs[t]).view_as(alpha)
         return (None, None, None, *grad_alphas)
+
+
+def _grow_blocks(blocks: Tensor) -> Tensor:
+    """``(B, k, s, s)`` diagonal blocks → ``(B, k/2, 2s, 2s)``, pairs of blocks merged."""
+    batch, count, size, _ = blocks.shape
+    grown = blocks.new_zeros(batch, count // 2, 2 * size, 2 * size)
+    grown[:, :, :size, :size] = blocks[:, 0::2]
+    grown[:, :, size:, size:] = blocks[:, 1::2]
+    return grown
+
+
+def _diagonal_blocks(blocks: Tensor) -> Tensor:
+    """``(B, k, 2s, 2s)`` → its ``(B, 2k, s, s)`` diagonal blocks (the inverse of growing)."""
+    batch, count, size, _ = blocks.shape
+    half = size // 2
+    out = blocks.new_empty(batch, 2 * count, half, half)
+    out[:, 0::2] = blocks[:, :, :half, :half]
+    out[:, 1::2] = blocks[:, :, half:, half:]
+    return out
 
 
 class SortingNetwork(nn.Module):
