@@ -224,28 +224,29 @@ def test_index_package_never_imports_torch() -> None:
 def test_kill_9_mid_build_then_rerun_has_every_image_once(encoder_file, tmp_path) -> None:
     images = make_collection(tmp_path / "images", classes=3, per_class=20, broken=1)
     out = tmp_path / "index"
-    first_shard = shards.emb_path(out, 1)
+    # shard 2 on disk means shard 1 is committed (commit, then write the next shard)
+    second_shard = shards.emb_path(out, 2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "groco.cli", "index", "build", str(images), "--encoder",
          str(encoder_file), "--out", str(out), "--batch-size", "2", "--shard-size", "4",
          "--workers", "1", "--no-progress"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
-    while not first_shard.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not second_shard.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
     with Store(out / DB_NAME, readonly=True) as store:
         recorded = store.count()
-    assert 0 < recorded < 61
+    assert 4 <= recorded < 61
     # simulate the worst moment too: a shard written but its rows never committed
     shutil.copy(shards.emb_path(out, 1), shards.emb_path(out, 900))
     shutil.copy(shards.ids_path(out, 1), shards.ids_path(out, 900))
     (out / "shards" / ".emb-00901.npy.x.tmp").write_bytes(b"partial")
 
     report = build_index_dir(images, encoder_file, out, **FAST)
-    assert report.skipped >= recorded and report.embedded + report.skipped >= 60
+    assert report.skipped == recorded and report.embedded + report.broken + report.skipped == 61
     assert report.count == 60
     assert_consistent(out)
     assert not shards.emb_path(out, 900).exists()

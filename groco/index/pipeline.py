@@ -18,6 +18,7 @@ counted and logged, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -277,8 +278,10 @@ def embed_files(
             if len(batch) == batch_size:
                 run_batch()
 
-    with bar, logging_redirect_tqdm():  # log lines print above the bar, not through it
-        for item in _prefetched(root, tasks, encoder, workers, window):
+    stream = _prefetched(root, tasks, encoder, workers, window)
+    # closing: on an error the decoding threads stop now, not when the traceback is freed
+    with bar, logging_redirect_tqdm(), contextlib.closing(stream):
+        for item in stream:
             handle(item)
         if batch:
             run_batch()
