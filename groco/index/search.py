@@ -185,6 +185,15 @@ class Searcher:
         return Result(id=row.id, path=str(self.root / row.path), relpath=row.path,
                       score=score, label=row.label)
 
+    def label_counts(self) -> dict[str, int]:
+        """How many embedded images each folder label has (files in the root: no label)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for row in self._store.iter_rows(EMBEDDED):
+                if row.label is not None:
+                    counts[row.label] = counts.get(row.label, 0) + 1
+        return dict(sorted(counts.items()))
+
     def facts(self) -> dict[str, Any]:
         """What a UI shows about the index (counts, encoder, index type, build date, dim)."""
         m = self.manifest
