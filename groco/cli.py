@@ -112,9 +112,48 @@ def train(
 def export(
     run: Path = typer.Argument(..., help="Run directory written by `groco train`."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 or int8 (static, calibrated)."),
+    data: Path = typer.Option(None, "--data", help="Images for the parity check and int8 "
+                                                   "calibration (default: the run's data)."),
 ) -> None:
-    """Export a run's encoder to ONNX."""
-    _not_implemented("export")
+    """Export a run's encoder to ONNX (unit-norm embeddings; facts in the file's metadata)."""
+    import logging
+
+    from groco.encoder.export import ExportError, export_encoder
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        report = export_encoder(run, out, precision=precision, data=data)
+    except (ExportError, ValueError, OSError) as error:
+        _fail(error)
+    typer.echo(report.summary())
+
+
+@app.command()
+def embed(
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (recursive)."),
+    encoder: Path = typer.Option(..., "--encoder", help="ONNX encoder from `groco export`."),
+    out: Path = typer.Option(..., "--out", help=".npy file for the (N, dim) float32 rows, in "
+                                                "argument order, folders in sorted order."),
+    batch_size: int = typer.Option(64, help="Images per inference batch."),
+) -> None:
+    """Embed images with an encoder into a .npy file (one unit-norm row per image)."""
+    import numpy as np
+
+    from groco.encoder.runtime import Encoder
+    from groco.fileio import atomic_path
+    from groco.images import find_images
+
+    try:
+        files = [f for p in images for f in (find_images(p) if p.is_dir() else [p])]
+        model = Encoder(encoder, batch_size=batch_size)
+        vectors = model.embed(files)
+        with atomic_path(out) as tmp, open(tmp, "wb") as file:
+            np.save(file, vectors)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    typer.echo(f"embedded {len(files)} images into {out} ({vectors.shape[1]} dims, "
+               f"{model.provider})")
 
 
 def _index_logging(verbose: bool = True) -> None:

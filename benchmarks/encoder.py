@@ -1,0 +1,180 @@
+"""Encoder throughput on CPU: ONNX Runtime fp32 / fp16 / int8 against PyTorch eager.
+
+    python benchmarks/encoder.py                              # resnet18 + vit_small at 224 px
+    python benchmarks/encoder.py --models resnet18 --rounds 7
+
+For each model it writes a random-init run directory (``build_model`` + the trainer's
+checkpoint format) over a folder of generated images, exports it through the real
+:func:`groco.encoder.export.export_encoder` at each precision (int8 calibrated on those
+images), then times one batch of ``--batch-size`` preprocessed images per engine: PyTorch
+eager (``torch.inference_mode``, ``torch.set_num_threads(T)``) and each ONNX file in an
+:class:`groco.encoder.runtime.Encoder` with ``T`` intra-op threads, graph optimisation ALL.
+PyTorch runs twice: as trained (NCHW) and with channels_last weights and input (often
+faster on CPU); "vs PyTorch" divides by the faster of the two. The engines are
+interleaved: every round runs each engine once, so load from other processes hits them
+alike. Reported: best and median images/s over the rounds; ratios use the best.
+Agreement is the export report's per-image cosine to the fp32 model.
+Targets: ORT fp32 >= 1.2x PyTorch eager; int8 >= 2x ORT fp32 for the CNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import timm
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header  # noqa: E402
+
+from groco.encoder.export import ExportReport, export_encoder, load_embedding_model  # noqa: E402
+from groco.encoder.runtime import Encoder, default_threads  # noqa: E402
+from groco.images import find_images, load_image  # noqa: E402
+from groco.training import checkpoint  # noqa: E402
+from groco.training.models import build_model  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def write_images(folder: Path, count: int, seed: int = 0) -> Path:
+    """``count`` generated 256x320 images (gradients, noise, blocks) in 4 subfolders."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:256, 0:320] / 320.0
+    for i in range(count):
+        sub = folder / f"c{i % 4}"
+        sub.mkdir(parents=True, exist_ok=True)
+        a, b = rng.random(3) * 255, rng.random(3) * 255
+        t = (np.cos(xx * rng.uniform(2, 20)) * np.sin(yy * rng.uniform(2, 20)) + 1) / 2
+        pixels = a * t[..., None] + b * (1 - t[..., None])
+        pixels += rng.normal(0, 20, pixels.shape)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(sub / f"{i:04d}.png")
+    return folder
+
+
+def write_run(run_dir: Path, data: Path, backbone: str, size: int) -> Path:
+    config = {
+        "backbone": backbone, "image_size": size, "small_stem": False, "eval_resize": size,
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "method": "groco",
+        "epochs": 0, "projector_hidden": 512, "projector_dim": 128, "projector_layers": 2,
+        "data": str(data),
+    }
+    torch.manual_seed(0)
+    run_dir.mkdir(parents=True)
+    checkpoint.save_weights(run_dir, build_model(config).state_dict())
+    checkpoint.save_config(run_dir, config)
+    return run_dir
+
+
+def time_interleaved(engines: dict[str, Callable[[], object]], rounds: int) -> dict[str, list]:
+    """Seconds per call of each engine; one warm-up call each, then ``rounds`` rounds."""
+    for fn in engines.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for r in range(rounds):
+        for name, fn in engines.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
+    return times
+
+
+def bench_model(backbone: str, size: int, root: Path, data: Path, args) -> list[str]:
+    run = write_run(root / backbone, data, backbone, size)
+    reports: dict[str, ExportReport] = {}
+    for precision in ("fp32", "fp16", "int8"):
+        log(f"{backbone}: exporting {precision}")
+        reports[precision] = export_encoder(run, root / f"{backbone}-{precision}.onnx",
+                                            precision=precision)
+        log(reports[precision].summary())
+
+    files = find_images(data)[:args.batch_size]
+    encoders = {p: Encoder(r.path, batch_size=args.batch_size, threads=args.threads)
+                for p, r in reports.items()}
+    batch = np.stack([encoders["fp32"].preprocess(load_image(f)) for f in files])
+    model, _, _ = load_embedding_model(run)
+    tensor = torch.from_numpy(batch)
+
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    tensor_cl = tensor.contiguous(memory_format=torch.channels_last)
+
+    def torch_eager() -> None:
+        with torch.inference_mode():
+            model(tensor)
+
+    def torch_channels_last() -> None:
+        with torch.inference_mode():
+            model_cl(tensor_cl)
+
+    engines: dict[str, Callable[[], object]] = {"PyTorch eager fp32": torch_eager,
+                                                 "PyTorch channels_last fp32": torch_channels_last}
+    for precision, encoder in encoders.items():
+        engines[f"ORT {precision}"] = lambda e=encoder: e.embed_arrays(batch)
+    times = time_interleaved(engines, args.rounds)
+
+    n = len(batch)
+    best = {name: n / min(t) for name, t in times.items()}
+    median = {name: n / statistics.median(t) for name, t in times.items()}
+    torch_best = max(best["PyTorch eager fp32"], best["PyTorch channels_last fp32"])
+    rows = []
+    for name in engines:
+        precision = name.split()[-1]
+        report = reports[precision] if name.startswith("ORT") else None
+        agreement = ("-" if report is None or report.cosine_min is None else
+                     f"{report.cosine_min:.4f} / {report.cosine_mean:.4f}")
+        rows.append(
+            f"| {backbone} | {name} | {best[name]:.1f} | {median[name]:.1f} | "
+            f"{best[name] / torch_best:.2f}x | "
+            f"{best[name] / best['ORT fp32']:.2f}x | {agreement} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "vit_small_patch16_224"])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch.set_num_threads and ORT intra-op threads")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=64,
+                        help="generated images (calibration and the timed batch)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="groco-bench-encoder-") as tmp:
+        root = Path(tmp)
+        data = write_images(root / "images", max(args.images, args.batch_size))
+        for backbone in args.models:
+            rows += bench_model(backbone, args.image_size, root, data, args)
+
+    print(header())
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, timm {timm.__version__}; "
+          f"CPU only; {args.threads} threads for both engines (torch.set_num_threads = ORT "
+          f"intra_op_num_threads); batch {args.batch_size} at {args.image_size} px; "
+          f"{args.rounds} interleaved rounds after a warm-up; random-init weights.")
+    print(f"Load average before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} "
+          "(the CPU is shared, so absolute figures are noisy; each ratio comes from one run).\n")
+    print("| model | engine | images/s (best) | images/s (median) | vs best PyTorch "
+          "| vs ORT fp32 | cosine to fp32 (min / mean) |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
