@@ -35,50 +35,50 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run directory to write checkpoints and logs to."),
     method: str = typer.Option(None, help="groco (default), simclr, nnclr, all4one, snclr, "
                                           "simsiam, byol, simsiam_gsg or byol_gsg."),
-    backbone: str = typer.Option(None, help="Any timm model name [default: resnet18]."),
-    image_size: int = typer.Option(None, help="Training resolution [default: 224]."),
+    backbone: str = typer.Option(None, help="Any timm model name (default: resnet18)."),
+    image_size: int = typer.Option(None, help="Training resolution (default: 224)."),
     small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
-                                    help="3x3 stride-1 CNN stem [default: on at <= 64 px]."),
+                                    help="3x3 stride-1 CNN stem (default: on at <= 64 px)."),
     weights: Path = typer.Option(None, help="Local backbone weights to start from."),
-    epochs: int = typer.Option(None, help="Epochs [default: 100]."),
-    batch_size: int = typer.Option(None, help="Images per process and step [default: 256]."),
-    views: int = typer.Option(None, help="Augmented views per image [default: 2]."),
+    epochs: int = typer.Option(None, help="Epochs (default: 100)."),
+    batch_size: int = typer.Option(None, help="Images per process and step (default: 256)."),
+    views: int = typer.Option(None, help="Augmented views per image (default: 2)."),
     optimizer: str = typer.Option(None, help="sgd (default), lars or adamw."),
     lr: float = typer.Option(None, help="Base LR per 256 images (scaled linearly) "
-                                        "[default: per method and optimizer, 6.0 for "
-                                        "groco+sgd; see DEFAULT_BASE_LR]."),
-    weight_decay: float = typer.Option(None, help="Weight decay [default: 1e-6 for sgd; "
-                                                  "1e-4 for simsiam/byol(+gsg) with sgd]."),
-    warmup_epochs: float = typer.Option(None, help="Linear warm-up epochs [default: 1]."),
-    topk_neg: int = typer.Option(None, help="GroCo: hardest negatives sorted [default: 10]."),
-    steepness: float = typer.Option(None, help="GroCo: sorter steepness [default: 1.0]."),
+                                        "(default: per method and optimizer, 6.0 for "
+                                        "groco+sgd; see DEFAULT_BASE_LR)."),
+    weight_decay: float = typer.Option(None, help="Weight decay (default: 1e-6 for sgd; "
+                                                  "1e-4 for simsiam/byol(+gsg) with sgd)."),
+    warmup_epochs: float = typer.Option(None, help="Linear warm-up epochs (default: 1)."),
+    topk_neg: int = typer.Option(None, help="GroCo: hardest negatives sorted (default: 10)."),
+    steepness: float = typer.Option(None, help="GroCo: sorter steepness (default: 1.0)."),
     network: str = typer.Option(None, help="GroCo: odd_even (default) or bitonic."),
     relaxation: str = typer.Option(None, help="GroCo: cauchy (default), logistic, "
                                               "logistic_phi, reciprocal, optimal."),
     temperature: float = typer.Option(None, help="simclr, nnclr, all4one, snclr: softmax "
-                                                 "temperature [default: 0.1; all4one and "
-                                                 "snclr 0.2]."),
+                                                 "temperature (default: 0.1; all4one and "
+                                                 "snclr 0.2)."),
     queue_size: int = typer.Option(None, help="nnclr, all4one, snclr: keys in the support "
-                                              "queue / memory bank [default: images in "
-                                              "IMAGES, at most 98304]."),
+                                              "queue / memory bank (default: images in "
+                                              "IMAGES, at most 98304)."),
     num_neighbors: int = typer.Option(None, help="all4one, snclr: nearest queue keys per "
-                                                 "sample [default: 5]."),
+                                                 "sample (default: 5)."),
     momentum_base: float = typer.Option(None, help="byol, byol_gsg, all4one, snclr: EMA "
-                                                   "momentum at the start [default: 0.99]."),
+                                                   "momentum at the start (default: 0.99)."),
     momentum_final: float = typer.Option(None, help="EMA momentum at the end, cosine from "
-                                                    "--momentum-base [default: 1.0]."),
-    predictor_hidden: int = typer.Option(None, help="Predictor width [default: 4096; 512 "
-                                                    "for simsiam, simsiam_gsg, byol_gsg]."),
-    projector_dim: int = typer.Option(None, help="Projector output dim [default: 2048; 256 "
-                                                 "for nnclr, all4one, snclr, byol]."),
-    projector_hidden: int = typer.Option(None, help="Projector width [default: 2048]."),
+                                                    "--momentum-base (default: 1.0)."),
+    predictor_hidden: int = typer.Option(None, help="Predictor width (default: 4096; 512 "
+                                                    "for simsiam, simsiam_gsg, byol_gsg)."),
+    projector_dim: int = typer.Option(None, help="Projector output dim (default: 2048; 256 "
+                                                 "for nnclr, all4one, snclr, byol)."),
+    projector_hidden: int = typer.Option(None, help="Projector width (default: 2048)."),
     device: str = typer.Option(None, help="auto (default), cpu or cuda."),
-    workers: int = typer.Option(None, help="Data-loading processes [default: 4]."),
-    seed: int = typer.Option(None, help="Random seed [default: 0]."),
+    workers: int = typer.Option(None, help="Data-loading processes (default: 4)."),
+    seed: int = typer.Option(None, help="Random seed (default: 0)."),
     eval_every: int = typer.Option(None, help="k-NN monitor every N epochs, 0 = off "
-                                              "[default: 1]; needs labels (subfolders)."),
+                                              "(default: 1); needs labels (subfolders)."),
     eval_data: Path = typer.Option(None, help="Labelled folder for the k-NN monitor's queries "
-                                              "[default: leave-one-out on IMAGES]."),
+                                              "(default: leave-one-out on IMAGES)."),
     max_steps_per_epoch: int = typer.Option(None, help="Cap on steps per epoch."),
     config: Path = typer.Option(None, "--config", help="YAML file of settings; flags win."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),

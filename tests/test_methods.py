@@ -445,3 +445,35 @@ def test_two_process_queues_and_gathered_losses_match_one_process():
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             torch.testing.assert_close(state0[key], state1[key], msg=key)
     assert int(state0["queue.ptr"]) == 2 * 2 * 4  # 2 steps, 4 keys from each of 2 ranks
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam_gsg"])
+def test_momentum_and_predictor_runs_export_the_online_backbone(collection, tmp_path, method):
+    import onnxruntime as ort
+
+    from groco.training.models import build_backbone
+
+    run, onnx_file = tmp_path / "run", tmp_path / "encoder.onnx"
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", str(collection), "--out", str(run), "--method",
+                                  method, *TINY])
+    assert trained.exit_code == 0, trained.output
+    exported = runner.invoke(app, ["export", str(run), "--out", str(onnx_file)])
+    assert exported.exit_code == 0, exported.output
+    weights = load_file(str(run / "last.safetensors"))
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    x = torch.rand(2, 3, 16, 16)
+
+    def embed(prefix):
+        backbone, _ = build_backbone("test_resnet", 16, small_stem=False)
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in weights.items()
+                                  if k.startswith(prefix)})
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (config.mean, config.std))
+        with torch.no_grad():
+            return F.normalize(backbone.eval()((x - mean) / std), dim=1)
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(onnx_out, embed("backbone."), atol=1e-4, rtol=1e-4)
+    if method in MOMENTUM_METHODS:  # the momentum copy is a different network by now
+        assert not torch.allclose(onnx_out, embed("momentum_encoder.backbone."), atol=1e-4)
