@@ -80,6 +80,10 @@ def train(
     eval_data: Path = typer.Option(None, help="Labelled folder for the k-NN monitor's queries "
                                               "(default: leave-one-out on IMAGES)."),
     max_steps_per_epoch: int = typer.Option(None, help="Cap on steps per epoch."),
+    crop_min_scale: float = typer.Option(None, help="Smallest random crop, as a fraction of "
+                                                    "the image (default: 0.14, the paper's)."),
+    flip: bool = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips "
+                                                             "(default: on)."),
     config: Path = typer.Option(None, "--config", help="YAML file of settings; flags win."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
@@ -346,17 +350,45 @@ def serve(
     index: Path = typer.Argument(..., help="Index directory."),
     host: str = typer.Option("127.0.0.1", help="Address to bind to."),
     port: int = typer.Option(7860, help="Port to listen on."),
+    encoder: Path = typer.Option(None, help="Encoder file [default: the index's]."),
 ) -> None:
-    """Serve the visual search web UI over INDEX."""
-    _not_implemented("serve")
+    """Serve the visual search web UI over INDEX (on 127.0.0.1 unless --host says else)."""
+    from groco.app.web import launch_app
+
+    try:
+        launch_app(index, host=host, port=port, encoder=encoder, block=True)
+    except (ValueError, OSError) as error:
+        _fail(error)
 
 
 @app.command()
 def demo(
-    data: Path | None = typer.Option(None, "--data", help="Image folder (default: bundled)."),
+    data: Path | None = typer.Option(None, "--data", help="Image folder with class subfolders "
+                                                          "[default: scikit-learn's digits]."),
+    work: Path = typer.Option(Path("groco-demo"), help="Folder for the demo's run, encoder "
+                                                       "and index."),
+    epochs: int = typer.Option(None, help="Training epochs [default: 6]."),
+    serve_ui: bool = typer.Option(True, "--serve/--no-serve", help="Open the web UI at the end."),
+    port: int = typer.Option(7860, help="Port of the web UI."),
 ) -> None:
-    """Run the whole flow on a small collection and open the web UI."""
-    _not_implemented("demo")
+    """Train, export and index a small collection, report k-NN accuracy, open the web UI."""
+    import logging
+
+    from groco.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        result = run_demo(work, data, epochs, log=typer.echo)
+    except (ValueError, OSError) as error:
+        _fail(error)
+    typer.echo(f"k-NN top-1 (k=20, leave-one-out, folder labels): {result.knn_top1:.1%} with "
+               f"the trained encoder, {result.random_knn_top1:.1%} untrained; "
+               f"{result.seconds:.0f} s from images to index")
+    if serve_ui:
+        from groco.app.web import launch_app
+
+        typer.echo(f"serving {result.index} on http://127.0.0.1:{port} (Ctrl-C to stop)")
+        launch_app(result.index, port=port, block=True)
 
 
 if __name__ == "__main__":

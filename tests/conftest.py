@@ -1,5 +1,6 @@
 """Shared fixtures: small generated image collections."""
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,24 @@ def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = run / "encoder.onnx"
     export_encoder(run, out, parity_images=2)
     return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A running web app over a small index: (images root, index dir, URL)."""
+    from groco.app.web import launch_app
+    from groco.index.build import build_index_dir
+
+    base = tmp_path_factory.mktemp("app")
+    images = make_collection(base / "images", classes=3, per_class=10, size=40)
+    index = base / "index"
+    build_index_dir(images, encoder_file, index, batch_size=8, progress=False)
+    app, url = launch_app(index, port=_free_port(), block=False)
+    yield images, index, url
+    app.close()

@@ -3,36 +3,14 @@ thumbnails served, concurrent clients."""
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import make_collection
-
-from groco.app.web import launch_app
-from groco.index.build import build_index_dir
 
 gradio_client = pytest.importorskip("gradio_client")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("app")
-    images = make_collection(base / "images", classes=3, per_class=10, size=40)
-    index = base / "index"
-    build_index_dir(images, encoder_file, index, batch_size=8, progress=False)
-    app, url = launch_app(index, port=_free_port(), block=False)
-    yield images, index, url
-    app.close()
 
 
 def _search(url: str, image: Path, k: int = 5, label: str = "all"):

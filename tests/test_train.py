@@ -42,7 +42,7 @@ def test_train_cli_on_a_folder_with_broken_files(collection, tmp_path, backbone)
 
 
 def test_broken_files_are_skipped_and_counted(tmp_path):
-    from tests.conftest import make_collection
+    from conftest import make_collection
 
     data = make_collection(tmp_path / "images", classes=2, per_class=6, broken=4)
     config = TrainConfig(data=str(data), out=str(tmp_path / "run"), image_size=16,

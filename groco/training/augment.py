@@ -121,11 +121,15 @@ class _Clamp(nn.Module):
         return x.clamp(0.0, 1.0)
 
 
-def view_pipeline(image_size: int, recipe: str, interpolation: str = "bicubic") -> nn.Sequential:
+def view_pipeline(image_size: int, recipe: str, interpolation: str = "bicubic",
+                  crop_scale: tuple[float, float] = CROP_SCALE,
+                  flip: bool = True) -> nn.Sequential:
     """One view's random transform (recipe ``"A"`` or ``"B"``, see the module docstring).
 
     Takes and returns float ``(B, 3, H, W)`` batches in [0, 1]; the output is
-    ``(B, 3, image_size, image_size)``. Not normalised.
+    ``(B, 3, image_size, image_size)``. Not normalised. ``crop_scale`` and ``flip`` let
+    collections whose content does not survive the recipe's small crops or mirroring
+    (digits, text, icons) keep it; the defaults are the paper's.
     """
     if recipe not in ("A", "B"):
         raise ValueError(f"recipe must be 'A' or 'B', got {recipe!r}")
@@ -135,14 +139,14 @@ def view_pipeline(image_size: int, recipe: str, interpolation: str = "bicubic") 
     steps: list[nn.Module] = [
         K.RandomResizedCrop(
             (image_size, image_size),
-            scale=CROP_SCALE,
+            scale=crop_scale,
             ratio=CROP_RATIO,
             resample=interpolation,
             align_corners=False,
             cropping_mode="resample",
         ),
         _Clamp(),
-        K.RandomHorizontalFlip(p=0.5),
+        K.RandomHorizontalFlip(p=0.5 if flip else 0.0),
         K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8),
         K.RandomGrayscale(p=0.2),
         K.RandomGaussianBlur(kernel, BLUR_SIGMA, p=1.0 if recipe == "A" else 0.1),
@@ -171,6 +175,8 @@ class MultiViewAugment(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         interpolation: str = "bicubic",
+        crop_scale: tuple[float, float] = CROP_SCALE,
+        flip: bool = True,
     ) -> None:
         super().__init__()
         if image_size < 8:
@@ -180,7 +186,7 @@ class MultiViewAugment(nn.Module):
         self.image_size = int(image_size)
         self.views = int(views)
         self.pipelines = nn.ModuleList(
-            view_pipeline(image_size, "A" if i % 2 == 0 else "B", interpolation)
+            view_pipeline(image_size, "A" if i % 2 == 0 else "B", interpolation, crop_scale, flip)
             for i in range(views)
         )
         self.normalize = Normalize(mean, std)

@@ -117,6 +117,8 @@ class TrainConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     max_steps_per_epoch: int | None = None
+    crop_min_scale: float = 0.14  # RandomResizedCrop scale (crop_min_scale, 1)
+    flip: bool = True
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults that depend on other fields filled in, values checked."""

@@ -114,7 +114,9 @@ class Trainer:
             objective = objective.to(memory_format=torch.channels_last)
         self.objective: Objective = objective
         self.ddp = (nn.parallel.DistributedDataParallel(objective) if is_distributed() else None)
-        self.augment = MultiViewAugment(config.image_size, config.views, config.mean, config.std)
+        self.augment = MultiViewAugment(config.image_size, config.views, config.mean, config.std,
+                                        crop_scale=(config.crop_min_scale, 1.0),
+                                        flip=config.flip)
         self.peak_lr = config.lr * global_batch / 256
         self.optimizer = build_optimizer(config.optimizer, objective, self.peak_lr,
                                          config.weight_decay, config.momentum)

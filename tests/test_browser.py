@@ -1,0 +1,54 @@
+"""A real browser: headless Chromium loads the page, uploads an image and sees the gallery
+fill. Runs in CI (which installs Debian's chromium and chromium-driver); elsewhere it skips
+when no browser is installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+HAVE_BROWSER = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+
+if not HAVE_BROWSER and os.environ.get("CI") != "true":
+    pytest.skip("no chromium/chromedriver here (CI installs them)", allow_module_level=True)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_upload_fills_the_gallery(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images, _, url = served
+    browser.get(url)
+    wait = WebDriverWait(browser, 60)
+    upload = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR,
+                                                           "input[type=file]")))
+    upload.send_keys(str(images / "class2" / "img004.png"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5)
+    wait.until(lambda d: "neighbours of" in d.find_element(By.ID, "search-status").text)
+    captions = browser.find_element(By.ID, "results").text
+    assert "class2/img004.png" in captions
+    screenshot = os.environ.get("GROCO_SCREENSHOT")
+    if screenshot:
+        browser.save_screenshot(screenshot)
