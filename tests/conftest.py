@@ -28,6 +28,17 @@ def make_collection(root: Path, classes: int = 3, per_class: int = 8, size: int 
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: on a shared 2-core CPU, OpenMP thread sync costs more than the work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def collection(tmp_path: Path) -> Path:
     return make_collection(tmp_path / "images", broken=2)
 

@@ -46,13 +46,7 @@ TINY = ["--backbone", "test_resnet", "--no-small-stem", "--image-size", "16", "-
         "1", "--max-steps-per-epoch", "2", "--eval-every", "0", "--lr", "0.05"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """On a busy 2-core machine two OpenMP threads per process are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyBackbone(nn.Module):

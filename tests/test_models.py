@@ -17,14 +17,7 @@ from groco.training.models import (
     is_vit,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with several threads on a shared CPU, thread sync costs more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
