@@ -14,7 +14,7 @@ GIB = 2**30
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def one_faiss_thread():
     """Tiny workloads run faster on one OpenMP thread, and far faster on a busy machine."""
     previous = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
