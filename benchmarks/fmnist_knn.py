@@ -2,18 +2,23 @@
 
     python benchmarks/fmnist_knn.py                       # groco and simclr, seeds 0 and 1
     python benchmarks/fmnist_knn.py --methods groco --seeds 0 --epochs 2   # quicker
+    python benchmarks/fmnist_knn.py --methods all --seeds 0                # every method
 
 Writes the training split (a balanced subset of ``--train-images``) and the 10k test split
 out as image folders, trains every method with the same backbone, budget, batch and
 augmentations through ``groco.training.trainer``, and reports weighted k-NN top-1
 (k=20, T=0.07, cosine, backbone features of centre-cropped images) of the test split
 against the training images; plus a randomly initialised encoder (the floor a method must
-beat) and raw pixels (the floor an encoder worth shipping must beat).
+beat) and raw pixels (the floor an encoder worth shipping must beat). Each run is its own
+process, so its peak memory (max RSS) is its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +45,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".bench/fmnist"))
     parser.add_argument("--lr", type=float, nargs="*", default=None,
                         help="base LR per method, in --methods order (default: each method's)")
+    parser.add_argument("--one", nargs=3, metavar=("METHOD", "SEED", "LR"),
+                        help=argparse.SUPPRESS)  # one run in this process, JSON on stdout
     args = parser.parse_args()
-
-    from groco.training.config import TrainConfig
-    from groco.training.trainer import Trainer
 
     train_dir = write_folder(args.data_dir, "train", args.train_images)
     test_dir = write_folder(args.data_dir, "t10k")
@@ -52,23 +56,20 @@ def main() -> None:
                   batch_size=args.batch_size, workers=args.workers,
                   projector_dim=args.projector_dim, projector_hidden=args.projector_dim,
                   eval_every=args.epochs, device="cpu")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        floor = Trainer(TrainConfig(out=str(Path(tmp) / "random"), **common),
-                        show_progress=False).knn_monitor()
-        rows.append(("random init (no training)", "-", floor, "-", "-"))
-        for m, method in enumerate(args.methods):
-            lr = args.lr[m] if args.lr else None
-            for seed in args.seeds:
-                config = TrainConfig(out=str(Path(tmp) / f"{method}-{seed}"), method=method,
-                                     seed=seed, lr=lr, **common)
-                started = time.perf_counter()
-                result = Trainer(config, show_progress=False).fit()
-                minutes = (time.perf_counter() - started) / 60
-                rows.append((method, seed, result.knn_top1, f"{result.images_per_s:.0f}",
-                             f"{minutes:.1f}"))
-                print(f"{method} seed {seed}: k-NN top-1 {result.knn_top1:.4f}", file=sys.stderr,
-                      flush=True)
+    if args.one:
+        method, seed, lr = args.one
+        print(json.dumps(one_run(common, method, int(seed), None if lr == "-" else float(lr))))
+        return
+    from groco.training.config import METHODS
+
+    methods = list(METHODS) if args.methods == ["all"] else args.methods
+    rows = [("random init (no training)", "-", *run_child(args, "random", 0, None))]
+    for m, method in enumerate(methods):
+        lr = args.lr[m] if args.lr else None
+        for seed in args.seeds:
+            rows.append((method, seed, *run_child(args, method, seed, lr)))
+            print(f"{method} seed {seed}: k-NN top-1 {rows[-1][2]:.4f}", file=sys.stderr,
+                  flush=True)
     pixels = pixel_knn_floor(args.train_images)
 
     print(header())
@@ -76,11 +77,42 @@ def main() -> None:
           f"{args.epochs} epochs of {args.train_images} training images, batch "
           f"{args.batch_size}, 2 views, CPU. k-NN: k=20, T=0.07, test split (10,000) "
           "against the training images.\n")
-    print("| encoder | seed | k-NN top-1 | train images/s | minutes |")
-    print("|---|---|---|---|---|")
-    for name, seed, knn, speed, minutes in rows:
-        print(f"| {name} | {seed} | {100 * knn:.2f}% | {speed} | {minutes} |")
-    print(f"| raw pixels | - | {100 * pixels:.2f}% | - | - |")
+    print("| encoder | seed | k-NN top-1 | train images/s | peak memory (MB) | minutes |")
+    print("|---|---|---|---|---|---|")
+    for name, seed, knn, speed, memory, minutes in rows:
+        print(f"| {name} | {seed} | {100 * knn:.2f}% | {speed} | {memory} | {minutes} |")
+    print(f"| raw pixels | - | {100 * pixels:.2f}% | - | - | - |")
+
+
+def one_run(common: dict, method: str, seed: int, lr: float | None) -> dict:
+    """Train one method (``random``: none) and measure it; runs in its own process."""
+    from groco.training.config import TrainConfig
+    from groco.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if method == "random":
+            trainer = Trainer(TrainConfig(out=tmp, **common), show_progress=False)
+            result = {"knn": trainer.knn_monitor(), "speed": "-", "minutes": "-"}
+        else:
+            config = TrainConfig(out=tmp, method=method, seed=seed, lr=lr, **common)
+            started = time.perf_counter()
+            trained = Trainer(config, show_progress=False).fit()
+            result = {"knn": trained.knn_top1, "speed": f"{trained.images_per_s:.0f}",
+                      "minutes": f"{(time.perf_counter() - started) / 60:.1f}"}
+    result["memory"] = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+    return result
+
+
+def run_child(args: argparse.Namespace, method: str, seed: int,
+              lr: float | None) -> tuple[float, str, str, str]:
+    """(k-NN top-1, images/s, peak MB, minutes) of one run in a child process."""
+    command = [sys.executable, __file__, *sys.argv[1:], "--one", method, str(seed),
+               "-" if lr is None else str(lr)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{method} seed {seed} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["knn"], result["speed"], result["memory"], result["minutes"]
 
 
 if __name__ == "__main__":
