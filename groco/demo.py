@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_SETTINGS = dict(backbone="mobilenetv3_small_100", image_size=16, small_stem=True, epochs=10,
-                     batch_size=128, projector_hidden=512, projector_dim=512,
-                     warmup_epochs=1.0, eval_every=0, workers=0)
+# Digits do not survive the paper's 14% crops or mirroring: the demo crops at >= 50% and
+# does not flip. A small ResNet at 16 px keeps the whole flow within a few CPU minutes.
+DEMO_SETTINGS = dict(backbone="resnet10t", image_size=16, small_stem=True, epochs=6,
+                     batch_size=64, lr=1.0, crop_min_scale=0.5, flip=False,
+                     projector_hidden=512, projector_dim=512, eval_every=0, workers=0)
 
 
 @dataclass
@@ -70,13 +72,8 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     run = work / "run"
     log(f"[1/4] training a GroCo encoder on {images} ({settings['backbone']}, "
         f"{settings['image_size']} px, {settings['epochs']} epochs)")
-    trainer = Trainer(TrainConfig(data=str(images), out=str(run), **settings),
-                      resume=(run / checkpoint.STATE).exists())
-    batch = min(settings["batch_size"], len(trainer.dataset) // 2)
-    if batch != trainer.config.batch_size:
-        raise ValueError(f"{images}: {len(trainer.dataset)} images is too few for the demo "
-                         f"(it needs at least {2 * settings['batch_size']})")
-    trainer.fit()
+    Trainer(TrainConfig(data=str(images), out=str(run), **settings),
+            resume=(run / checkpoint.STATE).exists()).fit()
 
     log("[2/4] exporting it to ONNX")
     encoder = work / "encoder.onnx"
