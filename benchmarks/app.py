@@ -86,6 +86,7 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         app, url = launch_app(work / "index", port=port, block=False)
+        app.thumbnail_warmup.join()  # a server that has been up for a minute
         files = sorted(images.rglob("*.png"))
         rng = np.random.default_rng(0)
         queries = [files[i] for i in rng.choice(len(files), args.queries, replace=False)]

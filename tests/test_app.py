@@ -66,3 +66,18 @@ def test_twenty_concurrent_clients_get_correct_answers(served):
         answers = list(pool.map(lambda q: _search(url, q, k=3), queries))
     for query, (_, _, raw) in zip(queries, answers, strict=True):
         assert _relpaths(raw)[0] == query.relative_to(images).as_posix()
+
+
+def test_thumbnails_of_the_collection_are_made_ahead_of_queries(served):
+    import time
+
+    images, index, _ = served
+    expected = len(list(images.rglob("*.png")))
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((index / "thumbnails").glob("*.jpg"))) < expected:
+        time.sleep(0.2)
+    thumbs = list((index / "thumbnails").glob("*.jpg"))
+    assert len(thumbs) == expected
+    from PIL import Image
+
+    assert all(max(Image.open(t).size) <= 256 for t in thumbs)

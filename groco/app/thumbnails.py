@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image
@@ -53,3 +54,10 @@ class ThumbnailCache:
             with atomic_path(target) as tmp:
                 image.save(tmp, format="JPEG", quality=85)
         return target
+
+    def prebuild(self, items: Iterable[tuple[str | Path, str | None]]) -> int:
+        """Make the thumbnails of ``(original, content_hash)`` pairs ahead of any request;
+        returns how many exist afterwards."""
+        return sum(self.path_for(original, content_hash) is not None
+                   for original, content_hash in items)
+

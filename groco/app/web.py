@@ -12,6 +12,7 @@ limited, and an upload that is not a readable image gets a one-line message.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,11 @@ def build_app(searcher: Searcher, thumbnails_dir: str | Path | None = None,
         gallery.select(more_like_this, [result_ids, k, label], outputs, api_name=False)
     app.queue(default_concurrency_limit=CONCURRENCY)
     app.allowed_thumbnail_dir = service.thumbnails.folder  # type: ignore[attr-defined]
+    # Thumbnails of the whole collection are made once in the background, so that queries
+    # only read them; one not made yet is made on request.
+    app.thumbnail_warmup = threading.Thread(  # type: ignore[attr-defined]
+        target=service.thumbnails.prebuild, args=(searcher.embedded_files(),),
+        name="groco-thumbnails", daemon=True)
     return app
 
 
@@ -166,6 +172,7 @@ def launch_app(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
     """Load the index once, build the app and serve it; returns (app, local URL)."""
     searcher = Searcher(index_dir, encoder)
     app = build_app(searcher)
+    app.thumbnail_warmup.start()
     _, url, _ = app.launch(server_name=host, server_port=port,
                            allowed_paths=[str(app.allowed_thumbnail_dir)],
                            max_file_size=MAX_UPLOAD, prevent_thread_lock=not block,

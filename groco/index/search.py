@@ -185,6 +185,11 @@ class Searcher:
         return Result(id=row.id, path=str(self.root / row.path), relpath=row.path,
                       score=score, label=row.label)
 
+    def embedded_files(self) -> list[tuple[Path, str]]:
+        """(absolute path, content hash) of every embedded image."""
+        with self._lock:
+            return [(self.root / row.path, row.hash) for row in self._store.iter_rows(EMBEDDED)]
+
     def label_counts(self) -> dict[str, int]:
         """How many embedded images each folder label has (files in the root: no label)."""
         counts: dict[str, int] = {}
