@@ -18,11 +18,6 @@ index_app = typer.Typer(help="Build, update and evaluate a FAISS index of a coll
 app.add_typer(index_app, name="index")
 
 
-def _not_implemented(command: str) -> None:
-    typer.echo(f"groco {command}: not implemented yet", err=True)
-    raise typer.Exit(code=2)
-
-
 def _fail(error: Exception) -> None:
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     typer.echo(f"error: {message}", err=True)
