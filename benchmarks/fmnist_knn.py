@@ -63,24 +63,22 @@ def main() -> None:
     from groco.training.config import METHODS
 
     methods = list(METHODS) if args.methods == ["all"] else args.methods
-    rows = [("random init (no training)", "-", *run_child(args, "random", 0, None))]
-    for m, method in enumerate(methods):
-        lr = args.lr[m] if args.lr else None
-        for seed in args.seeds:
-            rows.append((method, seed, *run_child(args, method, seed, lr)))
-            print(f"{method} seed {seed}: k-NN top-1 {rows[-1][2]:.4f}", file=sys.stderr,
-                  flush=True)
-    pixels = pixel_knn_floor(args.train_images)
-
     print(header())
     print(f"Backbone {args.backbone} (small stem {args.small_stem}) at {args.image_size} px, "
-          f"{args.epochs} epochs of {args.train_images} training images, batch "
-          f"{args.batch_size}, 2 views, CPU. k-NN: k=20, T=0.07, test split (10,000) "
-          "against the training images.\n")
+          f"projector {args.projector_dim}, {args.epochs} epochs of {args.train_images} "
+          f"training images, batch {args.batch_size}, 2 views, CPU. k-NN: k=20, T=0.07, "
+          "test split (10,000) against the training images.\n")
     print("| encoder | seed | k-NN top-1 | train images/s | peak memory (MB) | minutes |")
-    print("|---|---|---|---|---|---|")
-    for name, seed, knn, speed, memory, minutes in rows:
-        print(f"| {name} | {seed} | {100 * knn:.2f}% | {speed} | {memory} | {minutes} |")
+    print("|---|---|---|---|---|---|", flush=True)
+    runs = [("random", 0, None)] + [(method, seed, args.lr[m] if args.lr else None)
+                                    for m, method in enumerate(methods) for seed in args.seeds]
+    for method, seed, lr in runs:  # each row as soon as it is measured
+        knn, speed, memory, minutes = run_child(args, method, seed, lr)
+        name, shown_seed = ("random init (no training)", "-") if method == "random" else (
+            method, seed)
+        print(f"| {name} | {shown_seed} | {100 * knn:.2f}% | {speed} | {memory} | {minutes} |",
+              flush=True)
+    pixels = pixel_knn_floor(args.train_images)
     print(f"| raw pixels | - | {100 * pixels:.2f}% | - | - | - |")
 
 
