@@ -27,19 +27,12 @@ from fashion_mnist import write_folder  # noqa: E402
 
 
 def export_untrained(work: Path, backbone: str, image_size: int) -> Path:
-    import torch
-
-    from groco.encoder.export import export_encoder
-    from groco.training import checkpoint
+    from groco.encoder.export import export_untrained
     from groco.training.config import TrainConfig
-    from groco.training.models import build_model
 
-    torch.manual_seed(0)
     config = TrainConfig(data=str(work), out=str(work / "run"), backbone=backbone,
                          image_size=image_size, small_stem=False).resolved()
-    checkpoint.save_config(work / "run", config.to_dict())
-    checkpoint.save_weights(work / "run", build_model(config).state_dict())
-    export_encoder(work / "run", work / "encoder.onnx", parity_images=4)
+    export_untrained(config.to_dict(), work / "run", work / "encoder.onnx", parity_images=4)
     return work / "encoder.onnx"
 
 

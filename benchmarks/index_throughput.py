@@ -59,21 +59,12 @@ def write_images(root: Path, n: int, size: int, classes: int = 10, seed: int = 0
 
 
 def export(work: Path, backbone: str, image_size: int) -> Path:
-    import torch
+    from groco.encoder.export import export_untrained
 
-    from groco.encoder.export import export_encoder
-    from groco.training import checkpoint
-    from groco.training.models import build_model
-
-    torch.manual_seed(0)
-    run = work / "run"
     config = {"backbone": backbone, "image_size": image_size, "projector_hidden": 64,
               "projector_dim": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    run.mkdir()
-    checkpoint.save_config(run, config)
-    checkpoint.save_weights(run, build_model(config).state_dict())
     out = work / "encoder.onnx"
-    export_encoder(run, out, parity_images=4)
+    export_untrained(config, work / "run", out, parity_images=4)
     return out
 
 

@@ -59,7 +59,7 @@ def _knn_of_index(index: Path) -> float:
 def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
              log=print) -> DemoResult:
     """Train, export and index ``data`` (default: the digits) under ``work``."""
-    from groco.encoder.export import export_encoder
+    from groco.encoder.export import export_encoder, export_untrained
     from groco.index.build import build_index_dir
     from groco.training import checkpoint
     from groco.training.config import TrainConfig
@@ -88,11 +88,7 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     # The floor: the same network, untrained, through the same export and index path.
     floor_run = work / "untrained"
     config = TrainConfig(data=str(images), out=str(floor_run), **settings).resolved()
-    from groco.training.models import build_model
-
-    checkpoint.save_config(floor_run, config.to_dict())
-    checkpoint.save_weights(floor_run, build_model(config).state_dict())
-    export_encoder(floor_run, floor_run / "encoder.onnx")
+    export_untrained(config.to_dict(), floor_run, floor_run / "encoder.onnx")
     build_index_dir(images, floor_run / "encoder.onnx", floor_run / "index", progress=False)
     floor = _knn_of_index(floor_run / "index")
     return DemoResult(images, run, encoder, index, knn, floor, time.perf_counter() - started)

@@ -46,22 +46,14 @@ def collection(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real exported encoder (untrained resnet18, small stem, 32 px), made once."""
-    import torch
+    from groco.encoder.export import export_untrained
 
-    from groco.encoder.export import export_encoder
-    from groco.training import checkpoint
-    from groco.training.models import build_model
-
-    torch.manual_seed(0)
     run = tmp_path_factory.mktemp("run")
     config = {"backbone": "resnet18", "image_size": 32, "small_stem": True,
               "projector_hidden": 32, "projector_dim": 16,
               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    checkpoint.save_config(run, config)
-    checkpoint.save_weights(run, build_model(config).state_dict())
-    out = run / "encoder.onnx"
-    export_encoder(run, out, parity_images=2)
-    return out
+    export_untrained(config, run, run / "encoder.onnx", parity_images=2)
+    return run / "encoder.onnx"
 
 
 def _free_port() -> int:

@@ -559,3 +559,22 @@ def export_encoder(
         seconds=time.perf_counter() - start, parity_source=parity_source,
         calibration_source=calibration_source,
     )
+
+
+def export_untrained(config: dict[str, Any], run_dir: str | Path, out_path: str | Path,
+                     seed: int = 0, **export_options: Any) -> ExportReport:
+    """Write ``run_dir`` as a run whose weights are freshly initialised from ``config`` (a
+    training configuration, as in ``config.yaml``) and export it like a trained one.
+
+    The floor a trained encoder must beat, and an encoder for tests and benchmarks whose
+    figures do not depend on the weights.
+    """
+    from groco.training import checkpoint
+    from groco.training.models import build_model
+
+    run_dir = Path(run_dir)
+    torch.manual_seed(seed)
+    checkpoint.save_config(run_dir, config)
+    checkpoint.save_weights(run_dir, build_model(config).state_dict())
+    return export_encoder(run_dir, out_path, **export_options)
+

@@ -128,27 +128,27 @@ class Trainer:
             self._restore()
 
     # ----------------------------------------------------------------------------- state
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {}
-        opt = self.optimizer.state_dict()
-        for index, values in opt["state"].items():
-            for key, value in values.items():
-                if torch.is_tensor(value):
-                    tensors[f"optimizer.{index}.{key}"] = value
-        return tensors
-
     def _save(self, metrics: dict) -> None:
-        """Metrics row first, then weights and state; ``last.json`` marks it complete."""
+        """Metrics row first, then weights and state; ``last.json`` marks it complete.
+
+        The optimiser state is split into its tensors (safetensors) and the rest (JSON).
+        """
         self._append_metrics(metrics)
         checkpoint.save_config(self.run_dir, self.config.to_dict())
         checkpoint.save_weights(self.run_dir, self.objective.state_dict(),
                                 {"epoch": str(self.epoch), "method": self.config.method})
         opt = self.optimizer.state_dict()
-        scalars = {str(i): {k: v for k, v in s.items() if not torch.is_tensor(v)}
-                   for i, s in opt["state"].items()}
+        tensors, scalars = {}, {}
+        for index, values in opt["state"].items():
+            scalars[str(index)] = {}
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{index}.{key}"] = value
+                else:
+                    scalars[str(index)][key] = value
         state = {"epoch": self.epoch, "step": self.step, "rank_count": world_size(),
                  "param_groups": opt["param_groups"], "optimizer_scalars": scalars}
-        checkpoint.save_state(self.run_dir, self._state_tensors(), state)
+        checkpoint.save_state(self.run_dir, tensors, state)
 
     def _restore(self) -> None:
         loaded = checkpoint.load_state(self.run_dir)
