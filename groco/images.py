@@ -154,7 +154,7 @@ def _lab_to_srgb() -> ImageCmsTransform:
     return ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB (``im`` itself when already RGB); alpha composited on white."""
     if im.mode.startswith("I") or im.mode == "F":
         return Image.fromarray(_scale_to_uint8(np.asarray(im), im.mode), "L").convert("RGB")
@@ -198,7 +198,7 @@ def load_image(
                     oriented = ImageOps.exif_transpose(im)
                 except Exception:  # a corrupt EXIF block does not make the pixels unusable
                     oriented = im.copy()
-                return _to_rgb(oriented)  # a new image: the file is closed on return
+                return to_rgb(oriented)  # a new image: the file is closed on return
     except ImageError:
         raise
     except Image.DecompressionBombError as err:

@@ -21,7 +21,6 @@ fp16 and int8 report the per-image cosine to the fp32 model.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -47,9 +46,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 import groco
-from groco.encoder.runtime import META_PREFIX, preprocess_image
 from groco.fileio import atomic_path
 from groco.images import ImageError, find_images, load_image
+from groco.preprocessing import META_PREFIX, Preprocessing
 from groco.training import checkpoint
 from groco.training.models import build_backbone
 
@@ -59,7 +58,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
 """Largest accepted |ONNX Runtime fp32 - PyTorch| over the parity images' embeddings."""
-RESIZE_POLICY = "shorter-side-bicubic-then-center-crop"
 INPUT_NAME, FEATURES_NAME, OUTPUT_NAME = "images", "features", "embeddings"
 L2_EPS = 1e-12
 TAIL_PREFIX = "groco_l2norm"
@@ -277,13 +275,7 @@ def append_l2_normalisation(features_model: onnx.ModelProto) -> onnx.ModelProto:
 
 def groco_metadata(config: dict[str, Any], embedding_dim: int, precision: str) -> dict[str, str]:
     """The ``groco.*`` metadata of an encoder (all but ``groco.hash``), values as strings."""
-    image_size = int(config["image_size"])
     values: dict[str, Any] = {
-        "input_size": image_size,
-        "resize_to": int(config.get("eval_resize") or image_size),
-        "mean": json.dumps([float(v) for v in config["mean"]]),
-        "std": json.dumps([float(v) for v in config["std"]]),
-        "resize_policy": RESIZE_POLICY,
         "embedding_dim": embedding_dim,
         "backbone": config["backbone"],
         "method": config.get("method", "unknown"),
@@ -291,7 +283,14 @@ def groco_metadata(config: dict[str, Any], embedding_dim: int, precision: str) -
         "version": groco.__version__,
         "precision": precision,
     }
-    return {META_PREFIX + key: str(value) for key, value in values.items()}
+    return {**_preprocessing(config).metadata(),
+            **{META_PREFIX + key: str(value) for key, value in values.items()}}
+
+
+def _preprocessing(config: dict[str, Any]) -> Preprocessing:
+    image_size = int(config["image_size"])
+    return Preprocessing(image_size, int(config.get("eval_resize") or image_size),
+                         tuple(config["mean"]), tuple(config["std"]))
 
 
 def stamp(model: onnx.ModelProto, metadata: dict[str, str]) -> str:
@@ -318,7 +317,7 @@ def _pick_order(count: int, n: int, phase: float) -> list[int]:
     return first + [i for i in range(count) if i not in chosen]
 
 
-def sample_images(folder: str | Path | None, n: int, image_size: int, resize_to: int,
+def sample_images(folder: str | Path | None, n: int, preprocessing: Preprocessing,
                   phase: float = 0.5) -> tuple[np.ndarray, str] | None:
     """Up to ``n`` preprocessed images ``(k, 3, S, S)`` from ``folder`` and a description.
 
@@ -334,7 +333,7 @@ def sample_images(folder: str | Path | None, n: int, image_size: int, resize_to:
         if len(arrays) == n:
             break
         try:
-            arrays.append(preprocess_image(load_image(files[index]), image_size, resize_to))
+            arrays.append(preprocessing.array(load_image(files[index])))
         except ImageError as error:
             skipped += 1
             log.warning("skipping %s", error)
@@ -497,9 +496,10 @@ def export_encoder(
         raise ExportError("parity_images and calibration_images must be >= 1")
     model, config, dim = load_embedding_model(run_dir)
     image_size = int(config["image_size"])
-    resize_to = int(config.get("eval_resize") or image_size)
-    if resize_to < image_size:
-        raise ExportError(f"{run_dir}: eval_resize ({resize_to}) < image_size ({image_size})")
+    try:
+        preprocessing = _preprocessing(config)
+    except ValueError as error:
+        raise ExportError(f"{run_dir}: {error}") from None
     folder = data if data is not None else config.get("data")
 
     log.info("exporting %s (%s, %d px) to ONNX", config["backbone"], precision, image_size)
@@ -510,7 +510,7 @@ def export_encoder(
     except onnx.checker.ValidationError as error:
         raise ExportError(f"exported graph fails onnx.checker: {_one_line(error)}") from error
 
-    parity = sample_images(folder, parity_images, image_size, resize_to, phase=0.5)
+    parity = sample_images(folder, parity_images, preprocessing, phase=0.5)
     if parity is None:
         rng = np.random.default_rng(0)
         batch = rng.random((parity_images, 3, image_size, image_size), dtype=np.float32)
@@ -530,7 +530,7 @@ def export_encoder(
     if precision == "fp16":
         final = append_l2_normalisation(to_fp16(body))
     elif precision == "int8":
-        calib = sample_images(folder, calibration_images, image_size, resize_to, phase=0.0)
+        calib = sample_images(folder, calibration_images, preprocessing, phase=0.0)
         if calib is None:
             raise ExportError(f"int8 needs calibration images, but data folder {folder} has "
                               "none; pass another folder (groco export --data DIR)")

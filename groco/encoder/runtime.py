@@ -6,8 +6,8 @@ An encoder file (written by :func:`groco.encoder.export.export_encoder`) takes f
 [0, 1], NCHW, at ``groco.input_size`` with a dynamic batch axis; mean/std normalisation is
 inside the graph, and the output is L2-normalised ``(N, groco.embedding_dim)`` float32. Its
 facts live in the ONNX ``metadata_props`` under ``groco.*`` keys (see :data:`REQUIRED_KEYS`).
-The preprocessing is :func:`preprocess_image`, the same function the exporter's parity
-check uses.
+The preprocessing is the file's :class:`groco.preprocessing.Preprocessing`, read from that
+metadata: the same value the training monitor and the exporter's parity check use.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from groco.images import _to_rgb, load_image, resize_center_crop
+from groco.images import load_image
+from groco.preprocessing import META_PREFIX, Preprocessing
 
 log = logging.getLogger(__name__)
-
-META_PREFIX = "groco."
-"""Prefix of every groco key in the ONNX model's ``metadata_props``."""
 
 REQUIRED_KEYS = ("input_size", "resize_to", "embedding_dim", "hash")
 """Keys (without the prefix) an encoder file must carry to be used."""
@@ -44,21 +42,6 @@ class EncoderError(ValueError):
     """An encoder file that cannot be used; ``str(err)`` is one line naming the file."""
 
 
-def preprocess_image(image: Image.Image, image_size: int, resize_to: int) -> np.ndarray:
-    """The encoder's input for one image: ``(3, image_size, image_size)`` float32 in [0, 1].
-
-    ``resize_center_crop(image, image_size, resize_to)`` (shorter side to ``resize_to``,
-    bicubic, centre crop), then ``uint8 / 255``, channels first. ``image`` should come from
-    :func:`groco.images.load_image`; another mode than RGB is converted with the same
-    policy (alpha composited on white).
-    """
-    if image.mode != "RGB":
-        image = _to_rgb(image)
-    crop = resize_center_crop(image, image_size, resize_to)
-    pixels = np.asarray(crop, dtype=np.float32) / np.float32(255.0)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
 def default_threads() -> int:
     """Cores this process may run on (the default intra-op thread count)."""
     try:
@@ -67,7 +50,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _cuda_possible() -> bool:
+def cuda_possible() -> bool:
     """False when CUDA surely cannot work (no CUDA provider in this build, or no NVIDIA driver).
 
     Asking ONNX Runtime for CUDA without a driver logs a long error and falls back to CPU;
@@ -76,6 +59,14 @@ def _cuda_possible() -> bool:
     if CUDA not in ort.get_available_providers():
         return False
     return not (sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia"))
+
+
+def default_providers(device_id: int | None = None) -> list[str | tuple[str, dict[str, Any]]]:
+    """The providers to ask for: CUDA (device ``device_id`` when given) then CPU where
+    :func:`cuda_possible`, else CPU alone."""
+    if not cuda_possible():
+        return [CPU]
+    return [CUDA if device_id is None else (CUDA, {"device_id": int(device_id)}), CPU]
 
 
 def _int_meta(meta: dict[str, str], key: str, path: Path) -> int:
@@ -128,7 +119,7 @@ class Encoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        wanted = list(providers) if providers else ([CUDA, CPU] if _cuda_possible() else [CPU])
+        wanted = list(providers) if providers else (default_providers())
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
         except Exception as error:  # ORT raises Fail/InvalidProtobuf/InvalidGraph/...
@@ -152,12 +143,14 @@ class Encoder:
         if missing:
             raise EncoderError(f"{self.path}: groco metadata lacks {', '.join(missing)}")
         self._meta = meta
-        self._image_size = _int_meta(meta, "input_size", self.path)
-        self._resize_to = _int_meta(meta, "resize_to", self.path)
+        try:
+            self.preprocessing: Preprocessing = Preprocessing.from_metadata(meta)
+            """How images become this encoder's input (from the file's metadata)."""
+        except ValueError as error:
+            raise EncoderError(f"{self.path}: {error}") from None
+        self._image_size = self.preprocessing.image_size
+        self._resize_to = self.preprocessing.resize_to
         self._dim = _int_meta(meta, "embedding_dim", self.path)
-        if self._resize_to < self._image_size:
-            raise EncoderError(f"{self.path}: groco.resize_to ({self._resize_to}) is smaller "
-                               f"than groco.input_size ({self._image_size})")
         self._check_graph()
 
     def _check_graph(self) -> None:
@@ -210,8 +203,8 @@ class Encoder:
                 f"image_size={self.image_size}, provider={self.provider!r})")
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """``(3, image_size, image_size)`` float32 in [0, 1]; see :func:`preprocess_image`."""
-        return preprocess_image(image, self._image_size, self._resize_to)
+        """``(3, image_size, image_size)`` float32 in [0, 1]: :meth:`Preprocessing.array`."""
+        return self.preprocessing.array(image)
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed preprocessed images ``(N, 3, H, W)`` float32 -> ``(N, dim)`` float32, unit norm.

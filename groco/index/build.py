@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from groco.encoder.runtime import CPU, CUDA, Encoder, _cuda_possible
+from groco.encoder.runtime import Encoder, default_providers
 from groco.images import find_images
 
 from . import shards
@@ -149,9 +149,7 @@ def _relpaths(root: Path) -> list[str]:
 def _providers() -> list | None:
     """Under torchrun on GPUs, CUDA device ``LOCAL_RANK`` for this process; else default."""
     local = os.environ.get("LOCAL_RANK")
-    if local is None or not _cuda_possible():
-        return None
-    return [(CUDA, {"device_id": int(local)}), CPU]
+    return None if local is None else default_providers(int(local))
 
 
 def _open_encoder(path: str | Path, batch_size: int) -> Encoder:

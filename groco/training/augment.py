@@ -48,8 +48,7 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 CROP_SCALE: tuple[float, float] = (0.14, 1.0)
 CROP_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)

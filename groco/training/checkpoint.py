@@ -2,6 +2,8 @@
 
     RUN/config.yaml          the full training configuration (``TrainConfig`` as a dict)
     RUN/last.safetensors     model weights (``backbone.*``, ``projector.*``, method heads)
+    RUN/best.safetensors     the weights of the best epoch so far (epoch 0 = the start), with
+                             the epoch, the criterion and the scores in its metadata
     RUN/last.state.safetensors  optimiser tensors and RNG states, for ``--resume``
     RUN/last.json            epoch, step, optimiser hyper-parameters, loss history
     RUN/metrics.csv          one row per epoch
@@ -24,6 +26,7 @@ from groco.fileio import atomic_path, atomic_write_text
 
 CONFIG = "config.yaml"
 WEIGHTS = "last.safetensors"
+BEST = "best.safetensors"
 STATE_TENSORS = "last.state.safetensors"
 STATE = "last.json"
 
@@ -47,17 +50,20 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, name: str = WEIGHTS) -> None:
+    """Write ``state_dict`` to ``run_dir / name`` (``last`` or ``best``) atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    with atomic_path(run_dir / WEIGHTS) as tmp:
+    with atomic_path(run_dir / name) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_weights(run_dir: str | Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
-    """The run's weights; with ``prefix`` (e.g. ``"backbone."``) only those, prefix removed."""
-    path = Path(run_dir) / WEIGHTS
+def load_weights(run_dir: str | Path, prefix: str | None = None,
+                 name: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    """The run's weights (``name``: :data:`WEIGHTS` or :data:`BEST`); with ``prefix``
+    (e.g. ``"backbone."``) only those, prefix removed."""
+    path = Path(run_dir) / name
     if not path.is_file():
-        raise RunError(f"{run_dir}: no checkpoint ({WEIGHTS}); has `groco train` finished "
+        raise RunError(f"{run_dir}: no checkpoint ({name}); has `groco train` finished "
                        "an epoch?")
     try:
         weights = load_file(str(path))
@@ -66,6 +72,34 @@ def load_weights(run_dir: str | Path, prefix: str | None = None) -> dict[str, to
     if prefix is None:
         return weights
     return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def weights_metadata(run_dir: str | Path, name: str = WEIGHTS) -> dict[str, str]:
+    """The string metadata stored with a weights file (empty when it has none)."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / name
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return dict(file.metadata() or {})
+    except Exception as error:  # safetensors raises several types for a corrupt file
+        raise RunError(f"{path}: unreadable checkpoint ({error})") from error
+
+
+def export_choice(run_dir: str | Path) -> tuple[str, str]:
+    """Which weights ``groco export`` takes by default, and a line saying why.
+
+    :data:`BEST` when the run kept one (the best epoch by its ``criterion``, epoch 0 being
+    the start), else :data:`WEIGHTS`, the last epoch.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / BEST).is_file():
+        return WEIGHTS, f"the last epoch ({WEIGHTS}; the run kept no {BEST})"
+    meta = weights_metadata(run_dir, BEST)
+    epoch = meta.get("epoch", "?")
+    what = "the start (epoch 0)" if epoch == "0" else f"epoch {epoch}"
+    reason = meta.get("reason", "")
+    return BEST, f"{what} from {BEST}" + (f": {reason}" if reason else "")
 
 
 def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from groco.training.augment import IMAGENET_MEAN, IMAGENET_STD
+from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 METHODS = ("groco", "simclr", "nnclr", "all4one", "snclr", "simsiam", "byol", "simsiam_gsg",
            "byol_gsg")
@@ -178,6 +178,14 @@ class TrainConfig:
                                  f"{needed}")
             changes["queue_size"] = size
         return changes
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How the run's encoder sees an image: ``image_size``, ``eval_resize`` (or
+        ``image_size``) and ``mean``/``std``. The k-NN monitor, the export and the index
+        all use this one value."""
+        return Preprocessing(self.image_size, self.eval_resize or self.image_size,
+                             tuple(self.mean), tuple(self.std))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
