@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
@@ -36,3 +38,62 @@ def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32; an all-zero row stays zero)."""
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    norms = np.linalg.norm(flat, axis=1, keepdims=True)
+    return flat / np.maximum(norms, 1e-12)
+
+
+def retrieval_figures(bank: np.ndarray, bank_labels: np.ndarray,
+                      queries: np.ndarray | None = None,
+                      query_labels: np.ndarray | None = None, k: int = 20,
+                      temperature: float = 0.07, precision_k: int = 10,
+                      chunk: int = 256) -> dict[str, float]:
+    """k-NN top-1, precision@``precision_k`` and mAP@R of queries against a bank (cosine).
+
+    Rows must be L2-normalised. ``queries=None``: leave-one-out, every bank row is a query
+    and never its own neighbour. Per query with label ``y`` and its neighbours ranked by
+    cosine similarity (self excluded):
+
+    - **k-NN top-1**: :func:`groco.knn.weighted_knn_predict` (k, T; ``w = exp(s / T)``).
+    - **precision@K**: the fraction of the first K neighbours labelled ``y``.
+    - **mAP@R** (Musgrave, Belongie, Lim, "A Metric Learning Reality Check", ECCV 2020):
+      ``R`` = the number of bank rows labelled ``y`` (self excluded),
+      ``rel_i`` = 1 when the i-th neighbour is labelled ``y``,
+      ``P(i)`` = precision of the first i neighbours,
+      ``MAP@R = (1/R) * sum_{i=1..R} P(i) * rel_i``; averaged over queries.
+    """
+    from groco.knn import weighted_knn_predict
+
+    loo = queries is None
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
+    bank_labels = np.asarray(bank_labels, dtype=np.int64)
+    q = bank if loo else np.ascontiguousarray(queries, dtype=np.float32)
+    q_labels = bank_labels if loo else np.asarray(query_labels, dtype=np.int64)
+    preds = weighted_knn_predict(bank, bank_labels, q, k=k, temperature=temperature,
+                                 exclude_self=loo)
+    counts = np.bincount(bank_labels, minlength=int(max(bank_labels.max(), q_labels.max())) + 1)
+    r_all = counts[q_labels] - int(loo)
+    depth = int(max(r_all.max(), precision_k))
+    precision, average = [], []
+    for start in range(0, len(q), chunk):
+        sims = q[start:start + chunk] @ bank.T
+        rows = np.arange(len(sims))
+        if loo:
+            sims[rows, start + rows] = -np.inf
+        top = np.argpartition(-sims, depth - 1, axis=1)[:, :depth]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+        ranked = np.take_along_axis(top, order, axis=1)
+        rel = bank_labels[ranked] == q_labels[start:start + chunk, None]
+        precision.append(rel[:, :precision_k].mean(axis=1))
+        r = r_all[start:start + chunk]
+        hits = np.cumsum(rel, axis=1)
+        ranks = np.arange(1, depth + 1)
+        within = ranks[None, :] <= r[:, None]
+        average.append((rel * within * hits / ranks).sum(axis=1) / np.maximum(r, 1))
+    return {"knn_top1": float(np.mean(preds == q_labels)),
+            "precision_at_10": float(np.concatenate(precision).mean()),
+            "map_at_r": float(np.concatenate(average).mean())}
