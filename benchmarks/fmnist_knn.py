@@ -60,7 +60,7 @@ def main() -> None:
         method, seed, lr = args.one
         print(json.dumps(one_run(common, method, int(seed), None if lr == "-" else float(lr))))
         return
-    from groco.training.config import METHODS
+    from groco.training.methods import METHODS
 
     methods = list(METHODS) if args.methods == ["all"] else args.methods
     print(header())

@@ -24,12 +24,24 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=1)
 
 
+def _methods_help() -> tuple[str, str]:
+    from groco.training.methods import METHODS
+
+    names = "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
+    rates = ", ".join(f"{name} {spec.base_lr['sgd']:g}" for name, spec in METHODS.items())
+    return (f"Training objective (default: groco). {names}.",
+            f"Base LR per 256 images, scaled linearly (default: per method and optimizer; "
+            f"with sgd: {rates}).")
+
+
+_METHOD_HELP, _LR_HELP = _methods_help()
+
+
 @app.command()
 def train(
     images: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Run directory to write checkpoints and logs to."),
-    method: str = typer.Option(None, help="groco (default), simclr, nnclr, all4one, snclr, "
-                                          "simsiam, byol, simsiam_gsg or byol_gsg."),
+    method: str = typer.Option(None, help=_METHOD_HELP),
     backbone: str = typer.Option(None, help="Any timm model name (default: resnet18)."),
     image_size: int = typer.Option(None, help="Training resolution (default: 224)."),
     small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
@@ -39,9 +51,7 @@ def train(
     batch_size: int = typer.Option(None, help="Images per process and step (default: 256)."),
     views: int = typer.Option(None, help="Augmented views per image (default: 2)."),
     optimizer: str = typer.Option(None, help="sgd (default), lars or adamw."),
-    lr: float = typer.Option(None, help="Base LR per 256 images (scaled linearly) "
-                                        "(default: per method and optimizer, 6.0 for "
-                                        "groco+sgd; see DEFAULT_BASE_LR)."),
+    lr: float = typer.Option(None, help=_LR_HELP),
     weight_decay: float = typer.Option(None, help="Weight decay (default: 1e-6 for sgd; "
                                                   "1e-4 for simsiam/byol(+gsg) with sgd)."),
     warmup_epochs: float = typer.Option(None, help="Linear warm-up epochs (default: 1)."),

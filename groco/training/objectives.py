@@ -11,7 +11,7 @@ or buffers, so a checkpoint holds everything a resumed run needs.
 Methods: GroCo and SimCLR (a loss over the views' projections); NNCLR (support queue);
 All4One (momentum encoder, queue, centroid transformer); SNCLR (momentum encoder, memory
 bank); SimSiam and BYOL (predictor; BYOL with a momentum encoder), each also with Guided
-Stop-Gradient.
+Stop-Gradient. Which ``--method`` builds which objective: :mod:`groco.training.methods`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from groco.training.config import TrainConfig
 from groco.training.heads import CentroidTransformer, PredictionHead
 from groco.training.losses import (
     All4OneLoss,
     BYOLLoss,
-    GroCoLoss,
     GuidedStopGradientLoss,
     NNCLRLoss,
-    SimCLRLoss,
     SimSiamLoss,
     SoftNeighborLoss,
     partner_permutation,
@@ -74,15 +71,17 @@ def _two_views(views: list[Tensor], method: str) -> None:
         raise ValueError(f"{method} takes 2 views per image, got {len(views)}")
 
 
-class MomentumObjective(Objective):
-    """An objective with a momentum encoder (EMA of backbone + projector, cosine τ
-    schedule), updated after every optimiser step (BYOL, All4One, SNCLR)."""
+class WithMomentum:
+    """Mixin for an objective with a momentum encoder (EMA of backbone + projector, cosine
+    τ schedule) updated after every optimiser step (BYOL, All4One, SNCLR). Call
+    :meth:`add_momentum_encoder` in ``__init__`` once ``backbone`` and ``projector`` exist."""
 
-    def __init__(self, model: SSLModel, momentum_base: float = 0.99,
-                 momentum_final: float = 1.0) -> None:
-        super().__init__(model)
-        self.momentum_encoder = MomentumEncoder(self.backbone, self.projector,
-                                                momentum_base, momentum_final)
+    backbone: nn.Module
+    projector: nn.Module
+    momentum_encoder: MomentumEncoder
+
+    def add_momentum_encoder(self, base: float = 0.99, final: float = 1.0) -> None:
+        self.momentum_encoder = MomentumEncoder(self.backbone, self.projector, base, final)
 
     @torch.no_grad()
     def momentum_project(self, views: list[Tensor]) -> list[Tensor]:
@@ -124,7 +123,7 @@ class NNCLRObjective(Objective):
         return loss
 
 
-class All4OneObjective(MomentumObjective):
+class All4OneObjective(WithMomentum, Objective):
     """All4One (Estepa et al., ICCV 2023; ImaGonEs/all4one): online ``z = g(f(x))``,
     ``p = h(z)``, ``p̃ = h̃(z)``; momentum ``m = ĝ'(f'(x))``; ``NN(mᵛ)`` its ``k`` nearest
     queue rows (most similar first); centroids ``cᵛ = T(NN(mᵛ))[0]`` and
@@ -138,7 +137,8 @@ class All4OneObjective(MomentumObjective):
     def __init__(self, model: SSLModel, queue_size: int, num_neighbors: int = 5,
                  predictor_hidden: int = 4096, temperature: float = 0.2,
                  momentum_base: float = 0.99, momentum_final: float = 1.0) -> None:
-        super().__init__(model, momentum_base, momentum_final)
+        super().__init__(model)
+        self.add_momentum_encoder(momentum_base, momentum_final)
         dim = model.projector.out_dim
         self.num_neighbors = num_neighbors
         self.predictor = PredictionHead(dim, predictor_hidden, dim)
@@ -164,7 +164,7 @@ class All4OneObjective(MomentumObjective):
         return loss
 
 
-class SNCLRObjective(MomentumObjective):
+class SNCLRObjective(WithMomentum, Objective):
     """SNCLR (Ge et al., ICLR 2023; ChongjianGE/SNCLR), MoCo v3 style: online projection
     ``q_pre = g(f(x))`` and prediction ``q = h(q_pre)``; momentum key ``k = g'(f'(x))``; the
     ``K`` nearest memory-bank rows of each key (bank as before this step) form its
@@ -174,7 +174,8 @@ class SNCLRObjective(MomentumObjective):
     def __init__(self, model: SSLModel, queue_size: int, num_neighbors: int = 5,
                  predictor_hidden: int = 4096, temperature: float = 0.2,
                  momentum_base: float = 0.99, momentum_final: float = 1.0) -> None:
-        super().__init__(model, momentum_base, momentum_final)
+        super().__init__(model)
+        self.add_momentum_encoder(momentum_base, momentum_final)
         dim = model.projector.out_dim
         self.num_neighbors = num_neighbors
         self.predictor = PredictionHead(dim, predictor_hidden, dim)
@@ -235,7 +236,7 @@ class SiameseObjective(Objective):
                          [tv[partner] for tv in targets[second]])
 
 
-class BYOLObjective(SiameseObjective):
+class BYOLObjective(WithMomentum, SiameseObjective):
     """BYOL (Grill et al., NeurIPS 2020): SimSiam's network whose targets come from the
     momentum encoder, loss :class:`~groco.training.losses.BYOLLoss` (or Guided
     Stop-Gradient with momentum targets, the released ``BYOLGSG``)."""
@@ -243,43 +244,10 @@ class BYOLObjective(SiameseObjective):
     def __init__(self, model: SSLModel, predictor_hidden: int = 4096, guided: bool = False,
                  momentum_base: float = 0.99, momentum_final: float = 1.0) -> None:
         super().__init__(model, predictor_hidden, guided)
-        self.momentum_encoder = MomentumEncoder(self.backbone, self.projector,
-                                                momentum_base, momentum_final)
+        self.add_momentum_encoder(momentum_base, momentum_final)
 
     def pair_loss(self) -> nn.Module:
         return BYOLLoss()
 
-    @torch.no_grad()
     def targets(self, views: list[Tensor], projections: list[Tensor]) -> list[Tensor]:
-        return list(self.momentum_encoder(torch.cat(views)).float().chunk(len(views)))
-
-    def after_step(self, progress: float) -> None:
-        self.momentum_encoder.update((self.backbone, self.projector), progress)
-
-
-def build_objective(config: TrainConfig, model: SSLModel) -> Objective:
-    """The ``--method`` of ``config`` (a resolved ``TrainConfig``) around ``model``."""
-    method = config.method
-    if method == "groco":
-        return ViewLossObjective(model, GroCoLoss(config.topk_neg, config.steepness,
-                                                  config.network, config.relaxation,
-                                                  config.stop_grad))
-    if method == "simclr":
-        return ViewLossObjective(model, SimCLRLoss(config.temperature))
-    momentum = {"momentum_base": config.momentum_base,
-                "momentum_final": config.momentum_final}
-    if method == "nnclr":
-        return NNCLRObjective(model, config.queue_size, config.predictor_hidden,
-                              config.temperature)
-    if method == "all4one":
-        return All4OneObjective(model, config.queue_size, config.num_neighbors,
-                                config.predictor_hidden, config.temperature, **momentum)
-    if method == "snclr":
-        return SNCLRObjective(model, config.queue_size, config.num_neighbors,
-                              config.predictor_hidden, config.temperature, **momentum)
-    if method in ("simsiam", "simsiam_gsg"):
-        return SiameseObjective(model, config.predictor_hidden, guided=method.endswith("_gsg"))
-    if method in ("byol", "byol_gsg"):
-        return BYOLObjective(model, config.predictor_hidden, guided=method.endswith("_gsg"),
-                             **momentum)
-    raise ValueError(f"unknown method {method!r}")
+        return self.momentum_project(views)

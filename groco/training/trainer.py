@@ -30,8 +30,9 @@ from groco.training.augment import MultiViewAugment, normalize_batch
 from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
+from groco.training.methods import build_objective, get_method
 from groco.training.models import build_model, is_vit
-from groco.training.objectives import Objective, build_objective
+from groco.training.objectives import Objective
 from groco.training.optim import build_optimizer, learning_rate
 
 log = logging.getLogger("groco.train")
@@ -238,7 +239,7 @@ class Trainer:
         progress = tqdm(total=self.steps_per_epoch * global_batch, unit="img",
                         desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                         disable=not self.show_progress, dynamic_ncols=True, mininterval=1.0)
-        min_batch = self.config.topk_neg + 1 if self.config.method == "groco" else 2
+        min_batch = get_method(self.config.method).min_batch(self.config)
         losses, images_seen, broken, started = [], 0, 0, time.perf_counter()
         for index, (images, _, _, n_broken) in enumerate(self.loader):
             if index >= self.steps_per_epoch:
