@@ -67,7 +67,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".bench/fmnist"))
     args = parser.parse_args()
 
-    from groco.app.web import launch_app
+    from groco.app.state import AppState
+    from groco.app.web import serve
     from groco.index.build import build_index_dir
 
     images = write_folder(args.data_dir, "t10k")
@@ -78,8 +79,9 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        app, url = launch_app(work / "index", port=port, block=False)
-        app.thumbnail_warmup.join()  # a server that has been up for a minute
+        state = AppState.open(work / "index")
+        state.start_thumbnail_warmup().join()  # a server that has been up for a minute
+        app, url = serve(state, port=port, block=False)
         files = sorted(images.rglob("*.png"))
         rng = np.random.default_rng(0)
         queries = [files[i] for i in rng.choice(len(files), args.queries, replace=False)]

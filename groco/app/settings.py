@@ -1,0 +1,47 @@
+"""The web app's limits and defaults, in one value (no Gradio, no index here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What the server allows and shows. Every limit holds on every input path.
+
+    - ``max_upload_bytes``: the largest query file, whether uploaded, sent as a base64
+      ``data:`` URL or inside an API payload (10 MiB).
+    - ``max_query_pixels``: the largest query image (width x height), checked from the
+      file's header before any pixel is decoded (50 MP).
+    - ``decode_concurrency``: how many query images are decoded at once; more wait.
+    - ``concurrency``: how many searches run at once (Gradio's queue).
+    - ``default_k``: neighbours shown by default; ``max_k``: the slider's end.
+    - ``filter_oversample``: a label filter searches ``k * filter_oversample`` neighbours
+      and keeps those with the label.
+    - ``browse_page``: thumbnails per page of the collection grid.
+    """
+
+    max_upload_bytes: int = 10 * MIB
+    max_query_pixels: int = 50_000_000
+    decode_concurrency: int = 2
+    concurrency: int = 4
+    default_k: int = 12
+    max_k: int = 50
+    filter_oversample: int = 20
+    browse_page: int = 24
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",
+                     "concurrency", "default_k", "max_k", "filter_oversample", "browse_page"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest HTTP request body: a ``data:`` URL of ``max_upload_bytes`` (base64,
+        4/3 as long) plus 64 KiB for the rest of the request."""
+        return -(-self.max_upload_bytes * 4 // 3) + 64 * 1024
