@@ -111,7 +111,17 @@ def label_of(path: str | Path, root: str | Path) -> str | None:
             rel = path.resolve().relative_to(root.resolve())
         except ValueError:
             raise ValueError(f"{path} is not under {root}") from None
-    return rel.parts[0] if len(rel.parts) > 1 else None
+    return label_of_relpath(rel.as_posix())
+
+
+def label_of_relpath(relpath: str) -> str | None:
+    """THE folder-label rule: the first folder of a POSIX path relative to the images root.
+
+    ``label_of_relpath("cats/a/x.jpg") == "cats"``; ``None`` for a file directly in the
+    root (``"x.jpg"``). :func:`label_of` and the index's metadata both use it.
+    """
+    head, sep, _ = relpath.partition("/")
+    return head if sep else None
 
 
 def _source(path_or_file: str | Path | bytes | bytearray | memoryview | BinaryIO):

@@ -17,6 +17,8 @@ Ties between classes go to the smallest class index. Used as a training monitor 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -91,13 +93,54 @@ def weighted_knn_predict(
             sims[rows, start + rows] = -np.inf
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (b, k), unordered
         top_sims = np.take_along_axis(sims, top, axis=1)
-        # exp((s - max s) / T): the per-row factor exp(-max/T) does not change the argmax
-        # and keeps exp from overflowing on unnormalised inputs.
-        weights = np.exp((top_sims - top_sims.max(axis=1, keepdims=True)) / temperature)
-        flat = (rows[:, None] * num_classes + labels[top]).ravel()
-        scores = np.bincount(flat, weights=weights.ravel(), minlength=b * num_classes)
-        preds[start : start + b] = scores.reshape(b, num_classes).argmax(axis=1)
+        preds[start : start + b] = knn_vote(top_sims, labels[top], num_classes, temperature)
     return preds
+
+
+def knn_vote(
+    neighbour_sims: np.ndarray,
+    neighbour_labels: np.ndarray,
+    num_classes: int,
+    temperature: float = 0.07,
+) -> np.ndarray:
+    """The weighted vote (module docstring) on neighbours already found.
+
+    Args:
+        neighbour_sims: ``(m, k)`` similarities ``s_j`` of each query's ``k`` neighbours
+            (any order).
+        neighbour_labels: ``(m, k)`` their integer labels in ``0..num_classes-1``.
+        num_classes: number of classes.
+        temperature: ``T`` in ``w = exp(s / T)``.
+
+    Returns:
+        ``(m,)`` int64 ``argmax_c score_c`` (ties to the smallest class index).
+    """
+    sims = np.asarray(neighbour_sims)
+    labels = np.asarray(neighbour_labels, dtype=np.int64)
+    if sims.ndim != 2 or labels.shape != sims.shape:
+        raise ValueError(f"need (m, k) sims and labels of one shape, got {sims.shape} and "
+                         f"{labels.shape}")
+    m = len(sims)
+    # exp((s - max s) / T): the per-row factor exp(-max/T) does not change the argmax
+    # and keeps exp from overflowing on unnormalised inputs.
+    weights = np.exp((sims - sims.max(axis=1, keepdims=True)) / temperature)
+    flat = (np.arange(m)[:, None] * num_classes + labels).ravel()
+    scores = np.bincount(flat, weights=weights.ravel(), minlength=m * num_classes)
+    return scores.reshape(m, num_classes).argmax(axis=1).astype(np.int64)
+
+
+def class_indices(names: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+    """Class names to integer labels: ``(classes, labels)``.
+
+    ``classes`` is the sorted list of distinct names other than ``None``; ``labels[i]`` is
+    the index of ``names[i]`` in it, ``-1`` for ``None`` (unlabelled), int64. The one
+    label-to-class mapping of groco (training data, the k-NN monitor, ``index eval``).
+    """
+    classes = sorted({name for name in names if name is not None})
+    lookup = {name: i for i, name in enumerate(classes)}
+    labels = np.fromiter((-1 if name is None else lookup[name] for name in names),
+                         dtype=np.int64, count=len(names))
+    return classes, labels
 
 
 def knn_accuracy(

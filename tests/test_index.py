@@ -172,18 +172,36 @@ def test_search_json_cli_parses(built) -> None:
     assert bad.returncode == 1 and "not found" in bad.stderr
 
 
-def test_evaluate_matches_the_knn_module(built) -> None:
+def reference_precision_at_10(x: np.ndarray, labels: np.ndarray) -> float:
+    """Brute force: of each item's 10 most similar others, the fraction with its label."""
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    return float((labels[top] == labels[:, None]).mean())
+
+
+def test_evaluate_matches_the_knn_module(built, monkeypatch) -> None:
     _, index_dir, _ = built
+    import groco.index.evaluate as evaluate
+
+    # a clock that makes query i take exactly i ms: the percentiles are then known
+    ticks = iter(np.ravel([(10.0 * i, 10.0 * i + i / 1000) for i in range(1, 21)]))
+    real_clock = evaluate.perf_counter
+    monkeypatch.setattr(evaluate, "perf_counter", lambda: next(ticks, real_clock()))
     report = evaluate_index(index_dir, k=5, temperature=0.07, latency_queries=20)
     assert (report.count, report.labelled, report.classes) == (36, 36, 3)
-    assert report.recall_at_10 == 1.0 and 0 <= report.precision_at_10 <= 1
-    assert report.latency_ms_p50 <= report.latency_ms_p95 <= report.latency_ms_p99
+    assert report.latency_queries == 20
+    assert report.latency_ms_p50 == pytest.approx(10.5)  # of 1, 2, ..., 20 ms
+    assert report.latency_ms_p95 == pytest.approx(19.05)
+    assert report.latency_ms_p99 == pytest.approx(19.81)
     vectors = embeddings_by_path(index_dir)
     paths = sorted(vectors, key=lambda p: read_id(index_dir, p))
     x = np.stack([vectors[p] for p in paths])
     labels = np.array([int(p[5]) for p in paths])  # "classN/..."
     expected = knn_accuracy(x, labels, x, labels, k=5, temperature=0.07, exclude_self=True)
     assert report.knn_top1 == pytest.approx(expected)
+    assert report.recall_at_10 == 1.0  # Flat: the index is exact
+    assert report.precision_at_10 == pytest.approx(reference_precision_at_10(x, labels))
 
 
 def read_id(index_dir: Path, path: str) -> int:
@@ -328,6 +346,14 @@ def test_sharded_build_and_merge_equal_a_single_build(built, encoder_file, tmp_p
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def test_one_label_rule_for_paths_and_relative_paths(tmp_path: Path) -> None:
+    from groco.images import label_of, label_of_relpath
+
+    for rel, label in (("cats/a/x.jpg", "cats"), ("dogs/y.png", "dogs"), ("z.png", None)):
+        assert label_of_relpath(rel) == label
+        assert label_of(tmp_path / rel, tmp_path) == label
 
 
 def test_memory_and_slices() -> None:

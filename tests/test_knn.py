@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from groco.knn import knn_accuracy, weighted_knn_predict
+from groco.knn import class_indices, knn_accuracy, knn_vote, weighted_knn_predict
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -98,3 +98,19 @@ def test_k_capped_num_classes_and_errors() -> None:
         weighted_knn_predict(bank, labels, np.ones((2, 4)))
     with pytest.raises(ValueError, match="one label per query"):
         knn_accuracy(bank, labels, bank, labels[:2])
+
+
+def test_vote_on_given_neighbours_and_class_indices() -> None:
+    sims = np.array([[0.9, 0.8, 0.1], [0.5, 0.5, 0.5], [0.2, 0.9, 0.85]])
+    labels = np.array([[1, 0, 0], [2, 0, 1], [0, 1, 1]])
+    # row 0: class 1 weighs exp(0.9/T) > exp(0.8/T) + exp(0.1/T) at T = 0.07; row 1: a
+    # three-way tie goes to the smallest class; row 2: 0.9 and 0.85 outvote 0.2
+    assert knn_vote(sims, labels, num_classes=3, temperature=0.07).tolist() == [1, 0, 1]
+    # a high temperature flattens the weights: two votes beat one
+    assert knn_vote(sims[:1], labels[:1], num_classes=3, temperature=100.0).tolist() == [0]
+    with pytest.raises(ValueError, match="one shape"):
+        knn_vote(sims, labels[:, :2], num_classes=3)
+    classes, idx = class_indices(["dog", None, "cat", "dog"])
+    assert classes == ["cat", "dog"] and idx.tolist() == [1, -1, 0, 1]
+    assert idx.dtype == np.int64
+    assert class_indices([None])[1].tolist() == [-1] and class_indices([])[0] == []

@@ -12,11 +12,11 @@ metadata: the same value the training monitor and the exporter's parity check us
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from groco.images import load_image
+from groco.prefetch import prefetch
 from groco.preprocessing import META_PREFIX, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -235,10 +236,10 @@ class Encoder:
     def embed(self, images: Sequence[ImageInput], batch_size: int | None = None) -> np.ndarray:
         """Decode, preprocess and embed ``images`` (paths, bytes or PIL images) -> ``(N, dim)``.
 
-        Decoding runs in a thread pool and overlaps inference: batch ``i + 1`` is decoded
-        while batch ``i`` runs. Row ``j`` is ``images[j]``. A bad image raises
-        :class:`groco.images.ImageError` (callers that skip bad images use
-        :meth:`preprocess` and :meth:`embed_arrays` themselves).
+        Decoding runs in a thread pool (:func:`groco.prefetch.prefetch`) and overlaps
+        inference: up to one batch ahead of the batch being embedded. Row ``j`` is
+        ``images[j]``. A bad image raises :class:`groco.images.ImageError` (callers that
+        skip bad images use :meth:`preprocess` and :meth:`embed_arrays` themselves).
         """
         size = int(batch_size or self.batch_size)
         if size < 1:
@@ -246,18 +247,16 @@ class Encoder:
         items = list(images)
         if not items:
             return np.zeros((0, self._dim), dtype=np.float32)
-        chunks = [items[i:i + size] for i in range(0, len(items), size)]
-        workers = min(4, default_threads(), max(len(c) for c in chunks))
+        workers = min(4, default_threads(), size, len(items))
         out: list[np.ndarray] = []
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="groco-decode") as pool:
-            pending: list[Future[np.ndarray]] = [pool.submit(self._load, x) for x in chunks[0]]
-            try:
-                for i in range(len(chunks)):
-                    arrays = [f.result() for f in pending]
-                    pending = ([pool.submit(self._load, x) for x in chunks[i + 1]]
-                               if i + 1 < len(chunks) else [])
+        arrays: list[np.ndarray] = []
+        stream = prefetch(self._load, items, workers, window=2 * size)
+        with contextlib.closing(stream):  # an error stops the decoding threads now
+            for array in stream:
+                arrays.append(array)
+                if len(arrays) == size:
                     out.append(self._run(np.stack(arrays), size))
-            finally:
-                for future in pending:
-                    future.cancel()
+                    arrays = []
+        if arrays:
+            out.append(self._run(np.stack(arrays), size))
         return np.concatenate(out)

@@ -90,6 +90,13 @@ class BuildReport:
     def images_per_second(self) -> float:
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
+    def add(self, stats: EmbedStats) -> None:
+        """Count an embedding pass (:func:`groco.index.pipeline.embed_files`) in."""
+        self.embedded += stats.embedded
+        self.broken += stats.broken
+        self.embed_seconds += stats.seconds
+        self.broken_files.extend(stats.broken_files)
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -186,10 +193,7 @@ def _claim(store: Store, index_dir: Path, root: Path, encoder: Encoder,
 def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
             memory: int | None, target_recall: float, stats: EmbedStats | None) -> BuildReport:
     if stats is not None:
-        report.embedded += stats.embedded
-        report.broken += stats.broken
-        report.embed_seconds += stats.seconds
-        report.broken_files.extend(stats.broken_files)
+        report.add(stats)
     if index_is_current(index_dir, store, index_type, memory, target_recall):
         manifest = read_manifest(index_dir)
         log.info("%s is up to date", index_dir)
@@ -271,8 +275,7 @@ def build_index_dir(
                             progress, skipped=report.skipped)
         if part is not None:
             store.set_info({"part_complete": 1})
-            report.embedded, report.broken = stats.embedded, stats.broken
-            report.embed_seconds, report.broken_files = stats.seconds, stats.broken_files
+            report.add(stats)
             report.count, report.broken_total = store.count(EMBEDDED), store.count(BROKEN)
         else:
             _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats)

@@ -20,13 +20,15 @@ whole collection. No torch.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import faiss
 import numpy as np
+
+from groco.knn import class_indices, knn_vote
 
 from . import shards
 from .faiss_index import load_index, recall_at_k, search
@@ -72,16 +74,6 @@ def _without_self(neighbours: np.ndarray, rows: np.ndarray, k: int) -> np.ndarra
     return neighbours[_not_self(neighbours, rows)].reshape(len(rows), k)
 
 
-def knn_vote(neighbour_sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: int,
-             temperature: float) -> np.ndarray:
-    """Weighted vote of :mod:`groco.knn` on given neighbours: ``(m, k)`` sims/labels -> ``(m,)``."""
-    m = len(neighbour_sims)
-    weights = np.exp((neighbour_sims - neighbour_sims.max(axis=1, keepdims=True)) / temperature)
-    flat = (np.arange(m)[:, None] * num_classes + neighbour_labels).ravel()
-    scores = np.bincount(flat, weights=weights.ravel(), minlength=m * num_classes)
-    return scores.reshape(m, num_classes).argmax(axis=1)
-
-
 def _knn_top1(x: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
               temperature: float) -> float | None:
     """Leave-one-out weighted k-NN accuracy over labelled rows, for query rows ``queries``."""
@@ -123,9 +115,7 @@ def evaluate_index(
         raise IndexDirError(f"{index_dir}: need at least 2 indexed images to evaluate")
     x = shards.gather(index_dir, shard_numbers, rows)
     n = len(x)
-    classes = sorted({name for name in names if name is not None})
-    lookup = {name: i for i, name in enumerate(classes)}
-    labels = np.array([lookup.get(name, -1) if name is not None else -1 for name in names])
+    classes, labels = class_indices(names)
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(n, min(max_queries, n), replace=False))
 
@@ -152,9 +142,9 @@ def evaluate_index(
     for q in sample[: min(10, latency_queries)]:  # warm-up
         search(index, q, PRECISION_K)
     for q in sample:
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         search(index, q, PRECISION_K)
-        timings.append((time.perf_counter() - t0) * 1000)
+        timings.append((perf_counter() - t0) * 1000)
     p50, p95, p99 = np.percentile(timings, [50, 95, 99])
     return EvalReport(
         count=n, labelled=int((labels >= 0).sum()), classes=len(classes),

@@ -12,7 +12,9 @@ Choosing an index follows FAISS's "Guidelines to choose an index"
 :func:`choose_index_type`. Search parameters are tuned to a *recall target*, not a
 latency budget (autofaiss tunes to latency and can silently drop recall), see
 :func:`tune_search_params`; :func:`build_tuned_index` builds and tunes on queries held
-out of the index, which is the way to build a collection's index.
+out of the index. It is the one way an index is built: ``groco index build``, ``update``
+(when the index cannot be edited in place) and ``merge`` all reach it through
+:func:`groco.index.indexfile.write_index`.
 
 Typical use::
 
@@ -21,10 +23,12 @@ Typical use::
     index = load_index("index/index.faiss", params)
     scores, ids = search(index, query_vectors, k=10)
 
-A GPU is used when FAISS sees one: k-means training of IVF indices runs on it, and
-:func:`to_gpu` gives a GPU copy for searching (Flat and IVF; FAISS has no GPU HNSW).
-What :func:`build_index` returns and :func:`save_index` writes is always a CPU index.
-This module imports numpy and faiss only (search servers stay small).
+A GPU is used where it pays when FAISS sees one: the k-means training of IVF indices and
+the exact ground truth of the tuning run on it. The index built, tuned, saved and
+searched is always a CPU index: the parameters are tuned for the index the searcher
+loads (a GPU copy would search IVF's coarse centroids exactly and cannot hold HNSW, so
+its recall is not the CPU index's). This module imports numpy, faiss and groco.fileio
+only (search servers stay small).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from groco.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -233,21 +238,38 @@ def _unwrap(index: faiss.Index) -> faiss.Index:
             return inner
 
 
-def _is_gpu_index(index: faiss.Index) -> bool:
-    top = faiss.downcast_index(index)
-    name = type(top).__name__
-    if name.startswith("Gpu") or name in ("IndexReplicas", "IndexShards"):
-        return True
-    if isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
-        return _is_gpu_index(top.index)
-    return False
-
-
 def _use_gpu(use_gpu: bool | None) -> bool:
     ngpu = faiss.get_num_gpus()
     if use_gpu and ngpu == 0:
         raise ValueError("use_gpu=True but FAISS sees no GPU")
     return ngpu > 0 if use_gpu is None else use_gpu
+
+
+def check_ids(ids: np.ndarray | None, n: int) -> np.ndarray:
+    """``ids`` as C-contiguous int64 of shape ``(n,)``, all distinct; ``None`` is ``0..n-1``.
+
+    ``ValueError`` for another shape or a repeated id.
+    """
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+    if len(np.unique(ids)) != n:
+        raise ValueError("ids must be distinct")
+    return ids
+
+
+def _inputs(vectors: np.ndarray, ids: np.ndarray | None, factory: str,
+            memory_bytes: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Unit vectors, checked ids and the factory string (``"auto"`` resolved)."""
+    x = as_unit_vectors(vectors)
+    n, dim = x.shape
+    ids = check_ids(ids, n)
+    if factory == "auto":
+        factory = choose_index_type(n, dim, memory_bytes)
+        log.info("auto index for n=%d, dim=%d: %s", n, dim, factory)
+    return x, ids, factory
 
 
 @contextlib.contextmanager
@@ -331,19 +353,9 @@ def build_index(
         starts with ``IDMap``). Search parameters are FAISS's defaults: call
         :func:`tune_search_params` next.
     """
-    x = as_unit_vectors(vectors)
+    x, ids, factory = _inputs(vectors, ids, factory, memory_bytes)
     n, dim = x.shape
-    if ids is None:
-        ids = np.arange(n, dtype=np.int64)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if ids.shape != (n,):
-        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
-    if len(np.unique(ids)) != n:
-        raise ValueError("ids must be distinct")
     gpu = _use_gpu(use_gpu)
-    if factory == "auto":
-        factory = choose_index_type(n, dim, memory_bytes)
-        log.info("auto index for n=%d, dim=%d: %s", n, dim, factory)
     index = _make_index(dim, factory)
     if not index.is_trained:
         _train(index, x, train_size, gpu, seed)
@@ -359,42 +371,21 @@ def build_index(
     return index
 
 
-def to_gpu(index: faiss.Index) -> faiss.Index:
-    """A copy of ``index`` on all GPUs for searching, or ``index`` itself without a GPU.
-
-    Types FAISS cannot put on a GPU (HNSW) stay on the CPU, with a log message. Search
-    parameters must be applied to the copy again (:func:`apply_search_params`).
-    """
-    if faiss.get_num_gpus() == 0 or _is_gpu_index(index):
-        return index
-    try:
-        return faiss.index_cpu_to_all_gpus(index)
-    except RuntimeError as e:
-        log.info("searching on CPU: %s", str(e).strip().splitlines()[-1])
-        return index
-
-
 # ----------------------------------------------------------------------------- tuning
-
-
-def _parameter_space(index: faiss.Index) -> faiss.ParameterSpace:
-    return faiss.GpuParameterSpace() if _is_gpu_index(index) else faiss.ParameterSpace()
 
 
 def apply_search_params(index: faiss.Index, params: Mapping[str, float] | None) -> None:
     """Set search parameters such as ``{"efSearch": 64}`` or ``{"nprobe": 16}``.
 
     Keys are FAISS ``ParameterSpace`` names; ``recall@k`` entries (records of
-    :func:`tune_search_params`) are skipped, and so are ``quantizer_*`` keys on a GPU
-    copy (it searches its coarse centroids exactly). Raises ``ValueError`` for a
-    parameter the index does not have.
+    :func:`tune_search_params`) are skipped. Raises ``ValueError`` for a parameter the
+    index does not have.
     """
     if not params:
         return
-    space = _parameter_space(index)
-    gpu = _is_gpu_index(index)
+    space = faiss.ParameterSpace()
     for name, value in params.items():
-        if name.startswith("recall@") or (gpu and name.startswith("quantizer_")):
+        if name.startswith("recall@"):
             continue
         try:
             space.set_index_parameter(index, name, float(value))
@@ -485,7 +476,7 @@ def tune_search_params(
     below it). The returned recall is the measured mean.
 
     Args:
-        index: a built index (CPU, or a GPU copy from :func:`to_gpu`).
+        index: a built index.
         vectors: the ``(n, d)`` vectors in it, row ``i`` stored under ``ids[i]``.
         ids: ``(n,)`` ids as given to :func:`build_index`; ``None`` means ``0..n-1``.
         queries: optional ``(m, d)`` held-out queries (``n_queries`` is then unused).
@@ -504,9 +495,7 @@ def tune_search_params(
         return {key: 1.0}
     x = as_unit_vectors(vectors)
     n = len(x)
-    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    if ids.shape != (n,):
-        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+    ids = check_ids(ids, n)
     if n <= k:
         raise ValueError(f"need more than k={k} vectors to tune, got {n}")
     if index.ntotal != n:
@@ -529,7 +518,7 @@ def tune_search_params(
         trials = []
         for p in _nprobe_steps(ivf.nlist):
             params = {"nprobe": float(p)}
-            if hnsw_quantizer and not _is_gpu_index(index):
+            if hnsw_quantizer:
                 params["quantizer_efSearch"] = float(max(64, 2 * p))
             trials.append(params)
     elif isinstance(inner, faiss.IndexHNSW):
@@ -571,23 +560,21 @@ def build_tuned_index(
     the tuned parameters applied. The held-out queries are members of the collection
     the index has not seen, so the recall estimate is unbiased; adding them back grows
     the index by at most a tenth. Costs one extra copy of the vectors while building.
-    Exact indices skip the hold-out and give ``{"recall@k": 1.0}``.
+    Exact indices skip the hold-out and give ``{"recall@k": 1.0}``; collections too small
+    to hold out 11+ queries are tuned with :func:`tuning_queries`, and an approximate
+    index of ``k`` vectors or fewer is left untuned with ``{"recall@k": nan}``.
     """
-    x = as_unit_vectors(vectors)
+    x, ids, factory = _inputs(vectors, ids, factory, memory_bytes)
     n, dim = x.shape
-    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    if ids.shape != (n,):
-        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
-    if len(np.unique(ids)) != n:
-        raise ValueError("ids must be distinct")
-    if factory == "auto":
-        factory = choose_index_type(n, dim, memory_bytes)
-        log.info("auto index for n=%d, dim=%d: %s", n, dim, factory)
     options = {"use_gpu": use_gpu, "train_size": train_size, "seed": seed}
     m = min(n_queries, n // 10)
     probe = _make_index(dim, factory)
     if isinstance(_unwrap(probe), faiss.IndexFlat) or m <= k:
         index = build_index(x, ids, factory, **options)
+        if n <= k and not isinstance(_unwrap(probe), faiss.IndexFlat):
+            log.info("%d vectors: too few to measure recall@%d, search parameters untuned",
+                     n, k)
+            return index, {f"recall@{k}": math.nan}
         params = tune_search_params(index, x, ids=ids, target_recall=target_recall, k=k,
                                     n_queries=n_queries, seed=seed)
         return index, params
@@ -606,32 +593,13 @@ def build_tuned_index(
 
 
 def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> None:
-    """Write ``index`` (a GPU copy is brought back to CPU first) to ``path`` atomically.
+    """Write ``index`` to ``path`` atomically (:func:`groco.fileio.atomic_path`).
 
-    Writes a temporary file in the same directory, fsyncs it, ``os.replace``s it onto
-    ``path`` and fsyncs the directory: readers see the old file or the new one, never a
-    partial one, and a failed write leaves no temporary file behind.
+    Readers see the old file or the new one, never a partial one, and a failed write
+    leaves no temporary file behind.
     """
-    path = Path(path)
-    if _is_gpu_index(index):
-        index = faiss.index_gpu_to_cpu(index)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def load_index(
@@ -667,7 +635,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int = 10) -> tuple[np.nda
     q = as_unit_vectors(queries, "queries")
     if q.shape[1] != index.d:
         raise ValueError(f"queries have dim {q.shape[1]}, the index has {index.d}")
-    if len(q) == 1 and not _is_gpu_index(index):
+    if len(q) == 1:
         with _omp_threads(SINGLE_QUERY_THREADS):
             return index.search(q, k)
     return index.search(q, k)

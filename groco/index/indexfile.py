@@ -28,7 +28,7 @@ import groco
 
 from . import shards
 from .faiss_index import (
-    build_index,
+    build_tuned_index,
     choose_index_type,
     load_index,
     save_index,
@@ -137,15 +137,16 @@ def write_index(
         else:
             if candidate.d == dim and _update_in_place(candidate, ids, vectors):
                 index = candidate
-    if index is None:
+    key = f"recall@{RECALL_K}"
+    if index is not None:
+        tuned = (tune_search_params(index, vectors, ids=ids, target_recall=target_recall,
+                                    k=RECALL_K) if n > RECALL_K else {key: math.nan})
+    else:
         log.info("building a %s index of %d vectors (dim %d)", factory, n, dim)
-        index = build_index(vectors, ids, factory=factory, memory_bytes=memory_bytes)
-    try:
-        tuned = tune_search_params(index, vectors, ids=ids, target_recall=target_recall,
-                                   k=RECALL_K)
-    except ValueError:  # too few vectors to measure (exact indices need no measuring)
-        tuned = {f"recall@{RECALL_K}": math.nan}
-    recall = tuned.pop(f"recall@{RECALL_K}")
+        index, tuned = build_tuned_index(vectors, ids, factory=factory,
+                                         memory_bytes=memory_bytes,
+                                         target_recall=target_recall, k=RECALL_K)
+    recall = tuned.pop(key)
     save_index(index, path)
     manifest = {
         "format": FORMAT,

@@ -19,13 +19,12 @@ counted and logged, never fatal.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +33,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from groco.encoder.runtime import Encoder, default_threads
-from groco.images import ImageError, load_image
+from groco.images import ImageError, label_of_relpath, load_image
+from groco.prefetch import prefetch
 
 from . import shards
 from .store import BROKEN, EMBEDDED, FileRow, Store
@@ -48,12 +48,6 @@ HASH_BYTES = 8
 def content_hash(data: bytes) -> str:
     """blake2b of ``data`` with an 8-byte digest, as 16 hex characters."""
     return hashlib.blake2b(data, digest_size=HASH_BYTES).hexdigest()
-
-
-def label_of_relpath(relpath: str) -> str | None:
-    """First folder of a POSIX relative path (``None`` for a file directly in the root)."""
-    head, sep, _ = relpath.partition("/")
-    return head if sep else None
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
-def _prepare(root: Path, task: Task, encoder: Encoder) -> _Prepared:
+def _prepare(root: Path, task: Task, *, encoder: Encoder) -> _Prepared:
     """Read, hash, decode and preprocess one file; errors become a broken record."""
     try:
         with open(root / task.path, "rb") as f:
@@ -130,28 +124,6 @@ def _prepare(root: Path, task: Task, encoder: Encoder) -> _Prepared:
     except Exception as error:  # a bad image is never fatal: PIL/NumPy raise many types
         item.error = f"cannot preprocess ({_one_line(error)})"
     return item
-
-
-def _prefetched(root: Path, tasks: Sequence[Task], encoder: Encoder, workers: int,
-                window: int) -> Iterator[_Prepared]:
-    """``_prepare`` of each task, in order, computed up to ``window`` tasks ahead."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="groco-decode") as pool:
-        pending: deque[Future[_Prepared]] = deque()
-        upcoming = iter(tasks)
-        try:
-            for task in upcoming:
-                pending.append(pool.submit(_prepare, root, task, encoder))
-                if len(pending) >= window:
-                    break
-            while pending:
-                done = pending.popleft().result()
-                task = next(upcoming, None)
-                if task is not None:
-                    pending.append(pool.submit(_prepare, root, task, encoder))
-                yield done
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 class _ShardWriter:
@@ -278,7 +250,8 @@ def embed_files(
             if len(batch) == batch_size:
                 run_batch()
 
-    stream = _prefetched(root, tasks, encoder, workers, window)
+    stream = prefetch(functools.partial(_prepare, root, encoder=encoder), tasks,
+                      workers, window)
     # closing: on an error the decoding threads stop now, not when the traceback is freed
     with bar, logging_redirect_tqdm(), contextlib.closing(stream):
         for item in stream:
