@@ -196,6 +196,44 @@ def test_low_precision_agrees_with_fp32(kind, precision, exported, data) -> None
         assert types == {onnx.TensorProto.FLOAT16}
 
 
+def test_int8_is_checked_on_held_out_images_with_7_bit_weights(exported, runs) -> None:
+    report = exported("vit", "int8")
+    assert report.parity_files and report.calibration_files
+    assert not set(report.parity_files) & set(report.calibration_files)
+    assert "held-out" in report.parity_source
+    # 7-bit weights (reduce_range): u8 x s8 pair sums cannot saturate int16 on non-VNNI CPUs.
+    graph = onnx.load(report.path).graph
+    weights = [onnx.numpy_helper.to_array(t) for t in graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
+    assert weights and all(w.min() >= -64 and w.max() <= 64 for w in weights)
+    assert max(int(np.abs(w).max()) for w in weights) >= 60  # the 7-bit range is used
+
+
+def test_refuses_to_write_an_encoder_that_disagrees_with_fp32(exported, runs, tmp_path,
+                                                            monkeypatch) -> None:
+    from groco.encoder import export as export_module
+
+    exported("cnn")  # the trace is cached, so these exports are quick
+    real_to_int8 = export_module.to_int8
+
+    def miscalibrated(body, calibration, **options):  # ranges 100x too small: saturation
+        return real_to_int8(body, calibration * 0.01, **options)
+
+    monkeypatch.setattr(export_module, "to_int8", miscalibrated)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="agree too poorly with fp32") as info:
+        export_encoder(runs["cnn"], out, precision="int8", calibration_images=32,
+                       parity_images=8)
+    assert "\n" not in str(info.value) and "cosine min" in str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(export_module, "to_int8", real_to_int8)
+    monkeypatch.setattr(export_module, "MIN_COSINE", 1.01)  # nothing reaches it
+    with pytest.raises(ExportError, match="fp16 embeddings agree too poorly"):
+        export_encoder(runs["cnn"], out, precision="fp16", parity_images=4)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_parity_without_images_uses_random_tensors(exported, runs, tmp_path) -> None:
     exported("cnn")  # the trace is cached, so this is quick
     report = export_encoder(runs["cnn"], tmp_path / "e.onnx", data=tmp_path / "gone",

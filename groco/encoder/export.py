@@ -58,6 +58,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
 """Largest accepted |ONNX Runtime fp32 - PyTorch| over the parity images' embeddings."""
+MIN_COSINE = 0.99
+"""Smallest accepted per-image cosine of an fp16/int8 encoder's embedding to the fp32
+encoder's, on the parity images (held out from int8 calibration). Below it the export
+refuses to write the file: at 0.99 a neighbour list barely changes (top-10 overlap >= 0.9
+in tests/test_export.py), while int8 with 8-bit weights on a non-VNNI CPU gave 0.954 on the
+test's vit_tiny and 0.870 on a trained vit_tiny (issue 14).
+"""
 INPUT_NAME, FEATURES_NAME, OUTPUT_NAME = "images", "features", "embeddings"
 L2_EPS = 1e-12
 TAIL_PREFIX = "groco_l2norm"
@@ -74,8 +81,10 @@ class ExportReport:
 
     ``max_abs_diff``: fp32 ONNX Runtime vs PyTorch on the parity images (measured for every
     precision). ``cosine_min``/``cosine_mean``: per-image cosine of the fp16/int8 model's
-    embedding to the fp32 model's (``None`` for fp32). ``parity_source`` and
-    ``calibration_source`` say which images were used.
+    embedding to the fp32 model's on the parity images (``None`` for fp32). ``parity_source``
+    and ``calibration_source`` say which images were used, ``parity_files`` and
+    ``calibration_files`` name them (disjoint: int8 is checked on images it was not
+    calibrated on; empty for random tensors / no calibration).
     """
 
     path: Path
@@ -88,6 +97,8 @@ class ExportReport:
     seconds: float
     parity_source: str
     calibration_source: str | None = None
+    parity_files: tuple[Path, ...] = ()
+    calibration_files: tuple[Path, ...] = ()
 
     def summary(self) -> str:
         """A few human-readable lines (what ``groco export`` prints)."""
@@ -317,30 +328,51 @@ def _pick_order(count: int, n: int, phase: float) -> list[int]:
     return first + [i for i in range(count) if i not in chosen]
 
 
+@dataclass(frozen=True)
+class ImageSample:
+    """Preprocessed images ``batch`` ``(k, 3, S, S)``, the ``files`` they came from (row
+    order) and the ``skipped`` files that did not decode."""
+
+    batch: np.ndarray
+    files: tuple[Path, ...]
+    skipped: tuple[Path, ...]
+    folder: str
+
+    def describe(self, what: str = "images") -> str:
+        note = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        return f"{len(self.files)} {what} from {self.folder}{note}"
+
+
+def image_files(folder: str | Path | None) -> list[Path]:
+    """The images under ``folder`` (sorted); empty when it is unset or not a directory."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return find_images(folder)
+
+
 def sample_images(folder: str | Path | None, n: int, preprocessing: Preprocessing,
-                  phase: float = 0.5) -> tuple[np.ndarray, str] | None:
-    """Up to ``n`` preprocessed images ``(k, 3, S, S)`` from ``folder`` and a description.
+                  phase: float = 0.5, exclude: frozenset[Path] = frozenset(),
+                  ) -> ImageSample | None:
+    """Up to ``n`` preprocessed images of ``folder``, none of them in ``exclude``.
 
     Images are spread evenly over the sorted file list (so every subfolder is seen); a file
     that does not decode is skipped (logged) and the next candidate used. ``None`` when the
-    folder is unset, gone, or holds no decodable image.
+    folder is unset, gone, or holds no decodable image outside ``exclude``.
     """
-    if folder is None or not Path(folder).is_dir():
-        return None
-    files = find_images(folder)
-    arrays, skipped = [], 0
+    files = [f for f in image_files(folder) if f not in exclude]
+    arrays, used, skipped = [], [], []
     for index in _pick_order(len(files), n, phase):
         if len(arrays) == n:
             break
         try:
             arrays.append(preprocessing.array(load_image(files[index])))
+            used.append(files[index])
         except ImageError as error:
-            skipped += 1
+            skipped.append(files[index])
             log.warning("skipping %s", error)
     if not arrays:
         return None
-    note = f", {skipped} unreadable skipped" if skipped else ""
-    return np.stack(arrays), f"{len(arrays)} images from {folder}{note}"
+    return ImageSample(np.stack(arrays), tuple(used), tuple(skipped), str(folder))
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -420,7 +452,7 @@ def activation_matmuls(model: onnx.ModelProto) -> list[str]:
 
 
 def to_int8(features_model: onnx.ModelProto, calibration: np.ndarray,
-            method: str = "minmax") -> onnx.ModelProto:
+            method: str = "minmax", reduce_range: bool = True) -> onnx.ModelProto:
     """Static QDQ int8 of the weight ops: per-channel int8 weights, uint8 activations.
 
     ``quant_pre_process`` (shape inference + basic graph optimisation) runs first. Only
@@ -428,6 +460,20 @@ def to_int8(features_model: onnx.ModelProto, calibration: np.ndarray,
     ``calibration`` (``method``: ``minmax`` or ``percentile``; their agreement with fp32
     differed by < 1e-4 in cosine on resnet18 and vit_tiny, so min-max, the cheaper one, is
     the default). Input and the ``features`` output stay float32.
+
+    ``reduce_range`` (default on): weights use 7 bits, ``[-64, 64]``, instead of 8. ONNX
+    Runtime's u8s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply
+    with ``VPMADDUBSW``, which adds two ``u8 x s8`` products into a saturating int16: with
+    8-bit weights the pair sum can exceed 32767 and is clipped. ONNX Runtime's quantisation
+    guide names ``reduce_range`` and U8U8 as the remedies and recommends ``reduce_range``
+    for non-VNNI machines; with 7-bit weights a pair is at most ``2 * 255 * 64 < 32767``,
+    so the result is exact on every CPU, VNNI ones included (there the int32 dot product
+    never saturated; the 7-bit weights just round a little coarser). Measured on this
+    2-core AVX2 EPYC (random-init networks, 32 px, 48 images not used for calibration,
+    ORT 1.31): cosine min to fp32 without / with reduce_range / U8U8 was 0.9877 / 0.9993 /
+    0.9994 for resnet18 and 0.9543 / 0.9980 / 0.9988 for vit_tiny, at 2.07x / 1.78x / 0.88x
+    (resnet18) and 1.34x / 1.29x / 0.99x (vit_tiny) the speed of ORT fp32: U8U8 is exact
+    too but loses all of int8's speed here, reduce_range keeps most of it.
 
     Why not every op ONNX Runtime can quantise (measured on random-init models, ORT 1.31,
     CPU): on ViTs, quantising the residual Adds, LayerNorms and Softmax too drops the
@@ -451,7 +497,7 @@ def to_int8(features_model: onnx.ModelProto, calibration: np.ndarray,
             prepared = onnx.load_model(pre_path)
             quantize_static(
                 prepared, str(out_path), CalibrationImages(calibration),
-                quant_format=QuantFormat.QDQ, per_channel=True,
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[method],
                 op_types_to_quantize=list(INT8_OP_TYPES),
@@ -478,14 +524,16 @@ def export_encoder(
     """Export ``run_dir``'s backbone to ``out_path`` (written atomically) and check it.
 
     - ``precision``: ``fp32``; ``fp16`` (weights and compute in fp16, float32 I/O);
-      ``int8`` (static QDQ, per-channel weights, calibrated on up to ``calibration_images``
-      images).
+      ``int8`` (static QDQ, per-channel 7-bit weights, see :func:`to_int8`, calibrated on
+      up to ``calibration_images`` images).
     - Parity: up to ``parity_images`` images of ``data`` (default: the run's ``data``
       folder) are embedded by PyTorch and by the fp32 ONNX model; a max abs diff above
       :data:`FP32_TOLERANCE` raises :class:`ExportError`. If the folder is gone, random
-      tensors are used and the report says so. fp16/int8 also report the per-image cosine
-      to fp32 (logged as a warning below 0.99).
-    - int8 needs calibration images: :class:`ExportError` without them.
+      tensors are used and the report says so (not for int8).
+    - int8 calibrates on other files of the same folder than the parity images (these are
+      held out: at most half the folder), so it needs two readable images at least.
+    - fp16/int8: the per-image cosine to the fp32 model on the parity images must be
+      >= :data:`MIN_COSINE`, else :class:`ExportError` and nothing is written.
 
     Raises :class:`ExportError` for a bad run directory, a failed export or check.
     """
@@ -510,14 +558,24 @@ def export_encoder(
     except onnx.checker.ValidationError as error:
         raise ExportError(f"exported graph fails onnx.checker: {_one_line(error)}") from error
 
-    parity = sample_images(folder, parity_images, preprocessing, phase=0.5)
+    files = image_files(folder)
+    # int8 calibrates on images of the folder too: the parity images are held out from it
+    # (at most half the folder), so agreement is measured on images the quantiser never saw.
+    n_parity = parity_images if precision != "int8" else min(parity_images, len(files) // 2)
+    parity = sample_images(folder, n_parity, preprocessing, phase=0.5) if n_parity else None
     if parity is None:
+        if precision == "int8":
+            raise ExportError(f"int8 needs calibration images and held-out images to check "
+                              f"them, but data folder {folder} has {len(files)} readable "
+                              "image(s); pass another folder (groco export --data DIR)")
         rng = np.random.default_rng(0)
         batch = rng.random((parity_images, 3, image_size, image_size), dtype=np.float32)
         parity_source = f"{parity_images} random tensors (no images in data folder {folder})"
+        parity_files: tuple[Path, ...] = ()
         log.warning("parity check on random tensors: no images in data folder %s", folder)
     else:
-        batch, parity_source = parity
+        batch, parity_files = parity.batch, parity.files
+        parity_source = parity.describe("held-out images" if precision == "int8" else "images")
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
     reference = _run(fp32, batch)
@@ -526,23 +584,28 @@ def export_encoder(
         raise ExportError(f"ONNX fp32 output differs from PyTorch by {max_abs_diff:.3g} "
                           f"(> {FP32_TOLERANCE:g}) on {parity_source}")
 
-    final, calibration_source = fp32, None
+    final, calibration_source, calibration_files = fp32, None, ()
     if precision == "fp16":
         final = append_l2_normalisation(to_fp16(body))
     elif precision == "int8":
-        calib = sample_images(folder, calibration_images, preprocessing, phase=0.0)
+        assert parity is not None
+        calib = sample_images(folder, calibration_images, preprocessing, phase=0.0,
+                              exclude=frozenset(parity.files + parity.skipped))
         if calib is None:
-            raise ExportError(f"int8 needs calibration images, but data folder {folder} has "
-                              "none; pass another folder (groco export --data DIR)")
-        calib_batch, calibration_source = calib
-        final = append_l2_normalisation(to_int8(body, calib_batch))
+            raise ExportError(f"int8 needs calibration images besides the {len(parity.files)} "
+                              f"held-out ones, but data folder {folder} has no other readable "
+                              "image; pass another folder (groco export --data DIR)")
+        calibration_source = calib.describe("other images")
+        calibration_files = calib.files
+        final = append_l2_normalisation(to_int8(body, calib.batch))
     cosine_min = cosine_mean = None
     if precision != "fp32":
         cosines = _cosines(_run(final, batch), reference)
         cosine_min, cosine_mean = float(cosines.min()), float(cosines.mean())
-        if cosine_min < 0.99:
-            log.warning("%s embeddings agree poorly with fp32: cosine min %.4f", precision,
-                        cosine_min)
+        if not cosine_min >= MIN_COSINE:  # also catches NaN
+            raise ExportError(
+                f"{precision} embeddings agree too poorly with fp32 to be written: cosine min "
+                f"{cosine_min:.4f} < {MIN_COSINE} on {parity_source}; export fp32 instead")
         try:
             onnx.checker.check_model(final, full_check=True)
         except onnx.checker.ValidationError as error:
@@ -557,7 +620,8 @@ def export_encoder(
         path=out_path, precision=precision, max_abs_diff=max_abs_diff, cosine_min=cosine_min,
         cosine_mean=cosine_mean, hash=digest, embedding_dim=dim,
         seconds=time.perf_counter() - start, parity_source=parity_source,
-        calibration_source=calibration_source,
+        calibration_source=calibration_source, parity_files=parity_files,
+        calibration_files=calibration_files,
     )
 
 
