@@ -268,6 +268,58 @@ def write_runs_csv(path: Path, collection: str, results: list[dict]) -> None:
     tmp.replace(path)
 
 
+NOT_CANDIDATES = {"collection", "run", "method", "lr", "epoch", "step", "images_per_s",
+                  "broken", "knn_top1", "seconds"}
+
+
+def kendall_table(paths: list[Path]) -> str:
+    """Kendall tau between each candidate column of ``runs.csv`` files and k-NN top-1.
+
+    Candidates: every numeric column but bookkeeping and ``knn_top1`` (the training loss
+    included; a score where lower is better shows a negative tau). Three views:
+    **within runs** (tau over one run's epochs, epoch 0 included, mean and minimum over
+    runs with 3+ scored epochs), **across runs** (tau over the runs' last epochs) and
+    **pooled** (tau over every (run, epoch) point).
+    """
+    from scipy.stats import kendalltau
+
+    points: list[dict[str, str]] = []
+    for path in paths:
+        with path.open(newline="") as f:
+            points += list(csv.DictReader(f))
+
+    def number(value: str | None) -> float:
+        try:
+            return float(value) if value not in (None, "") else float("nan")
+        except ValueError:
+            return float("nan")
+
+    names = sorted({k for p in points for k in p} - NOT_CANDIDATES)
+    runs: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for p in points:
+        runs.setdefault((p.get("collection", ""), p["run"]), []).append(p)
+
+    def tau(rows: list[dict[str, str]], name: str) -> float:
+        a = np.array([number(r.get(name)) for r in rows])
+        b = np.array([number(r.get("knn_top1")) for r in rows])
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() < 3:
+            return float("nan")
+        return float(kendalltau(a[ok], b[ok]).statistic)
+
+    lines = ["| candidate | tau within runs (mean, min; runs) | tau across runs (last epochs; "
+             "runs) | tau pooled (points) |", "|---|---|---|---|"]
+    for name in names:
+        within = [t for t in (tau(r, name) for r in runs.values()) if np.isfinite(t)]
+        last = [max(r, key=lambda p: number(p.get("epoch"))) for r in runs.values()]
+        pooled = [p for p in points if np.isfinite(number(p.get(name)))]
+        inside = (f"{np.mean(within):+.2f}, {np.min(within):+.2f}; {len(within)}" if within
+                  else "-")
+        lines.append(f"| {name} | {inside} | {tau(last, name):+.2f}; {len(last)} | "
+                     f"{tau(points, name):+.2f} ({len(pooled)}) |")
+    return "\n".join(lines)
+
+
 def prepare(args: argparse.Namespace) -> tuple[Path, Path | None, str]:
     """(bank folder, query folder or None, description) of the collection."""
     if args.collection == "digits":
@@ -320,7 +372,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="work folder (default: .bench/quality/<collection>); replaced")
     parser.add_argument("--step-timeout", type=float, default=4 * 3600)
+    parser.add_argument("--tau", type=Path, nargs="+", default=None, metavar="RUNS_CSV",
+                        help="only print the Kendall tau table of these runs.csv files")
     args = parser.parse_args()
+    if args.tau:
+        print(header())
+        print(kendall_table(args.tau))
+        return
     if not args.weights.is_file() and ({"pretrained", "groco", "simclr"} & set(args.rows)
                                        or args.groco_lrs or args.collapse_lr):
         raise SystemExit(f"{args.weights} not found: run benchmarks/pretrained_weights.py")
