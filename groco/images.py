@@ -178,8 +178,38 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+_REDUCIBLE = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB",
+                        "HSV", "I", "F"})
+"""Modes ``Image.reduce`` averages correctly (not palette indices, not 1-bit, not I;16)."""
+
+
+def reduction_factor(width: int, height: int, min_side: int | None) -> int:
+    """The largest integer ``f >= 1`` with ``min(width, height) // f >= min_side``
+    (1 when ``min_side`` is ``None``): how far an image may shrink and keep its shorter
+    side at least ``min_side``."""
+    if not min_side:
+        return 1
+    return max(1, min(width, height) // int(min_side))
+
+
+def _reduced(im: Image.Image, min_side: int | None) -> Image.Image:
+    """``im`` shrunk by :func:`reduction_factor` with ``Image.reduce`` (box filter); modes
+    it cannot average are brought to one it can first (I;16 to I, palette/1-bit to RGB)."""
+    factor = reduction_factor(*im.size, min_side)
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")
+    elif im.mode not in _REDUCIBLE:
+        im = to_rgb(im)
+    return im.reduce(factor)
+
+
 def load_image(
     path_or_file: str | Path | bytes | bytearray | memoryview | BinaryIO,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Decode an image file, bytes or file object to an 8-bit RGB ``PIL.Image``.
 
@@ -188,9 +218,16 @@ def load_image(
       colour-key transparency) composited on white; 16-bit and float images scaled to
       8 bits (see :func:`_scale_to_uint8`), not clipped.
     - Animated images (GIF, WebP, multi-page TIFF): the first frame.
-    - More than :data:`MAX_PIXELS` pixels, PIL's decompression-bomb check, a missing,
-      truncated or corrupt file: :class:`ImageError` ``"<file>: <reason>"``. The pixels
-      are fully decoded here, so a broken file fails now, not later.
+    - More than ``max_pixels`` (default :data:`MAX_PIXELS`; read from the header, before
+      any pixel is decoded), PIL's decompression-bomb check, a missing, truncated or
+      corrupt file: :class:`ImageError` ``"<file>: <reason>"``. The pixels are fully
+      decoded here, so a broken file fails now, not later.
+    - ``min_side`` (for a consumer that shrinks the image anyway, such as an encoder
+      whose preprocessing resizes the shorter side): decode *reduced*, by the largest
+      integer factor that keeps the shorter side >= ``min_side``
+      (:func:`reduction_factor`): JPEG through ``Image.draft`` (DCT scaling while
+      decoding, 1/2, 1/4 or 1/8), then, for any format, ``Image.reduce`` by what is left
+      (box filter). An image whose shorter side is under ``2 * min_side`` is unchanged.
     """
     source, name = _source(path_or_file)
     try:
@@ -199,16 +236,20 @@ def load_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 width, height = im.size
-                if width * height > MAX_PIXELS:
+                if width * height > max_pixels:
                     raise ImageError(
-                        name, f"too many pixels ({width}x{height} > {MAX_PIXELS:,} allowed)"
+                        name, f"too many pixels ({width}x{height} > {max_pixels:,} allowed)"
                     )
+                factor = reduction_factor(width, height, min_side)
+                if factor > 1 and im.format == "JPEG":
+                    im.draft(im.mode, (width // factor, height // factor))
                 im.load()  # full decode: truncated data raises here
                 try:
                     oriented = ImageOps.exif_transpose(im)
                 except Exception:  # a corrupt EXIF block does not make the pixels unusable
                     oriented = im.copy()
-                return to_rgb(oriented)  # a new image: the file is closed on return
+                # a new image: the file is closed on return
+                return to_rgb(_reduced(oriented, min_side))
     except ImageError:
         raise
     except Image.DecompressionBombError as err:

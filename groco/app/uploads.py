@@ -32,8 +32,9 @@ class UploadError(ValueError):
     """A query that cannot be used; ``str(err)`` is one line for the user."""
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MB"
+def _too_large(size: int, what: str, cap: int) -> UploadError:
+    return UploadError(f"Image too large: {size:,} bytes {what}, at most {cap:,} "
+                       f"({cap / (1024 * 1024):.1f} MB) allowed.")
 
 
 def decode_data_url(url: str, max_bytes: int) -> bytes:
@@ -46,8 +47,7 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
         raise UploadError("A data: URL query must be base64 encoded (data:<type>;base64,...).")
     size = len(data) * 3 // 4 - data[-2:].count("=")
     if size > max_bytes:
-        raise UploadError(f"Image too large: {_megabytes(size)} in a data: URL, at most "
-                          f"{_megabytes(max_bytes)} allowed.")
+        raise _too_large(size, "in a data: URL", max_bytes)
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -98,8 +98,7 @@ class QueryDecoder:
         except OSError:
             raise UploadError(f"{name}: the upload is gone, upload it again.") from None
         if size > cap:
-            raise UploadError(f"Image too large: {name} is {_megabytes(size)}, at most "
-                              f"{_megabytes(cap)} allowed.")
+            raise _too_large(size, f"in {name}", cap)
         return str(real), name
 
     def decode(self, payload: Any) -> Image.Image:
@@ -107,6 +106,9 @@ class QueryDecoder:
         source, name = self.source(payload)
         with self._slots:
             try:
-                return load_image(source)
+                return load_image(source, max_pixels=self.settings.max_query_pixels,
+                                  min_side=self.min_side)
             except ImageError as error:
+                if error.reason.startswith("too many pixels"):
+                    raise UploadError(f"Image too large: {name} has {error.reason}.") from None
                 raise UploadError(f"Not a readable image: {name} ({error.reason})") from None
