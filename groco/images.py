@@ -208,7 +208,7 @@ def _reduced(im: Image.Image, min_side: int | None) -> Image.Image:
 def load_image(
     path_or_file: str | Path | bytes | bytearray | memoryview | BinaryIO,
     *,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
     min_side: int | None = None,
 ) -> Image.Image:
     """Decode an image file, bytes or file object to an 8-bit RGB ``PIL.Image``.
@@ -218,10 +218,10 @@ def load_image(
       colour-key transparency) composited on white; 16-bit and float images scaled to
       8 bits (see :func:`_scale_to_uint8`), not clipped.
     - Animated images (GIF, WebP, multi-page TIFF): the first frame.
-    - More than ``max_pixels`` (default :data:`MAX_PIXELS`; read from the header, before
-      any pixel is decoded), PIL's decompression-bomb check, a missing, truncated or
-      corrupt file: :class:`ImageError` ``"<file>: <reason>"``. The pixels are fully
-      decoded here, so a broken file fails now, not later.
+    - More than ``max_pixels`` (default :data:`MAX_PIXELS`, read at call time; checked
+      from the header, before any pixel is decoded), PIL's decompression-bomb check, a
+      missing, truncated or corrupt file: :class:`ImageError` ``"<file>: <reason>"``.
+      The pixels are fully decoded here, so a broken file fails now, not later.
     - ``min_side`` (for a consumer that shrinks the image anyway, such as an encoder
       whose preprocessing resizes the shorter side): decode *reduced*, by the largest
       integer factor that keeps the shorter side >= ``min_side``
@@ -230,6 +230,7 @@ def load_image(
       (box filter). An image whose shorter side is under ``2 * min_side`` is unchanged.
     """
     source, name = _source(path_or_file)
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             # MAX_PIXELS is our limit; PIL's warning threshold (~89 MP) is lower than it.
