@@ -1,6 +1,7 @@
 """`groco train` end to end on generated folders: CNN and ViT, broken files, resume after
 a kill, torchrun with two CPU processes, clear errors."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from groco.cli import app
+from groco.training import checkpoint
 from groco.training.config import TrainConfig
 from groco.training.trainer import Trainer, TrainError
 
@@ -32,13 +34,19 @@ def test_train_cli_on_a_folder_with_broken_files(collection, tmp_path, backbone)
     result = CliRunner().invoke(app, ["train", str(collection), "--out", str(run), "--backbone",
                                       backbone, "--epochs", "2", *FAST])
     assert result.exit_code == 0, result.output
-    metrics = (run / "metrics.csv").read_text().splitlines()
-    assert len(metrics) == 3  # header + one row per epoch
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # the start, then each epoch
+    assert rows[0]["loss"] == "" and rows[1]["loss"] != ""
     weights = load_file(str(run / "last.safetensors"))
     assert any(k.startswith("backbone.") for k in weights)
     assert any(k.startswith("projector.") for k in weights)
-    knn = [float(row.split(",")[6]) for row in metrics[1:]]
-    assert all(0.0 <= v <= 1.0 for v in knn)
+    # The kept epoch is the first with the highest k-NN, the start included.
+    knn = [float(r["knn_top1"]) for r in rows]
+    best = knn.index(max(knn))
+    assert [int(r["kept"]) for r in rows][best] == 1
+    assert checkpoint.weights_metadata(run, checkpoint.BEST)["epoch"] == str(best)
+    assert f"kept: epoch {best}" in result.output or best == 0
 
 
 def test_broken_files_are_skipped_and_counted(tmp_path):
@@ -95,7 +103,7 @@ def test_torchrun_with_two_cpu_processes_trains(collection, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = (run / "last.json").read_text()
     assert '"rank_count": 2' in state
-    assert (run / "metrics.csv").read_text().count("\n") == 2
+    assert (run / "metrics.csv").read_text().count("\n") == 3  # header, the start, epoch 1
 
 
 def test_clear_errors(tmp_path, collection):

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from groco.preprocessing import Preprocessing
 from groco.training.methods import OPTIMIZERS, get_method
 
 MAX_QUEUE_SIZE = 98304  # the papers' support set / memory bank size
+SCRATCH_EPOCHS = 100
+
+# Fine-tuning a pretrained start (``--pretrained`` or ``--weights``): what REFERENCES.md's
+# measurements on an unseen collection found to improve on the start, where anything
+# stronger hurt: BN statistics frozen, only the last stage and a new projector trainable,
+# the backbone at a third of the head's learning rate, one projector warm-up epoch with the
+# backbone frozen, a short cosine schedule, GroCo at steepness 1 (the default).
+FINETUNE_EPOCHS = 5
+FINETUNE_TRAINABLE_STAGES = 1
+FINETUNE_BACKBONE_LR_SCALE = 1 / 3
+FINETUNE_HEAD_WARMUP_EPOCHS = 1
+FINETUNE_LR_FACTOR = 0.1
+"""Fine-tuning's base learning rate is the method's from-scratch one times this."""
 
 
 def default_queue_size(data: str | Path) -> int:
@@ -38,7 +51,14 @@ class TrainConfig:
     image_size: int = 224
     small_stem: bool | None = None
     weights: str | None = None
-    epochs: int = 100
+    pretrained: bool = False  # timm's pretrained weights for backbone (hub, cache, offline)
+    pretrained_file: str | None = None  # a local file timm loads as those weights
+    finetune: bool | None = None  # None: on when starting from weights
+    trainable_stages: int | None = None  # last backbone stages trained (0 = all)
+    backbone_lr_scale: float | None = None  # backbone LR / head LR
+    head_warmup_epochs: int | None = None  # epochs with the backbone frozen
+    freeze_bn: bool | None = None  # keep the backbone's BatchNorm statistics
+    epochs: int | None = None  # 100, or 5 when fine-tuning
     batch_size: int = 256
     views: int = 2
     optimizer: str = "sgd"
@@ -69,8 +89,8 @@ class TrainConfig:
     knn_temperature: float = 0.07
     base_size: int | None = None  # side of the uint8 images the workers decode
     eval_resize: int | None = None  # shorter side before the centre crop at evaluation
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] | None = None  # the backbone's own (timm pretrained_cfg)
+    std: list[float] | None = None
     max_steps_per_epoch: int | None = None
     crop_min_scale: float = 0.14  # RandomResizedCrop scale (crop_min_scale, 1)
     flip: bool = True
@@ -82,16 +102,18 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.views < 2:
             raise ValueError(f"--views must be at least 2, got {self.views}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("--epochs must be >= 1 and --batch-size >= 2")
         changes: dict[str, Any] = {
             "data": str(Path(self.data).expanduser().resolve()),
             "out": str(Path(self.out).expanduser().resolve()),
         }
+        changes.update(self._start_defaults())
+        if changes.get("epochs", self.epochs) < 1 or self.batch_size < 2:
+            raise ValueError("--epochs must be >= 1 and --batch-size >= 2")
         if self.eval_data is not None:
             changes["eval_data"] = str(Path(self.eval_data).expanduser().resolve())
         if self.lr is None:
-            changes["lr"] = spec.base_lr[self.optimizer]
+            factor = FINETUNE_LR_FACTOR if changes["finetune"] else 1.0
+            changes["lr"] = spec.base_lr[self.optimizer] * factor
         if self.weight_decay is None:
             changes["weight_decay"] = spec.default_weight_decay(self.optimizer)
         changes.update(self._method_defaults(changes["data"]))
@@ -100,6 +122,40 @@ class TrainConfig:
         if self.eval_resize is None:
             changes["eval_resize"] = self.image_size
         return dataclasses.replace(self, **changes)
+
+    @property
+    def starts_from_weights(self) -> bool:
+        """True when the backbone starts from pretrained or local weights."""
+        return bool(self.pretrained or self.pretrained_file or self.weights)
+
+    def _start_defaults(self) -> dict[str, Any]:
+        """Epochs, normalisation and the fine-tuning recipe, by where the run starts."""
+        finetune = self.starts_from_weights if self.finetune is None else self.finetune
+        changes: dict[str, Any] = {"finetune": finetune}
+        if self.pretrained_file is not None:
+            changes["pretrained_file"] = str(Path(self.pretrained_file).expanduser().resolve())
+            changes["pretrained"] = True
+        if self.weights is not None:
+            changes["weights"] = str(Path(self.weights).expanduser().resolve())
+        recipe = {"epochs": (FINETUNE_EPOCHS, SCRATCH_EPOCHS),
+                  "trainable_stages": (FINETUNE_TRAINABLE_STAGES, 0),
+                  "backbone_lr_scale": (FINETUNE_BACKBONE_LR_SCALE, 1.0),
+                  "head_warmup_epochs": (FINETUNE_HEAD_WARMUP_EPOCHS, 0),
+                  "freeze_bn": (True, False)}
+        for key, (tuned, scratch) in recipe.items():
+            if getattr(self, key) is None:
+                changes[key] = tuned if finetune else scratch
+        if self.mean is None or self.std is None:
+            from groco.training.models import pretrained_normalisation
+
+            mean, std = pretrained_normalisation(self.backbone)
+            changes["mean"] = list(self.mean or mean)
+            changes["std"] = list(self.std or std)
+        if (self.trainable_stages or 0) < 0 or (self.head_warmup_epochs or 0) < 0:
+            raise ValueError("--trainable-stages and --head-warmup-epochs must be >= 0")
+        if self.backbone_lr_scale is not None and self.backbone_lr_scale < 0:
+            raise ValueError(f"--backbone-lr-scale must be >= 0, got {self.backbone_lr_scale}")
+        return changes
 
     def _method_defaults(self, data: str) -> dict[str, Any]:
         """Defaults of the method's spec for fields left as None, and their checks."""
@@ -136,6 +192,8 @@ class TrainConfig:
         """How the run's encoder sees an image: ``image_size``, ``eval_resize`` (or
         ``image_size``) and ``mean``/``std``. The k-NN monitor, the export and the index
         all use this one value."""
+        if self.mean is None or self.std is None:
+            raise ValueError("preprocessing needs a resolved config (mean/std unset)")
         return Preprocessing(self.image_size, self.eval_resize or self.image_size,
                              tuple(self.mean), tuple(self.std))
 

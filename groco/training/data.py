@@ -10,11 +10,12 @@ decode is skipped by :func:`collate_skip_broken`, counted, and named once in the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from groco.images import (
@@ -25,6 +26,7 @@ from groco.images import (
     load_image,
     resize_center_crop,
 )
+from groco.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,24 @@ class ImageFolderDataset(Dataset):
     ``dataset[i]`` is ``(image, label, i)``: ``image`` a uint8 tensor
     ``(3, base_size, base_size)``, or ``None`` when the file cannot be decoded (a warning
     naming the file is logged once per process).
+
+    ``preprocessing`` (evaluation): images are cut by :meth:`Preprocessing.uint8` (the
+    exported encoder's crop, ``base_size`` is its ``image_size``) instead of a
+    ``base_size`` square. ``transform(image, i)``, if given, changes each decoded image
+    before that (label-free scoring makes augmented copies with it).
     """
 
-    def __init__(self, root: str | Path, base_size: int, files: Sequence[Path] | None = None):
-        if base_size < 1:
+    def __init__(self, root: str | Path, base_size: int | None = None,
+                 files: Sequence[Path] | None = None,
+                 preprocessing: Preprocessing | None = None,
+                 transform: Callable[[Image.Image, int], Image.Image] | None = None):
+        base_size = preprocessing.image_size if preprocessing is not None else base_size
+        if base_size is None or base_size < 1:
             raise ValueError(f"base_size must be >= 1, got {base_size}")
         self.root = Path(root)
         self.base_size = int(base_size)
+        self.preprocessing = preprocessing
+        self.transform = transform
         self.files = list(find_images(self.root) if files is None else (Path(f) for f in files))
         if not self.files:
             exts = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
@@ -65,13 +78,18 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         try:
-            img = resize_center_crop(load_image(self.files[i]), self.base_size)
+            image = load_image(self.files[i])
         except ImageError as err:
             if i not in self._warned:
                 self._warned.add(i)
                 log.warning("skipping unreadable image %s", err)
             return None, self.targets[i], i
-        array = np.array(img, dtype=np.uint8)  # (H, W, 3), writable copy
+        if self.transform is not None:
+            image = self.transform(image, i)
+        if self.preprocessing is not None:
+            array = self.preprocessing.uint8(image)
+        else:
+            array = np.array(resize_center_crop(image, self.base_size), dtype=np.uint8)
         return torch.from_numpy(array).permute(2, 0, 1).contiguous(), self.targets[i], i
 
 

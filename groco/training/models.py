@@ -1,8 +1,12 @@
 """Networks for self-supervised training: a timm backbone, the GroCo projector, and their pair.
 
 - ``build_backbone``: any ``timm.create_model`` name (CNN or ViT) with ``num_classes=0``, so
-  ``forward(x)`` returns pooled features ``(B, num_features)``. Never downloads weights; a
-  local weights file may be given. For small images a CNN gets the small-image stem.
+  ``forward(x)`` returns pooled features ``(B, num_features)``. Weights: none (random
+  init), timm's pretrained weights exactly as timm users get them (``pretrained=True``:
+  the Hugging Face cache, ``HF_HUB_OFFLINE``, ``hf-hub:`` names, a local file through
+  ``pretrained_cfg_overlay=dict(file=...)``), or a local weights file of groco's or timm's
+  format. For small images an untrained CNN gets the small-image stem; a pretrained stem
+  is never replaced silently.
 - ``Projector``: the projection head of the released GroCo code.
 - ``SSLModel``: ``backbone`` + ``projector``; its state dict holds ``backbone.*`` and
   ``projector.*`` keys, which is what the ONNX exporter reads back (it rebuilds the backbone
@@ -15,12 +19,15 @@ import difflib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from groco.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +69,60 @@ def _unknown_model_error(name: str) -> ValueError:
     )
 
 
-def _create(name: str, image_size: int) -> nn.Module:
-    """``timm.create_model`` without weights, passing ``img_size`` where the model takes it."""
-    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+HUB_PREFIXES = ("hf-hub:", "local-dir:")
+"""timm model names that name a weights source rather than a registered architecture."""
+
+
+class PretrainedWeightsError(ValueError):
+    """timm could not get the pretrained weights; ``str(err)`` says how to provide them."""
+
+
+def _create(name: str, image_size: int, pretrained: bool = False,
+            pretrained_file: str | Path | None = None) -> nn.Module:
+    """``timm.create_model(name, pretrained=..., num_classes=0)``, passing ``img_size``
+    where the model takes it and ``pretrained_cfg_overlay=dict(file=...)`` for a local file."""
+    kwargs: dict[str, Any] = {"pretrained": pretrained or pretrained_file is not None,
+                              "num_classes": 0}
+    if pretrained_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
     try:
-        return timm.create_model(name, img_size=image_size, **kwargs)
-    except TypeError as err:
-        if "img_size" not in str(err):
+        try:
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+        return timm.create_model(name, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        if not kwargs["pretrained"]:
             raise
-    return timm.create_model(name, **kwargs)
+        raise _pretrained_error(name, err) from err
+
+
+def _pretrained_error(name: str, error: BaseException) -> PretrainedWeightsError:
+    """One line: what failed, and the three ways to provide the weights without a download."""
+    reason = " ".join(str(error).split())[:200] or type(error).__name__
+    return PretrainedWeightsError(
+        f"cannot load timm's pretrained weights for {name!r} ({type(error).__name__}: "
+        f"{reason}); on a machine without internet, download them elsewhere with "
+        f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy "
+        "the Hugging Face cache (~/.cache/huggingface, read offline with HF_HUB_OFFLINE=1), "
+        "or pass the weights file with --pretrained-file FILE or --weights FILE")
+
+
+def pretrained_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The network's own input ``(mean, std)``: timm's ``pretrained_cfg`` for ``name``
+    (0.5/0.5 for ``tf_`` models, ImageNet's for most others), ImageNet's when unknown."""
+    from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = None
+    if not name.startswith(HUB_PREFIXES):
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except (RuntimeError, ValueError):  # a name with no pretrained config
+            cfg = None
+    mean = getattr(cfg, "mean", None) or IMAGENET_MEAN
+    std = getattr(cfg, "std", None) or IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _small_conv(conv: nn.Module, where: str) -> nn.Conv2d:
@@ -88,7 +140,7 @@ def _small_conv(conv: nn.Module, where: str) -> nn.Conv2d:
     )
 
 
-def _apply_small_stem(model: nn.Module) -> bool:
+def _apply_small_stem(model: nn.Module, keep_weights: bool = False) -> bool:
     """Swap the stem for the small-image one; False when the model's stem is not recognised.
 
     The first conv (timm's ``pretrained_cfg["first_conv"]``; the first conv of a deep stem,
@@ -96,6 +148,10 @@ def _apply_small_stem(model: nn.Module) -> bool:
     channels and bias; the stem pooling layer (ResNet ``maxpool``, DenseNet ``pool0``), if
     any, becomes ``Identity``. This is the CIFAR-style stem of SimCLR (Chen et al., 2020,
     appendix B.9) and solo-learn: at 32 px a ResNet then ends on a 4x4 map instead of 1x1.
+
+    ``keep_weights`` (a pretrained network): a 3x3 first conv keeps its weights and only
+    its stride becomes 1 (EfficientNet, MobileNetV3, RegNet, ResNet-D deep stems); any
+    other kernel raises ``ValueError``, since replacing it would discard pretrained weights.
     """
     family = type(model).__name__
     if family not in _STEM_POOL and family not in _STRIDED_STEM_ONLY:
@@ -103,7 +159,16 @@ def _apply_small_stem(model: nn.Module) -> bool:
     first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
     if not isinstance(first_conv, str):
         return False
-    model.set_submodule(first_conv, _small_conv(model.get_submodule(first_conv), first_conv))
+    conv = model.get_submodule(first_conv)
+    if keep_weights:
+        if not isinstance(conv, nn.Conv2d) or tuple(conv.kernel_size) != (3, 3):
+            kernel = getattr(conv, "kernel_size", "?")
+            raise ValueError(f"small_stem would replace the pretrained {kernel} stem conv "
+                             f"{first_conv!r} of {type(model).__name__}; use "
+                             "--no-small-stem (and a larger --image-size) with these weights")
+        conv.stride = (1, 1)
+    else:
+        model.set_submodule(first_conv, _small_conv(conv, first_conv))
     if family in _STEM_POOL:
         model.set_submodule(_STEM_POOL[family], nn.Identity())
     return True
@@ -208,31 +273,49 @@ def build_backbone(
     image_size: int,
     small_stem: bool | None = None,
     weights: str | Path | None = None,
+    pretrained: bool = False,
+    pretrained_file: str | Path | None = None,
 ) -> tuple[nn.Module, int]:
     """A timm backbone returning pooled features ``(B, D)``, and ``D`` (see ``feature_dim``).
 
-    ``timm.create_model(name, pretrained=False, num_classes=0)``, with ``img_size=image_size``
-    for models whose constructor takes it (ViTs and others).
+    ``timm.create_model(name, pretrained=pretrained, num_classes=0)``, with
+    ``img_size=image_size`` for models whose constructor takes it (ViTs and others).
 
-    ``small_stem``: ``None`` = auto, on for CNNs at ``image_size <= 64`` (left off, with a
-    logged warning, where the stem is not recognised); ``True`` forces it and raises
-    ``ValueError`` for a ViT or an unrecognised CNN stem; recognised: the ResNet family
-    (deep stems included), DenseNet, EfficientNet, MobileNetV3, GhostNet, RegNet.
-    ``weights``: a local file, see ``load_backbone_weights``.
+    - ``pretrained``: timm's weights for ``name`` as timm users get them (hub, cache,
+      ``HF_HUB_OFFLINE``, ``hf-hub:`` names); ``pretrained_file``: a local file given to
+      timm as ``pretrained_cfg_overlay=dict(file=...)`` (implies ``pretrained``). A failed
+      download raises :class:`PretrainedWeightsError` saying how to provide the file.
+    - ``weights``: a local file loaded strictly after building, see
+      ``load_backbone_weights``.
+    - ``small_stem``: ``None`` = auto: on for untrained CNNs at ``image_size <= 64`` (left
+      off, with a logged warning, where the stem is not recognised) and off when weights
+      are loaded (a pretrained stem is never replaced silently); ``True`` forces it
+      (keeping a pretrained 3x3 stem's weights, see ``_apply_small_stem``) and raises
+      ``ValueError`` for a ViT or an unrecognised CNN stem; recognised: the ResNet family
+      (deep stems included), DenseNet, EfficientNet, MobileNetV3, GhostNet, RegNet.
     """
-    if not timm.is_model(name):
+    hub_name = name.startswith(HUB_PREFIXES)
+    if hub_name and not (pretrained or pretrained_file):
+        raise ValueError(f"{name!r} names a weights source: pass --pretrained with it")
+    if not hub_name and not timm.is_model(name):
         raise _unknown_model_error(name)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
-    model = _create(name, image_size)
+    started = pretrained or pretrained_file is not None or weights is not None
+    model = _create(name, image_size, pretrained, pretrained_file)
     vit = is_vit(model)
     if small_stem and vit:
         raise ValueError(
             f"small_stem applies to CNNs; {name!r} is a patch-embedding model "
             "(pick a smaller patch size, e.g. a *_patch8_* model, for small images)"
         )
-    want = (not vit and image_size <= SMALL_STEM_MAX_SIZE) if small_stem is None else small_stem
-    if want and not _apply_small_stem(model):
+    auto = not vit and not started and image_size <= SMALL_STEM_MAX_SIZE
+    want = auto if small_stem is None else small_stem
+    if small_stem is None and started and not vit and image_size <= SMALL_STEM_MAX_SIZE:
+        log.info("%s: keeping the pretrained stem at %d px (pass --small-stem for a stride-1 "
+                 "stem that keeps its 3x3 weights)", name, image_size)
+    keep = pretrained or pretrained_file is not None
+    if want and not _apply_small_stem(model, keep_weights=keep):
         if small_stem:
             raise ValueError(
                 f"small_stem=True: don't know the stem of {name!r} ({type(model).__name__}); "
@@ -294,33 +377,13 @@ class SSLModel(nn.Module):
         return features, self.projector(features)
 
 
-def _get(config: Any, key: str, default: Any = ...) -> Any:
-    if isinstance(config, Mapping):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    if value is ...:
-        raise KeyError(f"model config needs {key!r}")
-    return value
-
-
-def build_model(config: Any) -> SSLModel:
-    """``SSLModel`` from a config mapping (or attribute object).
-
-    Keys: ``backbone``, ``image_size`` (required); ``small_stem`` (None = auto),
-    ``projector_hidden`` (2048), ``projector_dim`` (2048), ``projector_layers`` (3),
-    ``weights`` (None) - see ``build_backbone`` and ``Projector``.
-    """
-    backbone, dim = build_backbone(
-        _get(config, "backbone"),
-        int(_get(config, "image_size")),
-        _get(config, "small_stem", None),
-        _get(config, "weights", None),
-    )
-    projector = Projector(
-        dim,
-        hidden_dim=int(_get(config, "projector_hidden", 2048)),
-        out_dim=int(_get(config, "projector_dim", 2048)),
-        num_layers=int(_get(config, "projector_layers", 3)),
-    )
+def build_model(config: TrainConfig) -> SSLModel:
+    """``SSLModel`` of a resolved ``TrainConfig``: ``build_backbone(config.backbone,
+    config.image_size, config.small_stem, config.weights, config.pretrained,
+    config.pretrained_file)`` and a ``Projector`` of ``projector_hidden``/``projector_dim``/
+    ``projector_layers``."""
+    backbone, dim = build_backbone(config.backbone, config.image_size, config.small_stem,
+                                   config.weights, config.pretrained, config.pretrained_file)
+    projector = Projector(dim, hidden_dim=config.projector_hidden,
+                          out_dim=config.projector_dim, num_layers=config.projector_layers)
     return SSLModel(backbone, projector)

@@ -45,30 +45,45 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(weights, biases and normalisation parameters)."""
-    decay, no_decay = [], []
+def _groups(model: nn.Module, backbone_lr_scale: float,
+            split_decay: bool) -> list[dict]:
+    """Parameter groups: backbone vs the rest (``lr_scale`` 1), each split into weights and
+    biases/normalisation parameters (``no_decay``) when ``split_decay``. Parameters that do
+    not require gradients (frozen stages) are left out; empty groups are dropped."""
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return decay, no_decay
+        if not param.requires_grad:
+            continue
+        key = (id(param) in in_backbone, split_decay and param.ndim <= 1)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "lr_scale": backbone_lr_scale if is_backbone else 1.0,
+             "backbone": is_backbone, "no_decay": no_decay}
+            for (is_backbone, no_decay), params in sorted(groups.items())]
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
-                    momentum: float) -> torch.optim.Optimizer:
+                    momentum: float, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """``sgd`` (decay on everything, as GroCo's released code), ``lars`` or ``adamw``
-    (no decay and no adaptation on biases and normalisation parameters)."""
+    (no decay and no adaptation on biases and normalisation parameters).
+
+    Every group carries ``backbone`` (whether it holds ``model.backbone``'s parameters) and
+    ``lr_scale``: ``backbone_lr_scale`` for the backbone, 1 for the heads; the trainer sets
+    ``lr = schedule * lr_scale``.
+    """
+    if name not in ("sgd", "lars", "adamw"):
+        raise ValueError(f"unknown optimizer {name!r}")
+    groups = _groups(model, backbone_lr_scale, split_decay=name != "sgd")
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                               weight_decay=weight_decay)
-    decay, no_decay = _split_decay(model)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
-        return LARS([{"params": decay}, {"params": no_decay, "lars_exclude": True}],
-                    lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
+        for group in groups:
+            group["lars_exclude"] = group["no_decay"]
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for group in groups:
+        group["weight_decay"] = 0.0 if group["no_decay"] else weight_decay
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:

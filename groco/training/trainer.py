@@ -25,7 +25,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from groco.knn import knn_accuracy
-from groco.training import checkpoint
+from groco.training import checkpoint, labelfree
 from groco.training.augment import MultiViewAugment, normalize_batch
 from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
@@ -38,7 +38,8 @@ from groco.training.optim import build_optimizer, learning_rate
 log = logging.getLogger("groco.train")
 
 METRICS = "metrics.csv"
-METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "broken", "knn_top1", "seconds"]
+METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "broken", "knn_top1",
+                 *labelfree.SCORES, "kept", "seconds"]
 
 
 class TrainError(ValueError):
@@ -54,6 +55,31 @@ class TrainResult:
     knn_top1: float | None
     images_per_s: float
     broken: int
+    kept_epoch: int | None = None
+    kept_reason: str = ""
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[nn.Parameter]]:
+    """The backbone's parameters by stage, stem first: timm's coarse ``group_matcher``
+    (ResNet: stem, layer1..4; EfficientNet: stem, blocks.0..6 with the head conv last; ViT:
+    patch embedding, then each block, the final norm last). One stage when the model has
+    no ``group_matcher``."""
+    matcher = getattr(backbone, "group_matcher", None)
+    if matcher is None:
+        return [list(backbone.parameters())]
+    from timm.models import group_parameters
+
+    named = dict(backbone.named_parameters())
+    groups = group_parameters(backbone, matcher(coarse=True))
+    return [[named[n] for n in names if n in named] for _, names in sorted(groups.items())]
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm of ``module`` in eval mode: running statistics stay as they are
+    (the pretrained ones) and batches are normalised with them."""
+    for child in module.modules():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            child.eval()
 
 
 def pick_device(name: str) -> torch.device:
@@ -106,6 +132,11 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
 
         model = build_model(config)
+        if config.trainable_stages:
+            for stage in backbone_stages(model.backbone)[:-config.trainable_stages]:
+                for param in stage:
+                    param.requires_grad_(False)
+        self.trainable_backbone = [p for p in model.backbone.parameters() if p.requires_grad]
         self.channels_last = not is_vit(model.backbone)
         objective = build_objective(config, model)
         if self.device.type == "cuda" and is_distributed():
@@ -120,11 +151,16 @@ class Trainer:
                                         flip=config.flip)
         self.peak_lr = config.lr * global_batch / 256
         self.optimizer = build_optimizer(config.optimizer, objective, self.peak_lr,
-                                         config.weight_decay, config.momentum)
+                                         config.weight_decay, config.momentum,
+                                         config.backbone_lr_scale)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.epoch = self.step = 0
+        self.eval_preprocessing = config.preprocessing
+        self.score_files = [self.dataset.files[i] for i in
+                            labelfree.sample_indices(len(self.dataset), seed=config.seed)]
+        self.kept: dict[str, str] | None = None  # metadata of best.safetensors
         if resume:
             self._restore()
 
@@ -170,6 +206,8 @@ class Trainer:
             opt_state.setdefault(int(index), {}).update(scalars)
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         self.epoch, self.step = state["epoch"], state["step"]
+        if (self.run_dir / checkpoint.BEST).is_file():
+            self.kept = checkpoint.weights_metadata(self.run_dir, checkpoint.BEST)
         self._truncate_metrics(self.epoch)
         log.info("resumed %s at epoch %d (step %d)", self.run_dir, self.epoch, self.step)
 
@@ -200,10 +238,16 @@ class Trainer:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         return views
 
+    def _warming_up(self) -> bool:
+        """True during the head warm-up epochs (the backbone is not trained)."""
+        return self.epoch < (self.config.head_warmup_epochs or 0)
+
     def train_step(self, images: torch.Tensor) -> float:
+        lr = learning_rate(self.step, self.total_steps, self.warmup_steps, self.peak_lr)
+        frozen_backbone = self._warming_up()
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, self.total_steps, self.warmup_steps,
-                                        self.peak_lr)
+            frozen = frozen_backbone and group["backbone"]
+            group["lr"] = 0.0 if frozen else lr * group["lr_scale"]
         views = self._views(images)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
@@ -233,6 +277,11 @@ class Trainer:
         so a run resumed from the checkpoint of epoch ``e`` repeats an uninterrupted one.
         """
         self.objective.train()
+        if self.config.freeze_bn:
+            freeze_batchnorm(self.objective.backbone)
+        if not is_distributed():  # under DDP the warm-up is an LR of 0 (same parameters)
+            for param in self.trainable_backbone:
+                param.requires_grad_(not self._warming_up())
         self.sampler.set_epoch(self.epoch)
         torch.manual_seed(self.config.seed * 1_000_003 + rank() * 10_007 + self.epoch)
         global_batch = self.config.batch_size * world_size()
@@ -261,9 +310,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def embed_folder(self, root: str, files=None) -> tuple[np.ndarray, list[str | None]]:
-        """L2-normalised backbone features and class names of un-augmented images."""
-        dataset = ImageFolderDataset(root, self.config.image_size, files=files)
+    def embed_folder(self, root: str, files=None, transform=None
+                     ) -> tuple[np.ndarray, list[str | None]]:
+        """L2-normalised backbone features and class names of un-augmented images, cut by
+        the exported encoder's :class:`~groco.preprocessing.Preprocessing`."""
+        dataset = ImageFolderDataset(root, files=files, preprocessing=self.eval_preprocessing,
+                                     transform=transform)
         loader = make_loader(dataset, 256, self.config.workers, shuffle=False,
                              seed=0, drop_last=False)
         self.objective.eval()
@@ -279,6 +331,8 @@ class Trainer:
                 out = self.objective.backbone(batch).float()
             features.append(nn.functional.normalize(out, dim=1).cpu().numpy())
             labels += [dataset.classes[t] if t >= 0 else None for t in targets.tolist()]
+        if not features:
+            return np.zeros((0, 0), np.float32), []
         return np.concatenate(features), labels
 
     def knn_monitor(self) -> float | None:
@@ -293,15 +347,102 @@ class Trainer:
         bank_labels = np.array([index[name] for name in bank_names])
         settings = {"k": self.config.knn_k, "temperature": self.config.knn_temperature,
                     "num_classes": len(index)}
+        if len(bank) < 2:
+            return None
         if not self.config.eval_data:
             return knn_accuracy(bank, bank_labels, bank, bank_labels, exclude_self=True,
                                 **settings)
         queries, query_names = self.embed_folder(self.config.eval_data)
-        keep = np.array([name in index for name in query_names])
+        keep = np.array([name in index for name in query_names], dtype=bool)
         if not keep.any():
             return None
         query_labels = np.array([index[n] for n in query_names if n in index])
         return knn_accuracy(bank, bank_labels, queries[keep], query_labels, **settings)
+
+    def label_free_scores(self) -> dict[str, float]:
+        """:func:`groco.training.labelfree.scores` on the run's fixed sample of images and
+        their augmented copies (empty when fewer than 2 sample images decode)."""
+        originals, _ = self.embed_folder(self.config.data, self.score_files)
+        copies, _ = self.embed_folder(self.config.data, self.score_files,
+                                      transform=CopyTransform(self.config.seed))
+        if len(originals) < 2 or len(originals) != len(copies):
+            return {}
+        return labelfree.scores(originals, copies)
+
+    def evaluate(self) -> tuple[float | None, dict[str, float]]:
+        """(k-NN top-1 or None, label-free scores) of the network as it is now."""
+        return self.knn_monitor(), self.label_free_scores()
+
+    def _keep_if_best(self, knn: float | None, scores: dict[str, float]) -> bool:
+        """Write ``best.safetensors`` when this epoch beats the kept one (epoch 0 is kept
+        first). With labels, k-NN top-1 decides (any gain); without, the label-free
+        :data:`~groco.training.labelfree.CRITERION` must gain more than its margin."""
+        if knn is not None:
+            criterion, value, margin = "knn_top1", knn, 0.0
+        elif labelfree.CRITERION in scores:
+            criterion, value = labelfree.CRITERION, scores[labelfree.CRITERION]
+            margin = labelfree.MARGIN
+        else:
+            return False
+        kept = self.kept
+        if (kept is not None and kept.get("criterion") == criterion
+                and not labelfree.better(value, float(kept["score"]), margin)):
+            return False
+        start = float(kept["start_score"]) if kept else value
+        what = "k-NN top-1" if criterion == "knn_top1" else f"label-free {criterion}"
+        if self.epoch == 0:
+            reason = f"the start, {what} {value:.4f}"
+        else:
+            reason = f"best {what} {value:.4f} (the start: {start:.4f})"
+        self.kept = {"epoch": str(self.epoch), "criterion": criterion, "score": f"{value}",
+                     "start_score": f"{start}", "reason": reason,
+                     "method": self.config.method}
+        checkpoint.save_weights(self.run_dir, self.objective.state_dict(), self.kept,
+                                name=checkpoint.BEST)
+        return True
+
+    def _epoch_row(self, loss: float | None, speed: float | None, broken: int,
+                   knn: float | None, scores: dict[str, float], kept: bool,
+                   seconds: float) -> dict:
+        row = {"epoch": self.epoch, "step": self.step,
+               "loss": "" if loss is None else f"{loss:.6f}",
+               "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
+               "images_per_s": "" if speed is None else f"{speed:.1f}", "broken": broken,
+               "knn_top1": "" if knn is None else f"{knn:.4f}",
+               "kept": int(kept), "seconds": f"{seconds:.1f}"}
+        row.update({name: f"{scores[name]:.6g}" if name in scores else ""
+                    for name in labelfree.SCORES})
+        return row
+
+    def _log_epoch(self, loss: float | None, speed: float | None, knn: float | None,
+                   scores: dict[str, float], broken: int, writer) -> None:
+        parts = [f"epoch {self.epoch}/{self.config.epochs}"
+                 + (" (the start)" if self.epoch == 0 else "")]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}, {speed:.1f} img/s")
+        if knn is not None:
+            parts.append(f"k-NN top-1 {knn:.4f}")
+        if scores:
+            parts.append(f"copy retrieval {scores['copy_top1']:.4f}, "
+                         f"RankMe {scores['rankme']:.1f}")
+        if broken:
+            parts.append(f"{broken} unreadable files skipped")
+        if self.kept is not None:
+            parts.append(f"kept: epoch {self.kept['epoch']}")
+        log.info(": ".join(parts[:1]) + (": " + ", ".join(parts[1:]) if parts[1:] else ""))
+        if writer is not None:
+            if loss is not None:
+                writer.add_scalar("train/loss", loss, self.epoch)
+                writer.add_scalar("train/images_per_s", speed, self.epoch)
+            if knn is not None:
+                writer.add_scalar("eval/knn_top1", knn, self.epoch)
+            for name, value in scores.items():
+                writer.add_scalar(f"eval/{name}", value, self.epoch)
+            writer.flush()
+
+    def _evaluating(self) -> bool:
+        every = self.config.eval_every
+        return every > 0 and (self.epoch % every == 0 or self.epoch == self.config.epochs)
 
     # ------------------------------------------------------------------------------ fit
     def fit(self) -> TrainResult:
@@ -313,35 +454,51 @@ class Trainer:
         loss = math.nan
         knn = None
         speed, broken_total = 0.0, 0
+        if self.epoch == 0 and rank() == 0 and config.eval_every > 0:
+            started = time.perf_counter()
+            knn, scores = self.evaluate()
+            kept = self._keep_if_best(knn, scores)
+            self._truncate_metrics(-1)  # a run killed before its first epoch starts anew
+            self._append_metrics(self._epoch_row(None, None, 0, knn, scores, kept,
+                                                 time.perf_counter() - started))
+            self._log_epoch(None, None, knn, scores, 0, writer)
+        if is_distributed():
+            dist.barrier()
         while self.epoch < config.epochs:
             started = time.perf_counter()
             loss, speed, broken = self.train_epoch()
             broken_total += broken
             self.epoch += 1
-            evaluate = config.eval_every > 0 and (self.epoch % config.eval_every == 0
-                                                  or self.epoch == config.epochs)
-            knn = self.knn_monitor() if evaluate and rank() == 0 else None
-            row = {"epoch": self.epoch, "step": self.step, "loss": f"{loss:.6f}",
-                   "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
-                   "images_per_s": f"{speed:.1f}", "broken": broken,
-                   "knn_top1": "" if knn is None else f"{knn:.4f}",
-                   "seconds": f"{time.perf_counter() - started:.1f}"}
+            knn, scores, kept = None, {}, False
+            if self._evaluating() and rank() == 0:
+                knn, scores = self.evaluate()
+                kept = self._keep_if_best(knn, scores)
             if rank() == 0:
-                self._save(row)
-                log.info("epoch %d/%d: loss %.4f, %.1f img/s%s%s", self.epoch, config.epochs,
-                         loss, speed, "" if knn is None else f", k-NN top-1 {knn:.4f}",
-                         f", {broken} unreadable files skipped" if broken else "")
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss, self.epoch)
-                    writer.add_scalar("train/images_per_s", speed, self.epoch)
-                    if knn is not None:
-                        writer.add_scalar("eval/knn_top1", knn, self.epoch)
-                    writer.flush()
+                self._save(self._epoch_row(loss, speed, broken, knn, scores, kept,
+                                           time.perf_counter() - started))
+                self._log_epoch(loss, speed, knn, scores, broken, writer)
             if is_distributed():
                 dist.barrier()
         if writer is not None:
             writer.close()
-        return TrainResult(self.run_dir, self.epoch, self.step, loss, knn, speed, broken_total)
+        kept_epoch = int(self.kept["epoch"]) if self.kept else None
+        reason = self.kept["reason"] if self.kept else ""
+        if rank() == 0 and kept_epoch == 0 and self.epoch > 0:
+            log.info("no epoch improved on the start: %s is the start (%s)",
+                     checkpoint.BEST, reason)
+        return TrainResult(self.run_dir, self.epoch, self.step, loss, knn, speed, broken_total,
+                           kept_epoch, reason)
+
+
+class CopyTransform:
+    """``(image, i) -> labelfree.augmented_copy(image, seed * 1_000_003 + i)``: the same
+    copy of sample ``i`` at every epoch (a class, so data-loader workers can pickle it)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def __call__(self, image, index: int):
+        return labelfree.augmented_copy(image, self.seed * 1_000_003 + index)
 
 
 def _tensorboard(run_dir: Path):
