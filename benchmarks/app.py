@@ -32,7 +32,7 @@ def export_untrained(work: Path, backbone: str, image_size: int) -> Path:
 
     config = TrainConfig(data=str(work), out=str(work / "run"), backbone=backbone,
                          image_size=image_size, small_stem=False).resolved()
-    export_untrained(config.to_dict(), work / "run", work / "encoder.onnx", parity_images=4)
+    export_untrained(config, work / "run", work / "encoder.onnx", parity_images=4)
     return work / "encoder.onnx"
 
 

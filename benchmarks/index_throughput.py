@@ -60,9 +60,11 @@ def write_images(root: Path, n: int, size: int, classes: int = 10, seed: int = 0
 
 def export(work: Path, backbone: str, image_size: int) -> Path:
     from groco.encoder.export import export_untrained
+    from groco.training.config import TrainConfig
 
-    config = {"backbone": backbone, "image_size": image_size, "projector_hidden": 64,
-              "projector_dim": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    config = TrainConfig(data=str(work), out=str(work / "run"), backbone=backbone,
+                         image_size=image_size, projector_hidden=64, projector_dim=32,
+                         mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     out = work / "encoder.onnx"
     export_untrained(config, work / "run", out, parity_images=4)
     return out

@@ -47,11 +47,12 @@ def collection(tmp_path: Path) -> Path:
 def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real exported encoder (untrained resnet18, small stem, 32 px), made once."""
     from groco.encoder.export import export_untrained
+    from groco.training.config import TrainConfig
 
     run = tmp_path_factory.mktemp("run")
-    config = {"backbone": "resnet18", "image_size": 32, "small_stem": True,
-              "projector_hidden": 32, "projector_dim": 16,
-              "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    config = TrainConfig(data=str(run / "no-images"), out=str(run), backbone="resnet18",
+                         image_size=32, small_stem=True, projector_hidden=32, projector_dim=16,
+                         mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     export_untrained(config, run, run / "encoder.onnx", parity_images=2)
     return run / "encoder.onnx"
 

@@ -17,6 +17,7 @@ from groco.encoder.export import ExportError, export_encoder, load_embedding_mod
 from groco.encoder.runtime import CPU, Encoder, EncoderError
 from groco.images import ImageError, find_images, load_image
 from groco.training import checkpoint
+from groco.training.config import TrainConfig
 from groco.training.models import build_model
 
 SIZE, RESIZE = 32, 36
@@ -60,18 +61,21 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _config(run_dir: Path, data: Path, backbone: str) -> TrainConfig:
+    return TrainConfig(
+        data=str(data), out=str(run_dir), backbone=backbone, image_size=SIZE,
+        small_stem=backbone == "resnet18", eval_resize=RESIZE, mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225], method="groco", epochs=3, projector_hidden=64,
+        projector_dim=32, projector_layers=2).resolved()
+
+
 def _make_run(run_dir: Path, data: Path, backbone: str) -> Path:
     """What `groco train` leaves: config.yaml + last.safetensors (random init)."""
     torch.manual_seed(0)
-    config = {
-        "backbone": backbone, "image_size": SIZE, "small_stem": backbone == "resnet18",
-        "eval_resize": RESIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "method": "groco", "epochs": 3, "projector_hidden": 64, "projector_dim": 32,
-        "projector_layers": 2, "data": str(data),
-    }
+    config = _config(run_dir, data, backbone)
     run_dir.mkdir(parents=True)
     checkpoint.save_weights(run_dir, build_model(config).state_dict())
-    checkpoint.save_config(run_dir, config)
+    checkpoint.save_config(run_dir, config.to_dict())
     return run_dir
 
 

@@ -1,63 +1,71 @@
-"""Export a run's backbone to one self-describing ONNX file (fp32, fp16 or int8).
+"""Export a run's backbone to one self-describing ONNX file (fp32, fp16 or int8), checked.
+
+The flow: read the run (its ``TrainConfig`` and weights), rebuild the backbone as an
+:class:`EmbeddingModel`, trace it (:func:`groco.encoder.graph.to_onnx`), convert it
+(:mod:`groco.encoder.quantize`), check it against PyTorch on real images of the run, and
+write it atomically with its ``groco.*`` metadata (:func:`groco.encoder.graph.stamp`).
+:func:`export_checked` is the check-and-write half, shared with the baseline encoders of
+:mod:`groco.encoder.baselines`.
 
 The graph takes float RGB in [0, 1], NCHW, at the trained ``image_size`` with a dynamic
 batch axis; it applies ``(x - mean) / std``, runs the backbone and L2-normalises the pooled
 features, so it returns unit vectors ``(N, embedding_dim)``. Everything a user of the file
-needs is in ``metadata_props`` under ``groco.*`` keys (see :func:`groco_metadata`), read back
-by :class:`groco.encoder.runtime.Encoder`.
+needs is in ``metadata_props`` under ``groco.*`` keys, read back by
+:class:`groco.encoder.runtime.Encoder`.
 
-Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript). With torch
-2.14 both exporters export resnet18 and ViTs with a dynamic batch at 1e-7 parity, but the
-TorchScript one is deprecated (it warns that it will be removed), and the dynamo one writes
-a cleaner graph (LayerNormalization as one op, no Identity/Constant clutter: 509 vs 963
-nodes for vit_small), which is what fp16 conversion and QDQ quantisation then work on. It
-costs a few seconds more per export (about 5-10 s instead of 2-4 s on two cores).
-
-Checks: ``onnx.checker.check_model``; parity against PyTorch on real images of the run's
-data folder (fp32 max abs diff must be <= :data:`FP32_TOLERANCE`, else :class:`ExportError`);
-fp16 and int8 report the per-image cosine to the fp32 model.
+Checks: ``onnx.checker.check_model``; parity against the reference (PyTorch) on real
+images of the run's data folder (fp32 max abs diff must be <= :data:`FP32_TOLERANCE`);
+fp16 and int8 must agree with the fp32 model to a per-image cosine >= :data:`MIN_COSINE`
+on images held out from int8 calibration. A failed check raises :class:`ExportError` and
+writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 import time
-import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-import groco
+from groco.encoder.graph import (
+    DEFAULT_OPSET,
+    L2_EPS,
+    ExportError,
+    append_l2_normalisation,
+    check,
+    encoder_metadata,
+    run,
+    stamp,
+    to_onnx,
+)
+from groco.encoder.quantize import to_fp16, to_int8
 from groco.fileio import atomic_path
 from groco.images import ImageError, find_images, load_image
-from groco.preprocessing import META_PREFIX, Preprocessing
+from groco.preprocessing import Preprocessing
 from groco.training import checkpoint
+from groco.training.config import TrainConfig
 from groco.training.models import build_backbone
+
+__all__ = ["FP32_TOLERANCE", "MIN_COSINE", "PRECISIONS", "EmbeddingModel", "ExportError",
+           "ExportReport", "FeatureModel", "ImageSample", "cosines", "export_checked",
+           "export_encoder", "export_untrained", "image_files", "load_embedding_model",
+           "load_run_config", "sample_images"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_OPSET = 18
 FP32_TOLERANCE = 1e-4
-"""Largest accepted |ONNX Runtime fp32 - PyTorch| over the parity images' embeddings."""
+"""Largest accepted |ONNX Runtime fp32 - reference| over the parity images' embeddings."""
 MIN_COSINE = 0.99
 """Smallest accepted per-image cosine of an fp16/int8 encoder's embedding to the fp32
 encoder's, on the parity images (held out from int8 calibration). Below it the export
@@ -65,26 +73,20 @@ refuses to write the file: at 0.99 a neighbour list barely changes (top-10 overl
 in tests/test_export.py), while int8 with 8-bit weights on a non-VNNI CPU gave 0.954 on the
 test's vit_tiny and 0.870 on a trained vit_tiny (issue 14).
 """
-INPUT_NAME, FEATURES_NAME, OUTPUT_NAME = "images", "features", "embeddings"
-L2_EPS = 1e-12
-TAIL_PREFIX = "groco_l2norm"
-HASH_KEY = META_PREFIX + "hash"
-
-
-class ExportError(RuntimeError):
-    """The export cannot be done or failed a check; ``str(err)`` is one line."""
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What :func:`export_encoder` wrote and measured.
+    """What :func:`export_checked` wrote and measured.
 
-    ``max_abs_diff``: fp32 ONNX Runtime vs PyTorch on the parity images (measured for every
-    precision). ``cosine_min``/``cosine_mean``: per-image cosine of the fp16/int8 model's
-    embedding to the fp32 model's on the parity images (``None`` for fp32). ``parity_source``
-    and ``calibration_source`` say which images were used, ``parity_files`` and
+    ``max_abs_diff``: fp32 ONNX Runtime vs the reference (``reference``: PyTorch, or the
+    NumPy formula of a baseline) on the parity images (measured for every precision).
+    ``cosine_min``/``cosine_mean``: per-image cosine of the fp16/int8 model's embedding to
+    the fp32 model's on the parity images (``None`` for fp32). ``parity_source`` and
+    ``calibration_source`` say which images were used, ``parity_files`` and
     ``calibration_files`` name them (disjoint: int8 is checked on images it was not
-    calibrated on; empty for random tensors / no calibration).
+    calibrated on; empty for random tensors / no calibration). ``weights``: which weights
+    were exported and why (a line, or ``None``).
     """
 
     path: Path
@@ -99,13 +101,17 @@ class ExportReport:
     calibration_source: str | None = None
     parity_files: tuple[Path, ...] = ()
     calibration_files: tuple[Path, ...] = ()
+    reference: str = "PyTorch"
+    weights: str | None = None
 
     def summary(self) -> str:
         """A few human-readable lines (what ``groco export`` prints)."""
-        lines = [
+        lines = [f"weights: {self.weights}"] if self.weights else []
+        lines += [
             f"wrote {self.path} ({self.precision}, dim {self.embedding_dim}, "
             f"hash {self.hash}) in {self.seconds:.1f}s",
-            f"parity vs PyTorch: max abs diff {self.max_abs_diff:.2e} on {self.parity_source}",
+            f"parity vs {self.reference}: max abs diff {self.max_abs_diff:.2e} on "
+            f"{self.parity_source}",
         ]
         if self.cosine_min is not None:
             lines.append(f"{self.precision} vs fp32: cosine min {self.cosine_min:.5f}, "
@@ -132,8 +138,9 @@ class EmbeddingModel(nn.Module):
     """The encoder in PyTorch: ``F.normalize(features(x), dim=1)``, i.e. ``f / max(|f|, 1e-12)``.
 
     ``features`` (a :class:`FeatureModel`) is what goes through torch.onnx; the
-    normalisation is appended as plain ONNX nodes (:func:`append_l2_normalisation`) so
-    fp16/int8 conversion never touches it.
+    normalisation is appended as plain ONNX nodes
+    (:func:`groco.encoder.graph.append_l2_normalisation`) so fp16/int8 conversion never
+    touches it.
     """
 
     def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]) -> None:
@@ -143,94 +150,82 @@ class EmbeddingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.features(x), dim=1, eps=L2_EPS)
 
-
-def _one_line(error: BaseException, limit: int = 400) -> str:
-    return " ".join(str(error).split())[:limit]
-
-
-def _require(config: dict[str, Any], key: str, run_dir: Path) -> Any:
-    if config.get(key) is None:
-        raise ExportError(f"{run_dir}: config.yaml has no {key!r}")
-    return config[key]
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """``forward`` on a NumPy batch ``(N, 3, S, S)`` float32, without gradients."""
+        with torch.no_grad():
+            return self(torch.from_numpy(batch)).numpy()
 
 
-def _channels(config: dict[str, Any], key: str, run_dir: Path) -> list[float]:
-    value = _require(config, key, run_dir)
-    try:
-        floats = [float(v) for v in value]
-    except (TypeError, ValueError):
-        floats = []
-    if len(floats) != 3 or (key == "std" and min(floats) <= 0):
-        raise ExportError(f"{run_dir}: config {key!r} must be 3 numbers"
-                          f"{' > 0' if key == 'std' else ''}, got {value!r}")
-    return floats
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The run's settings as the :class:`TrainConfig` that wrote its ``config.yaml``.
 
-
-def load_embedding_model(run_dir: str | Path) -> tuple[EmbeddingModel, dict[str, Any], int]:
-    """Rebuild a run's backbone with its ``backbone.*`` weights, wrapped as :class:`EmbeddingModel`.
-
-    Returns ``(model in eval mode, config, embedding_dim)``; :class:`ExportError` for a
-    config the backbone cannot be built from or weights that do not fit it.
+    :class:`ExportError` (one line) for a directory that is not a run, or settings that are
+    not a training configuration.
     """
-    run_dir = Path(run_dir)
     try:
-        config = checkpoint.load_config(run_dir)
-        weights = checkpoint.load_weights(run_dir, prefix="backbone.")
+        values = checkpoint.load_config(run_dir)
     except checkpoint.RunError as error:
         raise ExportError(str(error)) from error
-    name = str(_require(config, "backbone", run_dir))
-    image_size = int(_require(config, "image_size", run_dir))
     try:
-        backbone, dim = build_backbone(name, image_size, config.get("small_stem"))
+        config = TrainConfig.from_dict(values)
+        config.preprocessing  # noqa: B018 - checks image_size, eval_resize, mean and std
+    except (TypeError, ValueError) as error:
+        raise ExportError(f"{run_dir}: config.yaml is not a groco training config "
+                          f"({' '.join(str(error).split())})") from None
+    return config
+
+
+def load_embedding_model(run_dir: str | Path, weights_file: str = checkpoint.WEIGHTS,
+                         ) -> tuple[EmbeddingModel, TrainConfig, int]:
+    """Rebuild a run's backbone with the ``backbone.*`` weights of ``weights_file``
+    (:data:`groco.training.checkpoint.WEIGHTS` or ``BEST``), as an :class:`EmbeddingModel`.
+
+    Returns ``(model in eval mode, the run's TrainConfig, embedding_dim)``;
+    :class:`ExportError` for a config the backbone cannot be built from or weights that do
+    not fit it.
+    """
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    try:
+        weights = checkpoint.load_weights(run_dir, prefix="backbone.", name=weights_file)
+    except checkpoint.RunError as error:
+        raise ExportError(str(error)) from error
+    name, image_size = config.backbone, config.image_size
+    try:
+        backbone, dim = build_backbone(name, image_size, small_stem=config.small_stem)
     except (ValueError, RuntimeError) as error:
         raise ExportError(f"{run_dir}: cannot build backbone {name!r}: {error}") from error
     if not weights:
-        raise ExportError(f"{run_dir}: the checkpoint has no backbone.* weights")
+        raise ExportError(f"{run_dir}: {weights_file} has no backbone.* weights")
     try:
         backbone.load_state_dict(weights, strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
-        raise ExportError(f"{run_dir}: checkpoint does not fit {name!r} at {image_size} px "
+        raise ExportError(f"{run_dir}: {weights_file} does not fit {name!r} at {image_size} px "
                           f"({first})") from error
-    model = EmbeddingModel(backbone, _channels(config, "mean", run_dir),
-                           _channels(config, "std", run_dir))
+    preprocessing = config.preprocessing
+    model = EmbeddingModel(backbone, list(preprocessing.mean), list(preprocessing.std))
     return model.eval(), config, dim
-
-
-def to_onnx(model: nn.Module, image_size: int, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """``model`` as an ONNX graph ``images (batch, 3, S, S) -> features (batch, D)``.
-
-    Uses the dynamo (torch.export) exporter with a symbolic ``batch`` dimension.
-    """
-    example = torch.rand(2, 3, image_size, image_size)
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(
-                model, (example,), None, dynamo=True, opset_version=opset, verbose=False,
-                input_names=[INPUT_NAME], output_names=[FEATURES_NAME],
-                dynamic_shapes={"x": {0: batch}}, optimize=True,
-            )
-        except Exception as error:  # torch.export / onnxscript raise many error types
-            raise ExportError(f"torch.onnx export failed: {type(error).__name__}: "
-                              f"{_one_line(error)}") from error
-    return program.model_proto
 
 
 _TRACES: OrderedDict[str, bytes] = OrderedDict()
 _TRACES_KEPT = 2
 
 
-def _traced(model: EmbeddingModel, run_dir: Path, image_size: int, opset: int) -> onnx.ModelProto:
-    """:func:`to_onnx` of ``model.features``, reusing this process's last traces of the run.
+def traced(model: EmbeddingModel, image_size: int, opset: int = DEFAULT_OPSET,
+           files: tuple[Path, ...] = ()) -> onnx.ModelProto:
+    """:func:`to_onnx` of ``model.features``, reusing this process's last traces.
 
-    Exporting one run at several precisions traces it once (tracing takes seconds). The key
-    is the sha256 of the run's weights file and config, the opset and the torch version.
+    Exporting one network at several precisions traces it once (tracing takes seconds). The
+    key is the sha256 of ``files`` (the weights file and config that made ``model``), the
+    image size, the opset and the torch version; without ``files`` nothing is cached.
     """
-    digest = hashlib.sha256(f"{opset} {torch.__version__}".encode())
-    for name in (checkpoint.WEIGHTS, checkpoint.CONFIG):
-        with open(run_dir / name, "rb") as file:
+    if not files:
+        return to_onnx(model.features, image_size, opset)
+    digest = hashlib.sha256(f"{image_size} {opset} {torch.__version__}".encode())
+    for path in files:
+        digest.update(str(path.name).encode())
+        with open(path, "rb") as file:
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)
     key = digest.hexdigest()
@@ -242,81 +237,6 @@ def _traced(model: EmbeddingModel, run_dir: Path, image_size: int, opset: int) -
     while len(_TRACES) > _TRACES_KEPT:
         _TRACES.popitem(last=False)
     return body
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def append_l2_normalisation(features_model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``features_model`` whose output ``features`` (float32) is L2-normalised.
-
-    Appends ``embeddings = features / Max(ReduceL2(features, axis 1), 1e-12)`` in float32
-    (``F.normalize``'s formula), with node names starting with :data:`TAIL_PREFIX`.
-    """
-    model = onnx.ModelProto.FromString(features_model.SerializeToString())
-    graph = model.graph
-    (features,) = graph.output
-    if features.name != FEATURES_NAME:
-        raise ExportError(f"expected the graph output {FEATURES_NAME!r}, found {features.name!r}")
-    if features.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ExportError("the features output must be float32")
-    helper, p = onnx.helper, TAIL_PREFIX
-    graph.initializer.extend([
-        onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), f"{p}_axes"),
-        onnx.numpy_helper.from_array(np.array(L2_EPS, dtype=np.float32), f"{p}_eps"),
-    ])
-    if _opset(model) >= 18:
-        reduce = helper.make_node("ReduceL2", [FEATURES_NAME, f"{p}_axes"], [f"{p}_norm"],
-                                  name=f"{p}_reduce", keepdims=1)
-    else:
-        reduce = helper.make_node("ReduceL2", [FEATURES_NAME], [f"{p}_norm"],
-                                  name=f"{p}_reduce", axes=[1], keepdims=1)
-    graph.node.extend([
-        reduce,
-        helper.make_node("Max", [f"{p}_norm", f"{p}_eps"], [f"{p}_clamped"], name=f"{p}_max"),
-        helper.make_node("Div", [FEATURES_NAME, f"{p}_clamped"], [OUTPUT_NAME], name=f"{p}_div"),
-    ])
-    dims = [d.dim_param or d.dim_value for d in features.type.tensor_type.shape.dim]
-    graph.value_info.append(features)
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, dims))
-    return model
-
-
-def groco_metadata(config: dict[str, Any], embedding_dim: int, precision: str) -> dict[str, str]:
-    """The ``groco.*`` metadata of an encoder (all but ``groco.hash``), values as strings."""
-    values: dict[str, Any] = {
-        "embedding_dim": embedding_dim,
-        "backbone": config["backbone"],
-        "method": config.get("method", "unknown"),
-        "epochs": config.get("epochs", "unknown"),
-        "version": groco.__version__,
-        "precision": precision,
-    }
-    return {**_preprocessing(config).metadata(),
-            **{META_PREFIX + key: str(value) for key, value in values.items()}}
-
-
-def _preprocessing(config: dict[str, Any]) -> Preprocessing:
-    image_size = int(config["image_size"])
-    return Preprocessing(image_size, int(config.get("eval_resize") or image_size),
-                         tuple(config["mean"]), tuple(config["std"]))
-
-
-def stamp(model: onnx.ModelProto, metadata: dict[str, str]) -> str:
-    """Replace ``model``'s metadata with ``metadata`` plus ``groco.hash``; return the hash.
-
-    The hash is the first 16 hex digits of the sha256 of the serialized model (graph,
-    weights and the other metadata) before the hash entry is added, so the same export
-    gives the same hash and any change to weights, graph or preprocessing facts changes it.
-    """
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, metadata)
-    digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:16]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = HASH_KEY, digest
-    return digest
 
 
 def _pick_order(count: int, n: int, phase: float) -> list[int]:
@@ -375,141 +295,113 @@ def sample_images(folder: str | Path | None, n: int, preprocessing: Preprocessin
     return ImageSample(np.stack(arrays), tuple(used), tuple(skipped), str(folder))
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def _run(model: onnx.ModelProto, batch: np.ndarray) -> np.ndarray:
-    return _session(model).run(None, {INPUT_NAME: batch})[0]
-
-
-def _sort_nodes(graph: onnx.GraphProto) -> None:
-    """Order ``graph``'s nodes topologically (stable), as ``onnx.checker`` requires."""
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in ready for name in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ExportError(f"graph has a cycle or an undefined input at node {rest[0].name!r}")
-        pending = rest
-    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
-def to_fp16(features_model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and compute with float32 input and ``features`` output."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "value truncated to fp16" for tiny weights
-        model = convert_float_to_float16(
-            onnx.ModelProto.FromString(features_model.SerializeToString()), keep_io_types=True)
-    _sort_nodes(model.graph)  # the converter appends its input Casts at the end
-    return model
-
-
-class CalibrationImages(CalibrationDataReader):
-    """Feeds a preprocessed batch ``(N, 3, S, S)`` to the calibrator, ``batch_size`` at a time."""
-
-    def __init__(self, images: np.ndarray, batch_size: int = 8) -> None:
-        self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-        self.position = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= len(self.batches):
-            return None
-        self.position += 1
-        return {INPUT_NAME: self.batches[self.position - 1]}
-
-    def rewind(self) -> None:
-        self.position = 0
-
-
-INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
-"""Ops quantised in int8 exports: the ones that carry weights (and almost all the FLOPs)."""
-
-CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax,
-                       "percentile": CalibrationMethod.Percentile}
-
-
-def activation_matmuls(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMuls whose inputs are both activations (attention's QK^T and PV)."""
-    constants = {t.name for t in model.graph.initializer}
-    constants.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
-
-
-def to_int8(features_model: onnx.ModelProto, calibration: np.ndarray,
-            method: str = "minmax", reduce_range: bool = True) -> onnx.ModelProto:
-    """Static QDQ int8 of the weight ops: per-channel int8 weights, uint8 activations.
-
-    ``quant_pre_process`` (shape inference + basic graph optimisation) runs first. Only
-    :data:`INT8_OP_TYPES` with a constant operand are quantised; activation ranges come from
-    ``calibration`` (``method``: ``minmax`` or ``percentile``; their agreement with fp32
-    differed by < 1e-4 in cosine on resnet18 and vit_tiny, so min-max, the cheaper one, is
-    the default). Input and the ``features`` output stay float32.
-
-    ``reduce_range`` (default on): weights use 7 bits, ``[-64, 64]``, instead of 8. ONNX
-    Runtime's u8s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply
-    with ``VPMADDUBSW``, which adds two ``u8 x s8`` products into a saturating int16: with
-    8-bit weights the pair sum can exceed 32767 and is clipped. ONNX Runtime's quantisation
-    guide names ``reduce_range`` and U8U8 as the remedies and recommends ``reduce_range``
-    for non-VNNI machines; with 7-bit weights a pair is at most ``2 * 255 * 64 < 32767``,
-    so the result is exact on every CPU, VNNI ones included (there the int32 dot product
-    never saturated; the 7-bit weights just round a little coarser). Measured on this
-    2-core AVX2 EPYC (random-init networks, 32 px, 48 images not used for calibration,
-    ORT 1.31): cosine min to fp32 without / with reduce_range / U8U8 was 0.9877 / 0.9993 /
-    0.9994 for resnet18 and 0.9543 / 0.9980 / 0.9988 for vit_tiny, at 2.07x / 1.78x / 0.88x
-    (resnet18) and 1.34x / 1.29x / 0.99x (vit_tiny) the speed of ORT fp32: U8U8 is exact
-    too but loses all of int8's speed here, reduce_range keeps most of it.
-
-    Why not every op ONNX Runtime can quantise (measured on random-init models, ORT 1.31,
-    CPU): on ViTs, quantising the residual Adds, LayerNorms and Softmax too drops the
-    per-image cosine to fp32 to 0.88 (vit_small, 224 px) / 0.92 (vit_tiny, 32 px) and is
-    slower (12.8 vs 14.9 images/s for vit_small); and quantising attention's activation x
-    activation MatMuls lets ORT's level-2 optimiser fuse ``DQ-Softmax-Q`` into
-    ``QLinearSoftmax``, after which the cosine fell to 0.05-0.60, although the same QDQ
-    graph gives 0.999 with optimisations at BASIC. Weight ops only: cosine >= 0.998 on
-    both ViTs, and on resnet18 the same agreement (0.9997) at about the same speed.
-    """
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {sorted(CALIBRATION_METHODS)}, "
-                         f"got {method!r}")
-    with tempfile.TemporaryDirectory(prefix="groco-int8-") as tmp:
-        fp32_path, pre_path, out_path = (Path(tmp) / f for f in ("fp32.onnx", "pre.onnx",
-                                                                   "int8.onnx"))
-        onnx.save_model(features_model, fp32_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(pre_path))
-            prepared = onnx.load_model(pre_path)
-            quantize_static(
-                prepared, str(out_path), CalibrationImages(calibration),
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CALIBRATION_METHODS[method],
-                op_types_to_quantize=list(INT8_OP_TYPES),
-                nodes_to_exclude=activation_matmuls(prepared),
-            )
-        return onnx.load_model(out_path)
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of ``a`` and ``b`` ``(N, D)`` -> ``(N,)``."""
     a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
     b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
     return (a * b).sum(axis=1)
+
+
+def export_checked(
+    body: onnx.ModelProto,
+    out_path: str | Path,
+    reference: Callable[[np.ndarray], np.ndarray],
+    preprocessing: Preprocessing,
+    metadata: Callable[[str], dict[str, str]],
+    precision: str = "fp32",
+    data: str | Path | None = None,
+    parity_images: int = 16,
+    calibration_images: int = 64,
+    reference_name: str = "PyTorch",
+    weights: str | None = None,
+) -> ExportReport:
+    """Convert ``body`` (``images -> features``, float32) to ``precision``, check, stamp, write.
+
+    - ``reference(batch)``: the embeddings the encoder must give (e.g. the PyTorch model's).
+    - ``metadata(precision)``: the ``groco.*`` entries (see
+      :func:`groco.encoder.graph.encoder_metadata`).
+    - Parity: up to ``parity_images`` images of ``data`` (preprocessed by
+      ``preprocessing``) through ``reference`` and the fp32 ONNX model; a max abs diff
+      above :data:`FP32_TOLERANCE` raises :class:`ExportError`. Without images in ``data``,
+      random tensors are used and the report says so (not for int8).
+    - ``int8`` (static QDQ, per-channel 7-bit weights, see
+      :func:`groco.encoder.quantize.to_int8`) calibrates on up to ``calibration_images``
+      other files of ``data`` than the parity images: these are held out (at most half the
+      folder), so int8 needs two readable images at least.
+    - fp16/int8: the per-image cosine to the fp32 model on the parity images must be
+      >= :data:`MIN_COSINE`, else :class:`ExportError`.
+
+    Nothing is written unless every check passes; the file is written atomically.
+    """
+    start = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if parity_images < 1 or calibration_images < 1:
+        raise ExportError("parity_images and calibration_images must be >= 1")
+    size = preprocessing.image_size
+    fp32 = append_l2_normalisation(body)
+    check(fp32)
+
+    files = image_files(data)
+    # int8 calibrates on images of the folder too: the parity images are held out from it
+    # (at most half the folder), so agreement is measured on images the quantiser never saw.
+    n_parity = parity_images if precision != "int8" else min(parity_images, len(files) // 2)
+    parity = sample_images(data, n_parity, preprocessing, phase=0.5) if n_parity else None
+    if parity is None:
+        if precision == "int8":
+            raise ExportError(f"int8 needs calibration images and held-out images to check "
+                              f"them, but data folder {data} has {len(files)} readable "
+                              "image(s); pass another folder (groco export --data DIR)")
+        batch = np.random.default_rng(0).random((parity_images, 3, size, size),
+                                                dtype=np.float32)
+        parity_source = f"{parity_images} random tensors (no images in data folder {data})"
+        parity_files: tuple[Path, ...] = ()
+        log.warning("parity check on random tensors: no images in data folder %s", data)
+    else:
+        batch, parity_files = parity.batch, parity.files
+        parity_source = parity.describe("held-out images" if precision == "int8" else "images")
+    expected = reference(batch)
+    fp32_out = run(fp32, batch)
+    max_abs_diff = float(np.abs(fp32_out - expected).max())
+    if not max_abs_diff <= FP32_TOLERANCE:  # also catches NaN
+        raise ExportError(f"ONNX fp32 output differs from {reference_name} by "
+                          f"{max_abs_diff:.3g} (> {FP32_TOLERANCE:g}) on {parity_source}")
+
+    final, calibration_source, calibration_files = fp32, None, ()
+    if precision == "fp16":
+        final = append_l2_normalisation(to_fp16(body))
+    elif precision == "int8":
+        assert parity is not None
+        calib = sample_images(data, calibration_images, preprocessing, phase=0.0,
+                              exclude=frozenset(parity.files + parity.skipped))
+        if calib is None:
+            raise ExportError(f"int8 needs calibration images besides the {len(parity.files)} "
+                              f"held-out ones, but data folder {data} has no other readable "
+                              "image; pass another folder (groco export --data DIR)")
+        calibration_source = calib.describe("other images")
+        calibration_files = calib.files
+        final = append_l2_normalisation(to_int8(body, calib.batch))
+    cosine_min = cosine_mean = None
+    if precision != "fp32":
+        agreement = cosines(run(final, batch), fp32_out)
+        cosine_min, cosine_mean = float(agreement.min()), float(agreement.mean())
+        if not cosine_min >= MIN_COSINE:  # also catches NaN
+            raise ExportError(
+                f"{precision} embeddings agree too poorly with fp32 to be written: cosine min "
+                f"{cosine_min:.4f} < {MIN_COSINE} on {parity_source}; export fp32 instead")
+        check(final, precision)
+
+    digest = stamp(final, metadata(precision))
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(final, tmp)
+    return ExportReport(
+        path=out_path, precision=precision, max_abs_diff=max_abs_diff, cosine_min=cosine_min,
+        cosine_mean=cosine_mean, hash=digest, embedding_dim=int(fp32_out.shape[1]),
+        seconds=time.perf_counter() - start, parity_source=parity_source,
+        calibration_source=calibration_source, parity_files=parity_files,
+        calibration_files=calibration_files, reference=reference_name, weights=weights,
+    )
 
 
 def export_encoder(
@@ -523,122 +415,54 @@ def export_encoder(
 ) -> ExportReport:
     """Export ``run_dir``'s backbone to ``out_path`` (written atomically) and check it.
 
-    - ``precision``: ``fp32``; ``fp16`` (weights and compute in fp16, float32 I/O);
-      ``int8`` (static QDQ, per-channel 7-bit weights, see :func:`to_int8`, calibrated on
-      up to ``calibration_images`` images).
-    - Parity: up to ``parity_images`` images of ``data`` (default: the run's ``data``
-      folder) are embedded by PyTorch and by the fp32 ONNX model; a max abs diff above
-      :data:`FP32_TOLERANCE` raises :class:`ExportError`. If the folder is gone, random
-      tensors are used and the report says so (not for int8).
-    - int8 calibrates on other files of the same folder than the parity images (these are
-      held out: at most half the folder), so it needs two readable images at least.
-    - fp16/int8: the per-image cosine to the fp32 model on the parity images must be
-      >= :data:`MIN_COSINE`, else :class:`ExportError` and nothing is written.
+    ``precision``: ``fp32``; ``fp16`` (weights and compute in fp16, float32 I/O); ``int8``.
+    ``data``: the images for the parity check and int8 calibration (default: the run's
+    ``data`` folder). The checks and their errors are :func:`export_checked`'s.
 
     Raises :class:`ExportError` for a bad run directory, a failed export or check.
     """
     start = time.perf_counter()
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if parity_images < 1 or calibration_images < 1:
-        raise ExportError("parity_images and calibration_images must be >= 1")
-    model, config, dim = load_embedding_model(run_dir)
-    image_size = int(config["image_size"])
-    try:
-        preprocessing = _preprocessing(config)
-    except ValueError as error:
-        raise ExportError(f"{run_dir}: {error}") from None
-    folder = data if data is not None else config.get("data")
+    run_dir = Path(run_dir)
+    weights_file = checkpoint.WEIGHTS
+    model, config, dim = load_embedding_model(run_dir, weights_file)
+    preprocessing = config.preprocessing
+    log.info("exporting %s (%s, %d px) to ONNX", config.backbone, precision,
+             preprocessing.image_size)
+    body = traced(model, preprocessing.image_size, opset,
+                  files=(run_dir / weights_file, run_dir / checkpoint.CONFIG))
 
-    log.info("exporting %s (%s, %d px) to ONNX", config["backbone"], precision, image_size)
-    body = _traced(model, Path(run_dir), image_size, opset)
-    fp32 = append_l2_normalisation(body)
-    try:
-        onnx.checker.check_model(fp32, full_check=True)
-    except onnx.checker.ValidationError as error:
-        raise ExportError(f"exported graph fails onnx.checker: {_one_line(error)}") from error
+    def metadata(precision: str) -> dict[str, str]:
+        return encoder_metadata(preprocessing, dim, precision, config.backbone, config.method,
+                                epochs=config.epochs)
 
-    files = image_files(folder)
-    # int8 calibrates on images of the folder too: the parity images are held out from it
-    # (at most half the folder), so agreement is measured on images the quantiser never saw.
-    n_parity = parity_images if precision != "int8" else min(parity_images, len(files) // 2)
-    parity = sample_images(folder, n_parity, preprocessing, phase=0.5) if n_parity else None
-    if parity is None:
-        if precision == "int8":
-            raise ExportError(f"int8 needs calibration images and held-out images to check "
-                              f"them, but data folder {folder} has {len(files)} readable "
-                              "image(s); pass another folder (groco export --data DIR)")
-        rng = np.random.default_rng(0)
-        batch = rng.random((parity_images, 3, image_size, image_size), dtype=np.float32)
-        parity_source = f"{parity_images} random tensors (no images in data folder {folder})"
-        parity_files: tuple[Path, ...] = ()
-        log.warning("parity check on random tensors: no images in data folder %s", folder)
-    else:
-        batch, parity_files = parity.batch, parity.files
-        parity_source = parity.describe("held-out images" if precision == "int8" else "images")
-    with torch.no_grad():
-        expected = model(torch.from_numpy(batch)).numpy()
-    reference = _run(fp32, batch)
-    max_abs_diff = float(np.abs(reference - expected).max())
-    if not max_abs_diff <= FP32_TOLERANCE:  # also catches NaN
-        raise ExportError(f"ONNX fp32 output differs from PyTorch by {max_abs_diff:.3g} "
-                          f"(> {FP32_TOLERANCE:g}) on {parity_source}")
-
-    final, calibration_source, calibration_files = fp32, None, ()
-    if precision == "fp16":
-        final = append_l2_normalisation(to_fp16(body))
-    elif precision == "int8":
-        assert parity is not None
-        calib = sample_images(folder, calibration_images, preprocessing, phase=0.0,
-                              exclude=frozenset(parity.files + parity.skipped))
-        if calib is None:
-            raise ExportError(f"int8 needs calibration images besides the {len(parity.files)} "
-                              f"held-out ones, but data folder {folder} has no other readable "
-                              "image; pass another folder (groco export --data DIR)")
-        calibration_source = calib.describe("other images")
-        calibration_files = calib.files
-        final = append_l2_normalisation(to_int8(body, calib.batch))
-    cosine_min = cosine_mean = None
-    if precision != "fp32":
-        cosines = _cosines(_run(final, batch), reference)
-        cosine_min, cosine_mean = float(cosines.min()), float(cosines.mean())
-        if not cosine_min >= MIN_COSINE:  # also catches NaN
-            raise ExportError(
-                f"{precision} embeddings agree too poorly with fp32 to be written: cosine min "
-                f"{cosine_min:.4f} < {MIN_COSINE} on {parity_source}; export fp32 instead")
-        try:
-            onnx.checker.check_model(final, full_check=True)
-        except onnx.checker.ValidationError as error:
-            raise ExportError(f"{precision} graph fails onnx.checker: {_one_line(error)}") \
-                from error
-
-    digest = stamp(final, groco_metadata(config, dim, precision))
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        onnx.save_model(final, tmp)
-    return ExportReport(
-        path=out_path, precision=precision, max_abs_diff=max_abs_diff, cosine_min=cosine_min,
-        cosine_mean=cosine_mean, hash=digest, embedding_dim=dim,
-        seconds=time.perf_counter() - start, parity_source=parity_source,
-        calibration_source=calibration_source, parity_files=parity_files,
-        calibration_files=calibration_files,
-    )
+    report = export_checked(
+        body, out_path, model.embed, preprocessing, metadata, precision=precision,
+        data=data if data is not None else config.data, parity_images=parity_images,
+        calibration_images=calibration_images)
+    return _with_seconds(report, start)
 
 
-def export_untrained(config: dict[str, Any], run_dir: str | Path, out_path: str | Path,
+def _with_seconds(report: ExportReport, start: float) -> ExportReport:
+    return replace(report, seconds=time.perf_counter() - start)
+
+
+def export_untrained(config: TrainConfig, run_dir: str | Path, out_path: str | Path,
                      seed: int = 0, **export_options: Any) -> ExportReport:
-    """Write ``run_dir`` as a run whose weights are freshly initialised from ``config`` (a
-    training configuration, as in ``config.yaml``) and export it like a trained one.
+    """Write ``run_dir`` as a run of ``config`` whose weights are freshly initialised
+    (``torch.manual_seed(seed)``, then ``build_model``) and export it like a trained one.
 
     The floor a trained encoder must beat, and an encoder for tests and benchmarks whose
-    figures do not depend on the weights.
+    figures do not depend on the weights. ``export_options`` go to :func:`export_encoder`.
     """
-    from groco.training import checkpoint
     from groco.training.models import build_model
 
     run_dir = Path(run_dir)
+    config = config.resolved()
     torch.manual_seed(seed)
-    checkpoint.save_config(run_dir, config)
-    checkpoint.save_weights(run_dir, build_model(config).state_dict())
+    model = build_model(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_config(run_dir, config.to_dict())
+    checkpoint.save_weights(run_dir, model.state_dict())
     return export_encoder(run_dir, out_path, **export_options)
-
