@@ -124,15 +124,21 @@ def export(
     precision: str = typer.Option("fp32", help="fp32, fp16 or int8 (static, calibrated)."),
     data: Path = typer.Option(None, "--data", help="Images for the parity check and int8 "
                                                    "calibration (default: the run's data)."),
+    last: bool = typer.Option(False, "--last", help="Export the last epoch even when the run "
+                                                    "kept a better one (best.safetensors)."),
 ) -> None:
-    """Export a run's encoder to ONNX (unit-norm embeddings; facts in the file's metadata)."""
+    """Export a run's encoder to ONNX (unit-norm embeddings; facts in the file's metadata).
+
+    Takes the run's best epoch (best.safetensors) when it kept one, else the last, and says
+    which and why.
+    """
     import logging
 
     from groco.encoder.export import ExportError, export_encoder
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        report = export_encoder(run, out, precision=precision, data=data)
+        report = export_encoder(run, out, precision=precision, data=data, last=last)
     except (ExportError, ValueError, OSError) as error:
         _fail(error)
     typer.echo(report.summary())

@@ -238,6 +238,38 @@ def test_refuses_to_write_an_encoder_that_disagrees_with_fp32(exported, runs, tm
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_takes_the_best_epoch_and_says_so(data, tmp_path) -> None:
+    run = _make_run(tmp_path / "run", data, "resnet18")  # last.safetensors: seed 0
+    config = _config(run, data, "resnet18")
+    torch.manual_seed(1)
+    best = build_model(config).state_dict()
+    checkpoint.save_weights(run, best, name=checkpoint.BEST, metadata={
+        "epoch": "2", "criterion": "knn_top1", "reason": "best k-NN top-1 0.6000"})
+    runner = CliRunner()
+    out = tmp_path / "best.onnx"
+    result = runner.invoke(app, ["export", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "weights: epoch 2 from best.safetensors: best k-NN top-1 0.6000" in result.stdout
+
+    files = find_images(data)[:6]
+    encoder = Encoder(out)
+    assert encoder.metadata["weights"] == checkpoint.BEST
+    batch = _batch(encoder, files)
+    got = encoder.embed_arrays(batch)
+    best_model, _, _ = load_embedding_model(run, checkpoint.BEST)
+    last_model, _, _ = load_embedding_model(run)
+    assert np.abs(got - best_model.embed(batch)).max() <= 1e-4
+    assert np.abs(got - last_model.embed(batch)).max() > 0.01  # the two really differ
+
+    result = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "last.onnx"),
+                                 "--last"])
+    assert result.exit_code == 0, result.output
+    assert "weights: the last epoch (last.safetensors" in result.stdout
+    last = Encoder(tmp_path / "last.onnx")
+    assert last.metadata["weights"] == checkpoint.WEIGHTS
+    assert np.abs(last.embed_arrays(batch) - last_model.embed(batch)).max() <= 1e-4
+
+
 def test_parity_without_images_uses_random_tensors(exported, runs, tmp_path) -> None:
     exported("cnn")  # the trace is cached, so this is quick
     report = export_encoder(runs["cnn"], tmp_path / "e.onnx", data=tmp_path / "gone",

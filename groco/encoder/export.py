@@ -412,6 +412,7 @@ def export_encoder(
     parity_images: int = 16,
     opset: int = DEFAULT_OPSET,
     data: str | Path | None = None,
+    last: bool = False,
 ) -> ExportReport:
     """Export ``run_dir``'s backbone to ``out_path`` (written atomically) and check it.
 
@@ -419,13 +420,26 @@ def export_encoder(
     ``data``: the images for the parity check and int8 calibration (default: the run's
     ``data`` folder). The checks and their errors are :func:`export_checked`'s.
 
+    Weights: the run's best epoch (``best.safetensors``) when it kept one, else the last
+    (:func:`groco.training.checkpoint.export_choice`); ``last=True`` forces
+    ``last.safetensors``. The report's ``weights`` line says which and why; the file's
+    metadata names it (``groco.weights``).
+
     Raises :class:`ExportError` for a bad run directory, a failed export or check.
     """
     start = time.perf_counter()
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     run_dir = Path(run_dir)
-    weights_file = checkpoint.WEIGHTS
+    load_run_config(run_dir)  # a clear error for a directory that is not a run, first
+    if last:
+        weights_file = checkpoint.WEIGHTS
+        reason = f"the last epoch ({weights_file}, as asked)"
+    else:
+        try:
+            weights_file, reason = checkpoint.export_choice(run_dir)
+        except checkpoint.RunError as error:
+            raise ExportError(str(error)) from error
     model, config, dim = load_embedding_model(run_dir, weights_file)
     preprocessing = config.preprocessing
     log.info("exporting %s (%s, %d px) to ONNX", config.backbone, precision,
@@ -435,12 +449,12 @@ def export_encoder(
 
     def metadata(precision: str) -> dict[str, str]:
         return encoder_metadata(preprocessing, dim, precision, config.backbone, config.method,
-                                epochs=config.epochs)
+                                epochs=config.epochs, weights=weights_file)
 
     report = export_checked(
         body, out_path, model.embed, preprocessing, metadata, precision=precision,
         data=data if data is not None else config.data, parity_images=parity_images,
-        calibration_images=calibration_images)
+        calibration_images=calibration_images, weights=reason)
     return _with_seconds(report, start)
 
 
