@@ -205,6 +205,27 @@ def _reduced(im: Image.Image, min_side: int | None) -> Image.Image:
     return im.reduce(factor)
 
 
+_ORIENTATION = 0x0112
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+"""EXIF orientation -> the transpose that shows the image upright (as ``exif_transpose``)."""
+
+
+def _upright(im: Image.Image, source: Image.Image) -> Image.Image:
+    """``im`` (``source`` itself, or ``source`` reduced) turned upright by ``source``'s EXIF
+    orientation; ``source`` itself goes through ``ImageOps.exif_transpose`` (a copy), a
+    reduced one is transposed in place of a full-size copy."""
+    try:
+        if im is source:
+            return ImageOps.exif_transpose(im)
+        method = _TRANSPOSE.get(source.getexif().get(_ORIENTATION, 1))
+        return im.transpose(method) if method is not None else im
+    except Exception:  # a corrupt EXIF block does not make the pixels unusable
+        return im.copy() if im is source else im
+
+
 def load_image(
     path_or_file: str | Path | bytes | bytearray | memoryview | BinaryIO,
     *,
@@ -245,12 +266,9 @@ def load_image(
                 if factor > 1 and im.format == "JPEG":
                     im.draft(im.mode, (width // factor, height // factor))
                 im.load()  # full decode: truncated data raises here
-                try:
-                    oriented = ImageOps.exif_transpose(im)
-                except Exception:  # a corrupt EXIF block does not make the pixels unusable
-                    oriented = im.copy()
-                # a new image: the file is closed on return
-                return to_rgb(_reduced(oriented, min_side))
+                # reduced before turning upright: no full-size copy; a new image either way,
+                # so the file is closed on return
+                return to_rgb(_upright(_reduced(im, min_side), im))
     except ImageError:
         raise
     except Image.DecompressionBombError as err:

@@ -353,3 +353,25 @@ def test_only_uploaded_files_are_read(tmp_path):
     outside.write_bytes(b"x")
     with pytest.raises(UploadError, match="not an uploaded file"):
         _decoder(tmp_path).decode({"path": str(outside), "orig_name": "outside.png"})
+
+
+def test_a_large_exif_rotated_query_is_reduced_and_upright(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from groco.images import load_image
+
+    pixels = np.zeros((400, 600, 3), np.uint8)
+    pixels[:, :300] = (255, 0, 0)  # left half red, right half blue, as stored
+    pixels[:, 300:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: red on top
+    for fmt in ("JPEG", "PNG"):
+        path = tmp_path / f"rotated.{fmt.lower()}"
+        Image.fromarray(pixels).save(path, fmt, exif=exif.tobytes())
+        full = load_image(path)
+        decoded = _decoder(tmp_path).decode({"path": str(path)})
+        assert full.size == (400, 600)
+        assert decoded.size[0] < decoded.size[1] and 64 <= decoded.size[0] < 128, fmt
+        top, bottom = np.asarray(decoded)[5, 30], np.asarray(decoded)[-5, 30]
+        assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], fmt

@@ -21,6 +21,8 @@ class AppSettings:
     - ``filter_oversample``: a label filter searches ``k * filter_oversample`` neighbours
       and keeps those with the label.
     - ``browse_page``: thumbnails per page of the collection grid.
+    - ``reduce_queries``: decode queries reduced to what the encoder needs (on; off only
+      to measure what it saves).
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -31,6 +33,7 @@ class AppSettings:
     max_k: int = 50
     filter_oversample: int = 20
     browse_page: int = 24
+    reduce_queries: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",

@@ -32,8 +32,9 @@ class AppState:
         self.thumbnails = thumbnails
         self.settings = settings or AppSettings()
         self.labels: dict[str, int] = searcher.label_counts()
+        min_side = 2 * searcher.encoder.preprocessing.resize_to
         self.decoder = QueryDecoder(self.settings,
-                                    min_side=2 * searcher.encoder.preprocessing.resize_to,
+                                    min_side=min_side if self.settings.reduce_queries else None,
                                     upload_folder=upload_folder)
         self.warmup: threading.Thread | None = None
 
