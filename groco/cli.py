@@ -294,38 +294,48 @@ def index_merge(
 
 @index_app.command("eval")
 def index_eval(
-    index: Path = typer.Argument(..., help="Index directory."),
+    indexes: list[Path] = typer.Argument(..., help="Index directories of one collection (the "
+                                                   "same folder, e.g. built with several "
+                                                   "encoders): one table row each."),
     k: int = typer.Option(20, "-k", help="Neighbours in the k-NN vote."),
     temperature: float = typer.Option(0.07, "--temperature", help="k-NN vote temperature."),
     max_queries: int = typer.Option(10_000, "--max-queries", help="Query sample size."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per "
+                                                       "index."),
 ) -> None:
-    """k-NN accuracy from folder labels, recall against exact search, latency."""
+    """k-NN top-1, precision@10 and mAP@R from folder labels, recall@10 against exact search,
+    and latency, over one or more indexes of the same collection (others are refused)."""
     import json
 
     _index_logging(verbose=False)
-    from groco.index.evaluate import evaluate_index
+    from groco.index.evaluate import evaluate_indexes
 
     try:
-        report = evaluate_index(index, k=k, temperature=temperature, max_queries=max_queries)
+        reports = evaluate_indexes(indexes, k=k, temperature=temperature,
+                                   max_queries=max_queries)
     except _INDEX_ERRORS as error:
         _fail(error)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         return
 
-    def pct(value: float | None) -> str:
-        return "n/a (needs 2+ labelled subfolders)" if value is None else f"{value:.4f}"
+    def fig(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
 
-    typer.echo(f"index: {report.index_type} {report.search_params}, {report.count} vectors, "
-               f"{report.labelled} labelled in {report.classes} classes, "
-               f"{report.queries} queries")
-    typer.echo(f"k-NN top-1 (k={report.k}, T={report.temperature}, leave-one-out): "
-               f"{pct(report.knn_top1)}")
-    typer.echo(f"precision@10 (same label): {pct(report.precision_at_10)}")
-    typer.echo(f"recall@10 vs exact search: {report.recall_at_10:.4f}")
-    typer.echo(f"single-query latency (ms): p50 {report.latency_ms_p50:.3f}, "
-               f"p95 {report.latency_ms_p95:.3f}, p99 {report.latency_ms_p99:.3f}")
+    first = reports[0]
+    typer.echo(f"{first.count} images, {first.labelled} labelled in {first.classes} classes, "
+               f"{first.queries} queries; k-NN: k={first.k}, T={first.temperature}, "
+               "leave-one-out; mAP@R and k-NN by exact search, precision@10 through the index")
+    if first.classes < 2:
+        typer.echo("label figures n/a: they need 2+ labelled subfolders")
+    header = ("index", "type", "k-NN top-1", "P@10", "mAP@R", "recall@10", "p50 ms", "p99 ms")
+    rows = [(r.index_dir, r.index_type, fig(r.knn_top1), fig(r.precision_at_10),
+             fig(r.map_at_r), f"{r.recall_at_10:.4f}", f"{r.latency_ms_p50:.3f}",
+             f"{r.latency_ms_p99:.3f}") for r in reports]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        typer.echo("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
 
 
 @app.command()

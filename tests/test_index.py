@@ -87,9 +87,13 @@ def assert_consistent(index_dir: Path) -> None:
         stored = np.load(shards.ids_path(index_dir, number))
         mine = ids[shard_numbers == number]
         assert np.array_equal(stored[rows[shard_numbers == number]], mine)
-    index = load_index(index_dir / "index.faiss")
+    manifest = read_manifest(index_dir)
+    index = load_index(index_dir / manifest["index_file"])
     assert np.array_equal(np.sort(index_ids(index)), ids)
-    assert read_manifest(index_dir)["count"] == len(ids)
+    assert manifest["count"] == len(ids)
+    # one state, or one and the one before it: nothing older is left behind
+    assert {p.name for p in index_dir.glob("*.faiss")} <= {manifest["index_file"],
+                                                          manifest["previous_index_file"]}
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -38,7 +38,7 @@ from groco.encoder.runtime import Encoder, default_providers
 from groco.images import find_images
 
 from . import shards
-from .indexfile import index_is_current, write_index
+from .indexfile import finish_switch, index_is_current, write_index
 from .manifest import (
     INDEX_NAME,
     MANIFEST_NAME,
@@ -196,10 +196,10 @@ def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
         report.add(stats)
     if index_is_current(index_dir, store, index_type, memory, target_recall):
         manifest = read_manifest(index_dir)
+        finish_switch(index_dir, store, manifest)  # in case a kill stopped it
         log.info("%s is up to date", index_dir)
     else:
         manifest = write_index(index_dir, store, index_type, memory, target_recall)
-    shards.remove_unreferenced(index_dir, store.referenced_shards())
     report.count = manifest["count"]
     report.broken_total = manifest["broken"]
     report.index_type = manifest["index_type"]

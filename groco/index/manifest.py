@@ -1,6 +1,8 @@
 """``manifest.json`` of an index directory, and the errors an index directory raises.
 
-The manifest is written (atomically) after ``index.faiss`` and describes it:
+The manifest is written (atomically, by rename) *last*, after the index file it names: it
+is what makes a new state of the directory current, so a reader always finds a complete
+state, the previous or the new one (see :mod:`groco.index.indexfile`). It holds:
 
     format               1
     groco_version        version of groco that wrote it
@@ -12,13 +14,16 @@ The manifest is written (atomically) after ``index.faiss`` and describes it:
     image_size           the encoder's input size
     dim                  embedding dimension
     metric               "inner_product" (cosine on unit vectors)
-    index_type           FAISS factory string of index.faiss
+    index_file           the FAISS index's file in the directory (``index-000007.faiss``;
+                         ``index.faiss`` in directories written before versioned files)
+    index_bytes          that file's size: a truncated file is rebuilt by ``update``
+    index_type           FAISS factory string of the index file
     index_type_requested what was asked for ("auto" or a factory string)
     memory_bytes         memory budget asked for ("auto" uses it), null = default
     target_recall        recall@10 target of the tuning
     search_params        e.g. {"efSearch": 64}; empty for exact indices
     recall_at_10         recall@10 measured against exact search (1.0 for Flat)
-    count                vectors in index.faiss
+    count                vectors in the index file
     broken               files recorded as broken (not in the index)
     generation           ``meta.sqlite``'s generation the index was built from
 """
@@ -44,6 +49,21 @@ class IndexMismatchError(ValueError):
     """An encoder (or images folder) that is not the one the index was built with."""
 
 
+class DamagedFileError(IndexDirError):
+    """A file of an index directory that cannot be read; the message names it and the way
+    out (one line)."""
+
+
+def damaged(path: str | Path, reason: object, index_dir: str | Path,
+            way_out: str | None = None) -> DamagedFileError:
+    """The :class:`DamagedFileError` for ``path`` in ``index_dir``: ``"<path>: damaged
+    (<reason>); <way out>"``, by default ``run `groco index repair <index_dir>```."""
+    reason = " ".join(str(reason).split()) or "unreadable"
+    way_out = way_out or (f"run `groco index repair {index_dir}` (rebuilds the index from "
+                          "the stored embeddings, no re-embedding)")
+    return DamagedFileError(f"{path}: damaged ({reason}); {way_out}")
+
+
 def write_manifest(index_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` atomically."""
     atomic_write_text(Path(index_dir) / MANIFEST_NAME,
@@ -61,10 +81,17 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise IndexDirError(f"{path}: unreadable ({error})") from error
+        raise damaged(path, error, index_dir) from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexDirError(f"{path}: not a groco index manifest (format {FORMAT})")
+        raise damaged(path, f"not a groco index manifest of format {FORMAT}", index_dir)
+    missing = [key for key in _REQUIRED if key not in manifest]
+    if missing:
+        raise damaged(path, f"no {', '.join(missing)}", index_dir)
     return manifest
+
+
+_REQUIRED = ("images_root", "encoder_hash", "encoder_path", "dim", "index_type", "count",
+             "search_params", "generation", "broken")
 
 
 def check_encoder_hash(expected: str, actual: str, encoder_path: str | Path,

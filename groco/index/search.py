@@ -20,13 +20,13 @@ from groco.encoder.runtime import Encoder, EncoderError
 from groco.images import load_image
 
 from . import shards
-from .faiss_index import load_index, search
+from .faiss_index import search
+from .indexfile import open_current
 from .manifest import (
-    INDEX_NAME,
     IndexDirError,
     IndexMismatchError,
     check_encoder_hash,
-    read_manifest,
+    damaged,
 )
 from .store import DB_NAME, EMBEDDED, FileRow, Store
 
@@ -69,15 +69,10 @@ class Searcher:
     def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
                  providers: list[str] | None = None) -> None:
         self.index_dir = Path(index_dir)
-        self.manifest = read_manifest(self.index_dir)
+        self.manifest, self.index = open_current(self.index_dir)
         self.root = Path(self.manifest["images_root"])
-        index_path = self.index_dir / INDEX_NAME
-        if not index_path.is_file() or not (self.index_dir / DB_NAME).is_file():
-            raise IndexDirError(f"{self.index_dir}: {INDEX_NAME} or {DB_NAME} is missing")
-        self.index = load_index(index_path, self.manifest.get("search_params") or None)
-        if self.index.ntotal != self.manifest["count"]:
-            raise IndexDirError(f"{index_path} holds {self.index.ntotal} vectors, the manifest "
-                                f"{self.manifest['count']}: run `groco index update` on it")
+        if not (self.index_dir / DB_NAME).is_file():
+            raise damaged(self.index_dir / DB_NAME, "missing", self.index_dir)
         path = Path(encoder_path or self.manifest["encoder_path"])
         if encoder_path is None and not path.is_file():
             raise EncoderError(f"{path}: the encoder this index was built with is gone; "
@@ -90,8 +85,9 @@ class Searcher:
         self._shards: dict[int, np.ndarray] = {}
         self.stale = self._store.generation != self.manifest.get("generation")
         if self.stale:
-            log.warning("%s: the metadata changed after index.faiss was written (interrupted "
-                        "update?); run `groco index update %s`", self.index_dir, self.index_dir)
+            log.warning("%s: the metadata is newer than the index (an update is running or "
+                        "was interrupted): answers are at the index's state; `groco index "
+                        "update %s` brings it level", self.index_dir, self.index_dir)
 
     def close(self) -> None:
         self._store.close()

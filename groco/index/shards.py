@@ -18,6 +18,7 @@ import numpy as np
 
 from groco.fileio import atomic_path
 
+from .manifest import DamagedFileError, damaged
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,33 @@ def write_shard(index_dir: Path, number: int, ids: np.ndarray, vectors: np.ndarr
             np.save(f, array)
 
 
+def damaged_shard(index_dir: Path, number: int, reason: object) -> DamagedFileError:
+    """The one-line error for an unreadable shard, with its way out."""
+    return damaged(emb_path(index_dir, number), reason, index_dir, way_out=(
+        f"run `groco index repair {index_dir}` (drops the rows stored in it and rebuilds "
+        f"the index), then `groco index update {index_dir}` to embed those images again"))
+
+
 def load_vectors(index_dir: Path, number: int, mmap: bool = True) -> np.ndarray:
-    """The ``(rows, dim)`` embeddings of shard ``number`` (memory-mapped by default)."""
-    return np.load(emb_path(index_dir, number), mmap_mode="r" if mmap else None)
+    """The ``(rows, dim)`` embeddings of shard ``number`` (memory-mapped by default).
+
+    :class:`~groco.index.manifest.DamagedFileError` for a missing or unreadable file.
+    """
+    try:
+        vectors = np.load(emb_path(index_dir, number), mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as error:
+        raise damaged_shard(index_dir, number, error) from error
+    if vectors.ndim != 2:
+        raise damaged_shard(index_dir, number, f"shape {vectors.shape}, not (rows, dim)")
+    return vectors
+
+
+def load_ids(index_dir: Path, number: int) -> np.ndarray:
+    """The ``(rows,)`` ids of shard ``number``; ``DamagedFileError`` if unreadable."""
+    try:
+        return np.load(ids_path(index_dir, number))
+    except (OSError, ValueError, EOFError) as error:
+        raise damaged_shard(index_dir, number, error) from error
 
 
 def shards_on_disk(index_dir: Path) -> set[int]:
@@ -72,11 +97,11 @@ def remove_shard(index_dir: Path, number: int) -> None:
 
 def _shard_ok(index_dir: Path, number: int, rows: int) -> bool:
     try:
-        vectors = np.load(emb_path(index_dir, number), mmap_mode="r")
-        ids = np.load(ids_path(index_dir, number), mmap_mode="r")
-    except (OSError, ValueError):
+        vectors = load_vectors(index_dir, number)
+        ids = load_ids(index_dir, number)
+    except DamagedFileError:
         return False
-    return vectors.ndim == 2 and len(vectors) == len(ids) and len(ids) >= rows
+    return len(vectors) == len(ids) and len(ids) >= rows
 
 
 def reconcile(index_dir: Path, store: Store) -> tuple[int, int]:
@@ -122,8 +147,12 @@ def gather(index_dir: Path, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
     order = np.argsort(shards, kind="stable")
     bounds = np.flatnonzero(np.diff(shards[order])) + 1
     for group in np.split(order, bounds):
-        vectors = load_vectors(index_dir, int(shards[group[0]]))
-        out[group] = vectors[rows[group]]
+        number = int(shards[group[0]])
+        vectors = load_vectors(index_dir, number)
+        try:
+            out[group] = vectors[rows[group]]
+        except (IndexError, ValueError) as error:  # shorter or of another dim than recorded
+            raise damaged_shard(index_dir, number, error) from error
     return out
 
 

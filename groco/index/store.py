@@ -13,9 +13,18 @@ Table ``files`` holds one row per image file seen under the images root:
     shard_row INTEGER               embedded: row of the vector in that shard
     error     TEXT                  broken: the one-line reason
 
+Table ``retired`` holds the rows an update deleted (same columns, plus ``retired_at``, the
+generation they left at), for as long as an index file that still holds their vectors
+may be searched: a reader of the previous index state resolves its ids through them, so
+it answers at that state while an update runs. They are purged once the state after the
+next one is current (:meth:`Store.purge_retired`).
+
 Table ``info`` holds key/value facts of the directory (images root, encoder hash, the
 slice of a sharded build, a ``generation`` counter bumped by every commit that changes
 ``files``, so a reader can tell whether ``index.faiss`` is behind the metadata).
+
+A file SQLite cannot read raises :class:`groco.index.manifest.DamagedFileError` (one line
+naming it and ``groco index repair``), never ``sqlite3.DatabaseError``.
 
 Writes go through :meth:`Store.commit`, one transaction per embedding shard: the shard
 file is written (atomically) *before* the rows that reference it are committed, which
@@ -25,12 +34,15 @@ No torch here (nothing under ``groco.index`` imports it).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .manifest import IndexDirError, damaged
 
 DB_NAME = "meta.sqlite"
 EMBEDDED, BROKEN = "embedded", "broken"
@@ -50,6 +62,19 @@ CREATE TABLE IF NOT EXISTS files (
     CHECK ((status = 'embedded') = (shard IS NOT NULL AND shard_row IS NOT NULL))
 );
 CREATE INDEX IF NOT EXISTS files_shard ON files (shard);
+CREATE TABLE IF NOT EXISTS retired (
+    id         INTEGER PRIMARY KEY,
+    path       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
+    label      TEXT,
+    status     TEXT NOT NULL,
+    shard      INTEGER,
+    shard_row  INTEGER,
+    error      TEXT,
+    retired_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = "id, path, size, mtime_ns, hash, label, status, shard, shard_row, error"
@@ -96,22 +121,34 @@ class Store:
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise FileNotFoundError(f"no metadata database at {self.path}")
-            self._db = sqlite3.connect(self.path, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA query_only = ON")
-        else:
+        if readonly and not self.path.is_file():
+            raise FileNotFoundError(f"no metadata database at {self.path}")
+        if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL: a commit survives a killed process (WAL is in the OS cache); on a
-            # power cut the last commits may be lost, which leaves shard files that no row
-            # references: they are deleted and re-embedded, never duplicated.
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(_SCHEMA)
+        with _sqlite_errors(self.path):
+            connection = sqlite3.connect(self.path, check_same_thread=False,
+                                         isolation_level=None)
+        self._db = _Guarded(connection, self.path)
+        try:
+            if readonly:
+                self._db.execute("PRAGMA query_only = ON")
+            else:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # NORMAL: a commit survives a killed process (WAL is in the OS cache); on a
+                # power cut the last commits may be lost, which leaves shard files that no
+                # row references: they are deleted and re-embedded, never duplicated.
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.executescript(_SCHEMA)
+            tables = {name for (name,) in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except BaseException:
+            connection.close()
+            raise
+        if "files" not in tables or "info" not in tables:
+            connection.close()
+            raise damaged(self.path, "not a groco metadata database (no files/info table)",
+                          self.path.parent)
+        self._has_retired = "retired" in tables  # not in directories of older versions
 
     # -- lifecycle
 
@@ -164,6 +201,7 @@ class Store:
         if not (rows or deletes or touches):
             return
         with self._transaction():
+            self._retire("id = ?", deletes)
             self._db.executemany("DELETE FROM files WHERE id = ?", deletes)
             self._db.executemany(f"INSERT INTO files ({_COLUMNS}) VALUES "
                                  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -184,11 +222,31 @@ class Store:
             return 0
         with self._transaction():
             before = self.count()
+            self._retire("shard = ?", numbers)
             self._db.executemany("DELETE FROM files WHERE shard = ?", numbers)
             gone = before - self.count()
             if gone:
                 self._bump()
         return gone
+
+    def _retire(self, where: str, params: list[tuple[int]]) -> None:
+        """Copy the ``files`` rows matching ``where`` into ``retired`` (inside a transaction)."""
+        generation = self.generation
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO retired ({_COLUMNS}, retired_at) "
+            f"SELECT {_COLUMNS}, {generation} FROM files WHERE {where}", params)
+
+    def purge_retired(self, before_generation: int) -> int:
+        """Forget the retired rows that left before ``before_generation``; returns how many."""
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM retired WHERE retired_at < ?",
+                                      (int(before_generation),))
+        return cursor.rowcount
+
+    def integrity_errors(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` messages; empty when the file is sound."""
+        messages = [m for (m,) in self._db.execute("PRAGMA quick_check")]
+        return [] if messages == ["ok"] else messages
 
     def _bump(self) -> None:
         self._db.execute(
@@ -210,9 +268,13 @@ class Store:
         return max(top, int(self.get_info("next_id", "0") or 0))
 
     def referenced_shards(self) -> dict[int, int]:
-        """``{shard number: number of rows in it}`` over embedded rows."""
+        """``{shard number: number of rows in it}`` over embedded rows, retired ones included
+        (a reader of the previous index state may still read their vectors)."""
+        retired = ("UNION ALL SELECT shard FROM retired WHERE shard IS NOT NULL"
+                   if self._has_retired else "")
         return dict(self._db.execute(
-            "SELECT shard, COUNT(*) FROM files WHERE shard IS NOT NULL GROUP BY shard"))
+            f"SELECT shard, COUNT(*) FROM (SELECT shard FROM files WHERE shard IS NOT NULL "
+            f"{retired}) GROUP BY shard"))
 
     def paths(self) -> set[str]:
         return {p for (p,) in self._db.execute("SELECT path FROM files")}
@@ -230,15 +292,18 @@ class Store:
         return table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy()
 
     def rows(self, ids: Iterable[int]) -> dict[int, FileRow]:
-        """``{id: FileRow}`` for those of ``ids`` that exist."""
+        """``{id: FileRow}`` for those of ``ids`` that exist, in ``files`` or else among the
+        retired rows (the ids of an index state an update is replacing)."""
         wanted = [int(i) for i in ids]
         out: dict[int, FileRow] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for values in self._db.execute(
-                    f"SELECT {_COLUMNS} FROM files WHERE id IN ({marks})", chunk):
-                out[values[0]] = FileRow(*values)
+        for table in ("files", "retired") if self._has_retired else ("files",):
+            missing = [i for i in wanted if i not in out]
+            for start in range(0, len(missing), 500):
+                chunk = missing[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for values in self._db.execute(
+                        f"SELECT {_COLUMNS} FROM {table} WHERE id IN ({marks})", chunk):
+                    out[values[0]] = FileRow(*values)
         return out
 
     def row_by_path(self, path: str) -> FileRow | None:
@@ -262,10 +327,72 @@ class Store:
         return [found.get(int(i)) for i in ids]
 
 
+def _sqlite_error(path: Path, error: sqlite3.Error) -> IndexDirError:
+    """One-line error for what SQLite raised on ``path``."""
+    message = " ".join(str(error).split())
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in message
+                                                        or "busy" in message):
+        return IndexDirError(f"{path}: {message} (another process holds it); try again")
+    if isinstance(error, sqlite3.OperationalError) and "unable to open" in message:
+        return IndexDirError(f"{path}: {message}")
+    return damaged(path, message, path.parent)
+
+
+@contextlib.contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise _sqlite_error(path, error) from error
+
+
+class _Guarded:
+    """A ``sqlite3.Connection`` whose errors (on a call or while reading rows) become
+    :func:`_sqlite_error`'s."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection, self._path = connection, path
+
+    def execute(self, sql: str, params: Iterable = ()) -> _Rows:
+        with _sqlite_errors(self._path):
+            return _Rows(self._connection.execute(sql, tuple(params)), self._path)
+
+    def executemany(self, sql: str, params: Iterable) -> _Rows:
+        with _sqlite_errors(self._path):
+            return _Rows(self._connection.executemany(sql, params), self._path)
+
+    def executescript(self, sql: str) -> None:
+        with _sqlite_errors(self._path):
+            self._connection.executescript(sql)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class _Rows:
+    """A cursor read under :func:`_sqlite_errors` (a damaged page may show up mid-read)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, path: Path) -> None:
+        self._cursor, self._path = cursor, path
+        self.rowcount = cursor.rowcount
+
+    def fetchone(self) -> tuple | None:
+        with _sqlite_errors(self._path):
+            return self._cursor.fetchone()
+
+    def fetchall(self) -> list[tuple]:
+        with _sqlite_errors(self._path):
+            return self._cursor.fetchall()
+
+    def __iter__(self) -> Iterator[tuple]:
+        with _sqlite_errors(self._path):
+            yield from self._cursor
+
+
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: _Guarded) -> None:
         self._db = db
 
     def __enter__(self) -> None:
