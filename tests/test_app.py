@@ -340,10 +340,17 @@ def test_concurrent_decodes_are_bounded(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(uploads, "load_image", slow_load)
-    decoder = _decoder(tmp_path, decode_concurrency=2)
+    # 256 pixels: "large" above 100, so at most 2 decode at once ...
+    decoder = _decoder(tmp_path, decode_concurrency=2, large_query_pixels=100)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: decoder.decode({"path": str(path)}), range(16)))
     assert peak == 2
+    # ... small below 1000: they never wait behind the large ones.
+    peak = 0
+    decoder = _decoder(tmp_path, decode_concurrency=2, large_query_pixels=1000)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: decoder.decode({"path": str(path)}), range(16)))
+    assert peak > 2
 
 
 def test_only_uploaded_files_are_read(tmp_path):

@@ -15,7 +15,8 @@ class AppSettings:
       ``data:`` URL or inside an API payload (10 MiB).
     - ``max_query_pixels``: the largest query image (width x height), checked from the
       file's header before any pixel is decoded (50 MP).
-    - ``decode_concurrency``: how many query images are decoded at once; more wait.
+    - ``decode_concurrency``: how many large query images (over ``large_query_pixels``)
+      are decoded at once; more wait, smaller ones do not.
     - ``concurrency``: how many searches run at once (Gradio's queue).
     - ``default_k``: neighbours shown by default; ``max_k``: the slider's end.
     - ``filter_oversample``: a label filter searches ``k * filter_oversample`` neighbours
@@ -28,6 +29,7 @@ class AppSettings:
     max_upload_bytes: int = 10 * MIB
     max_query_pixels: int = 50_000_000
     decode_concurrency: int = 2
+    large_query_pixels: int = 4_000_000
     concurrency: int = 4
     default_k: int = 12
     max_k: int = 50
@@ -37,6 +39,7 @@ class AppSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",
+                     "large_query_pixels",
                      "concurrency", "default_k", "max_k", "filter_oversample", "browse_page"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import io
 import os
 import threading
 from pathlib import Path
@@ -101,10 +103,25 @@ class QueryDecoder:
             raise _too_large(size, f"in {name}", cap)
         return str(real), name
 
+    @staticmethod
+    def pixels(source: str | bytes) -> int:
+        """Width x height from the file's header (0 when PIL cannot read one: the decode
+        then reports why)."""
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                return im.size[0] * im.size[1]
+        except Exception:  # noqa: BLE001 - any header failure is the decoder's to report
+            return 0
+
     def decode(self, payload: Any) -> Image.Image:
-        """The query as 8-bit RGB; :class:`UploadError` (one line) for anything unusable."""
+        """The query as 8-bit RGB; :class:`UploadError` (one line) for anything unusable.
+
+        Images over ``large_query_pixels`` take one of ``decode_concurrency`` slots (their
+        decode holds up to 4 bytes a pixel); smaller ones never wait behind them.
+        """
         source, name = self.source(payload)
-        with self._slots:
+        large = self.pixels(source) > self.settings.large_query_pixels
+        with self._slots if large else contextlib.nullcontext():
             try:
                 return load_image(source, max_pixels=self.settings.max_query_pixels,
                                   min_side=self.min_side)
