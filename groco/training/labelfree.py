@@ -5,8 +5,8 @@ own images, embedded with the exported encoder's preprocessing. ``Z`` is ``(n, d
 L2-normalised rows.
 
 - **copy retrieval** (:func:`copy_retrieval`): each sampled image ``x_i`` gets one
-  deterministic augmented copy ``a(x_i)`` (a crop of 70-90 % of its area, resized back
-  to the input size, re-encoded as JPEG at quality 60): the fraction of copies whose
+  deterministic augmented copy ``a(x_i)`` (a crop of 30-50 % of its area, resized back
+  to its size, brightness times 0.7-1.3, re-encoded as JPEG at quality 40): the fraction of copies whose
   nearest sampled original (cosine) is their own, ``mean_i [argmax_j a_i . z_j == i]``.
   The search a user does, asked of the images' own copies: a collapsed or scrambled
   embedding cannot find them.
@@ -28,7 +28,7 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 CRITERION = "copy_top1"
 """The score that chooses the kept epoch on an unlabelled collection (higher is better)."""
@@ -50,14 +50,15 @@ def augmented_copy(image: Image.Image, seed: int) -> Image.Image:
     """The deterministic copy of ``image`` (module docstring): crop, resize back, JPEG."""
     rng = np.random.default_rng(seed)
     w, h = image.size
-    area = rng.uniform(0.7, 0.9)
+    area = rng.uniform(0.3, 0.5)
     side_w, side_h = max(1, round(w * area ** 0.5)), max(1, round(h * area ** 0.5))
     left = int(rng.integers(0, w - side_w + 1))
     top = int(rng.integers(0, h - side_h + 1))
     crop = image.convert("RGB").crop((left, top, left + side_w, top + side_h))
     crop = crop.resize((w, h), Image.Resampling.BICUBIC)
+    crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))
     buffer = io.BytesIO()
-    crop.save(buffer, format="JPEG", quality=60)
+    crop.save(buffer, format="JPEG", quality=40)
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return decoded.convert("RGB")

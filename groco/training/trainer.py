@@ -290,10 +290,12 @@ class Trainer:
                         disable=not self.show_progress, dynamic_ncols=True, mininterval=1.0)
         min_batch = get_method(self.config.method).min_batch(self.config)
         losses, images_seen, broken, started = [], 0, 0, time.perf_counter()
+        readable = 0
         for index, (images, _, _, n_broken) in enumerate(self.loader):
             if index >= self.steps_per_epoch:
                 break
             broken += n_broken
+            readable += images.shape[0]
             images = self._equal_batch(images)
             if images.shape[0] * world_size() < min_batch:
                 continue
@@ -303,8 +305,13 @@ class Trainer:
             progress.set_postfix(loss=f"{losses[-1]:.4f}", broken=broken, refresh=False)
         progress.close()
         if not losses:
-            raise TrainError(f"{self.config.data}: no readable image in an epoch "
-                             f"({broken} unreadable files skipped)")
+            if readable == 0:
+                raise TrainError(f"{self.config.data}: no readable image in an epoch "
+                                 f"({broken} unreadable files skipped)")
+            raise TrainError(
+                f"{self.config.data}: an epoch drew {readable} readable images and {broken} "
+                f"unreadable files, and no batch of {global_batch} kept the {min_batch} "
+                f"readable images a step needs; lower --batch-size below {readable}")
         seconds = time.perf_counter() - started
         return float(np.mean(losses)), images_seen / seconds, broken
 
