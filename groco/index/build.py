@@ -39,8 +39,8 @@ from groco.images import find_images
 
 from . import shards
 from .indexfile import finish_switch, index_is_current, write_index
+from .lock import writer_lock
 from .manifest import (
-    INDEX_NAME,
     MANIFEST_NAME,
     IndexDirError,
     IndexMismatchError,
@@ -262,7 +262,7 @@ def build_index_dir(
         relpaths = [p for p in relpaths if slice_of(p, part[1]) == part[0]]
     encoder = _open_encoder(encoder_path, batch_size)
     report = BuildReport(index_dir=index_dir, part=part)
-    with Store(index_dir / DB_NAME) as store:
+    with writer_lock(index_dir, "groco index build"), Store(index_dir / DB_NAME) as store:
         _claim(store, index_dir, root, encoder, part)
         shards.reconcile(index_dir, store)
         known = store.paths()
@@ -325,7 +325,7 @@ def update_index_dir(
         target_recall = manifest.get("target_recall", 0.95)
     _check_settings(target_recall, batch_size, shard_size)
     report = BuildReport(index_dir=index_dir)
-    with Store(index_dir / DB_NAME) as store:
+    with writer_lock(index_dir, "groco index update"), Store(index_dir / DB_NAME) as store:
         info = store.info()
         if info.get("slice"):
             raise IndexDirError(f"{index_dir} is one part of a sharded build: merge the "
@@ -428,8 +428,10 @@ def _prepare_merge_target(out: Path) -> None:
         if not interrupted_merge:
             raise IndexDirError(f"{out} holds an unfinished build; merge into a new directory")
         log.info("%s: restarting an interrupted merge", out)
-        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", INDEX_NAME):
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
             (out / name).unlink(missing_ok=True)
+        for index_file in out.glob("index*.faiss"):  # INDEX_NAME or a versioned one
+            index_file.unlink()
         shutil.rmtree(out / shards.SHARD_DIR, ignore_errors=True)
 
 
@@ -468,15 +470,16 @@ def merge_index_dirs(
     for (a, _), (b, _) in zip(rows, rows[1:], strict=False):
         if a.path == b.path:
             raise IndexDirError(f"{a.path} is in more than one of the merged directories")
-    _prepare_merge_target(out)
     report = BuildReport(index_dir=out)
     keep = ("images_root", "encoder_hash", "encoder_path", "encoder_backbone", "image_size",
             "dim")
-    with Store(out / DB_NAME) as store:
-        store.set_info({**{k: infos[0][k] for k in keep if k in infos[0]}, "slice": "",
-                        "merged_from": len(dirs)})
-        _copy_rows(out, store, dirs, rows, shard_size, progress)
-        _finish(report, store, out, index_type, memory_bytes, target_recall, None)
+    with writer_lock(out, "groco index merge"):
+        _prepare_merge_target(out)
+        with Store(out / DB_NAME) as store:
+            store.set_info({**{k: infos[0][k] for k in keep if k in infos[0]}, "slice": "",
+                            "merged_from": len(dirs)})
+            _copy_rows(out, store, dirs, rows, shard_size, progress)
+            _finish(report, store, out, index_type, memory_bytes, target_recall, None)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -151,12 +151,8 @@ def index_is_current(index_dir: Path, store: Store, index_type: str,
         manifest = read_manifest(index_dir)
     except IndexDirError:
         return False
-    path = index_path(index_dir, manifest)
-    if not path.is_file():
-        return False
-    size = path.stat().st_size
     return (manifest.get("generation") == store.generation
-            and manifest.get("index_bytes", size) == size
+            and _intact(index_dir, manifest)
             and manifest.get("index_type_requested") == index_type
             and manifest.get("memory_bytes") == memory_bytes
             and manifest.get("target_recall") == target_recall)
@@ -211,6 +207,7 @@ def write_index(
                                          memory_bytes=memory_bytes,
                                          target_recall=target_recall, k=RECALL_K)
     recall = tuned.pop(key)
+    kept = old is not None and _intact(index_dir, old)
     path = index_dir / _new_index_name(index_dir, old)
     save_index(index, path)
     manifest = {
@@ -235,12 +232,20 @@ def write_index(
         "generation": store.generation,
         "index_file": path.name,
         "index_bytes": path.stat().st_size,
-        "previous_index_file": None if old is None else old.get("index_file", INDEX_NAME),
-        "previous_generation": None if old is None else old.get("generation"),
+        # the previous state stays for its readers, unless its index file is damaged
+        "previous_index_file": old.get("index_file", INDEX_NAME) if kept else None,
+        "previous_generation": old.get("generation") if kept else None,
     }
     write_manifest(index_dir, manifest)  # the switch: from here on the new state is current
     finish_switch(index_dir, store, manifest)
     return manifest
+
+
+def _intact(index_dir: Path, manifest: dict[str, Any]) -> bool:
+    """The manifest's index file is there with the size it was written with."""
+    path = index_path(index_dir, manifest)
+    return path.is_file() and manifest.get("index_bytes", path.stat().st_size) == \
+        path.stat().st_size
 
 
 def _new_index_name(index_dir: Path, old: dict[str, Any] | None) -> str:
