@@ -1,0 +1,180 @@
+"""Baseline encoders (groco.encoder.baselines): raw pixels and a timm network as it is,
+exported without a run, indexed like any encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from groco.cli import app
+from groco.encoder.baselines import RAW_PIXELS, export_raw_pixels, raw_pixel_body
+from groco.encoder.graph import append_l2_normalisation, run
+from groco.encoder.runtime import Encoder
+from groco.images import find_images, load_image
+from groco.index.manifest import read_manifest
+from groco.preprocessing import Preprocessing
+
+NETWORK = "tf_efficientnet_lite0"  # its own normalisation is 0.5 / 0.5, not ImageNet's
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photographs: scikit-learn's two sample images and 10 crops of them, not square,
+    in two class folders."""
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path_factory.mktemp("photos")
+    for name, pixels in zip(("china", "flower"), load_sample_images().images, strict=True):
+        (root / name).mkdir()
+        image = Image.fromarray(pixels)
+        image.save(root / name / "whole.jpg", quality=92)
+        w, h = image.size
+        for i in range(5):
+            box = (40 * i, 30 * i, 40 * i + w // 2 + 17 * i, 30 * i + h // 2)
+            image.crop(box).save(root / name / f"crop{i}.png")
+    return root
+
+
+def test_raw_pixel_encoder_is_the_numpy_formula(photos, tmp_path) -> None:
+    size = 16
+    report = export_raw_pixels(size, tmp_path / "raw.onnx", data=photos)
+    assert report.max_abs_diff <= 1e-5 and "images from" in report.parity_source
+    encoder = Encoder(report.path)
+    files = find_images(photos)
+    got = encoder.embed(files)
+
+    # resize the shorter side to 16 and centre-crop, flatten channels first, subtract the
+    # image's mean, divide by the norm
+    pixels = np.stack([Preprocessing(size, size).array(load_image(f)) for f in files])
+    assert pixels.shape == (len(files), 3, size, size)
+    flat = pixels.reshape(len(files), -1).astype(np.float64)
+    flat -= flat.mean(axis=1, keepdims=True)
+    expected = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    assert got.shape == (len(files), 3 * size * size)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    meta = encoder.metadata
+    assert meta["backbone"] == RAW_PIXELS and meta["method"] == RAW_PIXELS
+    assert (encoder.image_size, encoder.resize_to, encoder.dim) == (size, size, 768)
+    assert meta["mean"] == "[0.0, 0.0, 0.0]" and meta["std"] == "[1.0, 1.0, 1.0]"
+    assert meta["centre"] == "per-image mean"
+    again = export_raw_pixels(size, tmp_path / "again.onnx")
+    assert again.hash == report.hash  # the same encoder whatever images checked it
+
+
+def test_raw_pixel_graph_without_centring_and_of_a_flat_image() -> None:
+    batch = np.random.default_rng(0).random((3, 3, 4, 4), dtype=np.float32)
+    batch[2] = 0.25  # a flat image: centred it is all zeros, and stays zeros (no NaN)
+    plain = run(append_l2_normalisation(raw_pixel_body(4, centre=False)), batch)
+    flat = batch.reshape(3, -1)
+    np.testing.assert_allclose(plain, flat / np.linalg.norm(flat, axis=1, keepdims=True),
+                               atol=1e-6)
+    centred = run(append_l2_normalisation(raw_pixel_body(4)), batch)
+    assert np.all(np.isfinite(centred)) and np.abs(centred[2]).max() == 0
+    np.testing.assert_allclose(np.linalg.norm(centred[:2], axis=1), 1.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A timm state dict (classifier included, as timm saves it) of random weights."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "lite0.safetensors"
+    save_file(timm.create_model(NETWORK).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbone_encoder(weights_file, photos, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("enc") / "lite0.onnx"
+    result = CliRunner().invoke(app, [
+        "export", "--backbone", NETWORK, "--image-size", str(SIZE), "--weights",
+        str(weights_file), "--out", str(out), "--data", str(photos)])
+    assert result.exit_code == 0, result.output
+    return out, result.stdout
+
+
+def test_backbone_from_a_weights_file_embeds_like_the_network(
+        backbone_encoder, weights_file, photos) -> None:
+    path, printed = backbone_encoder
+    assert f"weights file {weights_file}" in printed and "parity vs PyTorch" in printed
+    encoder = Encoder(path)
+    meta = encoder.metadata
+    # the network's own normalisation (timm's pretrained_cfg) reaches the file
+    cfg = timm.create_model(NETWORK, pretrained=False).pretrained_cfg
+    assert json.loads(meta["mean"]) == pytest.approx(list(cfg["mean"]))
+    assert json.loads(meta["std"]) == pytest.approx(list(cfg["std"]))
+    assert json.loads(meta["mean"]) == pytest.approx([0.5, 0.5, 0.5])
+    assert meta["backbone"] == NETWORK and meta["method"] == "weights"
+    assert meta["weights"] == weights_file.name
+
+    # The PyTorch network built by hand from the file, with its mean/std applied.
+    network = timm.create_model(NETWORK, num_classes=0)
+    weights = {k: v for k, v in load_file(str(weights_file)).items()
+               if not k.startswith("classifier.")}
+    network.load_state_dict(weights, strict=True)
+    network.eval()
+    files = find_images(photos)
+    batch = np.stack([encoder.preprocess(load_image(f)) for f in files])
+    x = torch.from_numpy(batch)
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = F.normalize(network((x - mean) / std), dim=1).numpy()
+    got = encoder.embed(files)
+    assert got.shape == (len(files), 1280)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_the_index_accepts_both_baselines(backbone_encoder, photos, tmp_path) -> None:
+    runner = CliRunner()
+    raw = tmp_path / "raw.onnx"
+    result = runner.invoke(app, ["export", "--raw-pixels", "12", "--out", str(raw)])
+    assert result.exit_code == 0, result.output
+    query = find_images(photos)[3]
+    for name, encoder in (("raw", raw), ("lite0", backbone_encoder[0])):
+        index = tmp_path / f"index-{name}"
+        result = runner.invoke(app, ["index", "build", str(photos), "--encoder", str(encoder),
+                                     "--out", str(index)])
+        assert result.exit_code == 0, result.output
+        manifest = read_manifest(index)
+        assert manifest["encoder_hash"] == Encoder(encoder).hash
+        assert manifest["count"] == len(find_images(photos))
+        result = runner.invoke(app, ["search", str(index), str(query), "-k", "3", "--json"])
+        assert result.exit_code == 0, result.output
+        first = json.loads(result.stdout)["results"][0]
+        assert Path(first["path"]).resolve() == query.resolve()
+
+
+def test_bad_baseline_requests_are_one_line_errors(tmp_path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "x.onnx"
+    cases = [
+        (["export", "--out", str(out)], "give one of RUN, --backbone NAME or --raw-pixels N"),
+        (["export", str(tmp_path), "--raw-pixels", "8", "--out", str(out)], "not RUN and"),
+        (["export", "--raw-pixels", "8", "--pretrained", "--out", str(out)], "go with --backbone"),
+        (["export", "--raw-pixels", "0", "--out", str(out)], "raw-pixel size must be >= 1"),
+        (["export", "--raw-pixels", "8", "--precision", "int8", "--out", str(out)], "fp32 only"),
+        (["export", "--backbone", "resnet18", "--pretrained", "--weights", str(out),
+          "--out", str(out)], "not both"),
+        (["export", "--backbone", "resnet18", "--weights", str(tmp_path / "none.pt"),
+          "--out", str(out)], "weights file not found"),
+        (["export", "--backbone", "resnet_nope", "--out", str(out)], "unknown timm model"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    onnx_files = list(tmp_path.glob("*.onnx"))
+    assert onnx_files == [], onnx_files
