@@ -382,3 +382,41 @@ def test_a_large_exif_rotated_query_is_reduced_and_upright(tmp_path):
         assert decoded.size[0] < decoded.size[1] and 64 <= decoded.size[0] < 128, fmt
         top, bottom = np.asarray(decoded)[5, 30], np.asarray(decoded)[-5, 30]
         assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], fmt
+
+
+_BURST = """
+import sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from groco.app.memory import return_large_blocks
+from groco.images import load_image
+assert return_large_blocks()
+status = lambda key: int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) // 1024
+slots = threading.BoundedSemaphore(2)
+def one(_):
+    with slots:
+        load_image(sys.argv[1], min_side=64)
+load_image(sys.argv[1], min_side=64)
+before = status("VmRSS")
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(one, range(16)))
+print(status("VmHWM") - before, status("VmRSS") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_a_burst_of_large_decodes_is_given_back(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "big.png"  # 4000 x 4000: 64 MB decoded (4 bytes a pixel)
+    ramp = np.linspace(0, 255, 4000).astype(np.uint8)
+    Image.fromarray(np.ascontiguousarray(np.broadcast_to(ramp[:, None], (4000, 4000)))
+                    ).convert("RGB").save(path)
+    out = subprocess.run([sys.executable, "-c", _BURST, str(path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    peak, kept = int(out[0]), int(out[1])
+    assert peak < 3 * 64  # 2 decodes in flight (8 threads took turns)
+    assert kept < 20

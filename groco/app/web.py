@@ -24,6 +24,7 @@ from typing import Any
 import gradio as gr
 
 from groco.app.limits import body_limit
+from groco.app.memory import return_large_blocks
 from groco.app.settings import AppSettings
 from groco.app.state import ALL_LABELS, AppState
 from groco.app.uploads import UploadError
@@ -119,7 +120,9 @@ def build_app(state: AppState) -> gr.Blocks:
 
 def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
           **launch_kwargs: Any) -> tuple[gr.Blocks, str]:
-    """Build the app over ``state`` and serve it; returns (app, local URL)."""
+    """Build the app over ``state`` and serve it; returns (app, local URL). Large freed
+    blocks go back to the OS at once (:mod:`groco.app.memory`)."""
+    return_large_blocks()
     app = build_app(state)
     _, url, _ = app.launch(
         server_name=host, server_port=port,
