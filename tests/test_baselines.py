@@ -178,3 +178,50 @@ def test_bad_baseline_requests_are_one_line_errors(tmp_path) -> None:
     assert not out.exists()
     onnx_files = list(tmp_path.glob("*.onnx"))
     assert onnx_files == [], onnx_files
+
+
+def _populate_hub_cache(home: Path, repo_id: str, weights: dict[str, torch.Tensor]) -> None:
+    """The Hugging Face cache layout ``hf_hub_download`` reads offline (one snapshot)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(weights, str(repo / "snapshots" / commit / "model.safetensors"))
+
+
+def test_pretrained_backbone_from_the_cache_offline(photos, tmp_path) -> None:
+    """--pretrained goes the way timm users get weights (here a cache read offline); the
+    file records the method, and embeds like the network with those weights."""
+    import os
+    import subprocess
+    import sys
+
+    name = "test_resnet"
+    cfg = timm.models.get_pretrained_cfg(name)
+    torch.manual_seed(5)
+    weights = {k: v.contiguous()
+               for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
+    _populate_hub_cache(tmp_path / "hf", cfg.hf_hub_id, weights)
+    out = tmp_path / "pretrained.onnx"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    code = ("import sys; from groco.cli import app; sys.argv = ['groco', 'export', "
+            f"'--backbone', {name!r}, '--image-size', '32', '--pretrained', '--out', "
+            f"{str(out)!r}, '--data', {str(photos)!r}]; app()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "timm's pretrained weights" in result.stdout
+
+    encoder = Encoder(out)
+    assert encoder.metadata["method"] == "pretrained" and encoder.backbone == name
+    assert json.loads(encoder.metadata["mean"]) == pytest.approx(list(cfg.mean))
+    network = timm.create_model(name, num_classes=0)
+    network.load_state_dict({k: v for k, v in weights.items() if not k.startswith("fc.")})
+    files = find_images(photos)[:4]
+    batch = np.stack([encoder.preprocess(load_image(f)) for f in files])
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = F.normalize(network.eval()((torch.from_numpy(batch) - mean) / std)).numpy()
+    assert np.abs(encoder.embed_arrays(batch) - expected).max() <= 1e-4
