@@ -15,7 +15,6 @@ from groco.cli import app
 from groco.index import shards
 from groco.index.build import build_index_dir
 from groco.index.manifest import DamagedFileError, read_manifest
-from groco.index.repair import repair_index_dir
 from groco.index.search import Searcher
 from groco.index.store import DB_NAME, EMBEDDED, Store
 
