@@ -6,7 +6,8 @@ L2-normalised rows.
 
 - **copy retrieval** (:func:`copy_retrieval`): each sampled image ``x_i`` gets one
   deterministic augmented copy ``a(x_i)`` (a crop of 30-50 % of its area, resized back
-  to its size, brightness times 0.7-1.3, re-encoded as JPEG at quality 40): the fraction of copies whose
+  to its size, brightness times 0.7-1.3, re-encoded as JPEG at quality 40): the
+  fraction of copies whose
   nearest sampled original (cosine) is their own, ``mean_i [argmax_j a_i . z_j == i]``.
   The search a user does, asked of the images' own copies: a collapsed or scrambled
   embedding cannot find them.
