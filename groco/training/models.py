@@ -301,7 +301,7 @@ def build_backbone(
         raise _unknown_model_error(name)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
-    started = pretrained or pretrained_file is not None or weights is not None
+    started = pretrained or pretrained_file is not None
     model = _create(name, image_size, pretrained, pretrained_file)
     vit = is_vit(model)
     if small_stem and vit:
@@ -382,6 +382,13 @@ def build_model(config: TrainConfig) -> SSLModel:
     config.image_size, config.small_stem, config.weights, config.pretrained,
     config.pretrained_file)`` and a ``Projector`` of ``projector_hidden``/``projector_dim``/
     ``projector_layers``."""
+    if isinstance(config, Mapping):  # a plain settings mapping, as in config.yaml
+        from types import SimpleNamespace
+
+        defaults = {"small_stem": None, "weights": None, "pretrained": False,
+                    "pretrained_file": None, "projector_hidden": 2048, "projector_dim": 2048,
+                    "projector_layers": 3}
+        config = SimpleNamespace(**{**defaults, **config})
     backbone, dim = build_backbone(config.backbone, config.image_size, config.small_stem,
                                    config.weights, config.pretrained, config.pretrained_file)
     projector = Projector(dim, hidden_dim=config.projector_hidden,
