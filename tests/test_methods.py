@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from groco.cli import app
 from groco.images import find_images
-from groco.training.config import MAX_QUEUE_SIZE, TrainConfig
+from groco.training.config import TrainConfig
 from groco.training.heads import CentroidTransformer, PredictionHead, slot_encoding
 from groco.training.losses import (
     GuidedStopGradientLoss,
@@ -283,7 +283,7 @@ def test_gsg_objectives_take_four_views_and_reject_three():
 
 
 # ------------------------------------------------------------------------ config, CLI
-def test_config_resolves_method_defaults(tmp_path, collection):
+def test_config_resolves_method_defaults(tmp_path, collection, monkeypatch):
     def resolve(**kwargs):
         return TrainConfig(data=str(collection), out=str(tmp_path / "r"), **kwargs).resolved()
 
@@ -296,7 +296,10 @@ def test_config_resolves_method_defaults(tmp_path, collection):
     assert (simsiam.lr, simsiam.weight_decay, simsiam.predictor_hidden) == (0.05, 1e-4, 512)
     assert resolve(method="all4one").temperature == 0.2
     assert resolve(method="nnclr", queue_size=100_000).queue_size == 100_000
-    assert MAX_QUEUE_SIZE == 98304
+    import groco.training.config as config_module
+
+    monkeypatch.setattr(config_module, "MAX_QUEUE_SIZE", files - 5)  # the cap, below files
+    assert resolve(method="snclr").queue_size == files - 5
     groco = resolve()
     assert (groco.projector_dim, groco.temperature, groco.queue_size) == (2048, 0.1, None)
     with pytest.raises(ValueError, match="views"):

@@ -26,6 +26,7 @@ from groco.images import (
     load_image,
     resize_center_crop,
 )
+from groco.knn import class_indices
 from groco.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,9 @@ class ImageFolderDataset(Dataset):
         if not self.files:
             exts = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
             raise ValueError(f"no images found under {self.root} (looked for: {exts})")
-        names = [label_of(f, self.root) for f in self.files]
-        self.classes: list[str] = sorted({n for n in names if n is not None})
-        index = {name: i for i, name in enumerate(self.classes)}
-        self.targets: list[int] = [-1 if n is None else index[n] for n in names]
+        classes, targets = class_indices([label_of(f, self.root) for f in self.files])
+        self.classes: list[str] = classes
+        self.targets: list[int] = targets.tolist()
         self._warned: set[int] = set()
 
     def __len__(self) -> int:

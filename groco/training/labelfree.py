@@ -26,7 +26,6 @@ score"); the kept epoch must beat the start by :data:`MARGIN`.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -120,8 +119,3 @@ def scores(originals: np.ndarray, copies: np.ndarray) -> dict[str, float]:
 def better(candidate: float, kept: float, margin: float = MARGIN) -> bool:
     """True when ``candidate`` beats the ``kept`` score clearly (by more than ``margin``)."""
     return candidate > kept + margin
-
-
-def describe(values: Sequence[float]) -> str:
-    """``"0.812 -> 0.840"``-style summary of a score over epochs."""
-    return " -> ".join(f"{v:.3f}" for v in values)

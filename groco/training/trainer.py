@@ -423,8 +423,9 @@ class Trainer:
 
     def _log_epoch(self, loss: float | None, speed: float | None, knn: float | None,
                    scores: dict[str, float], broken: int, writer) -> None:
-        parts = [f"epoch {self.epoch}/{self.config.epochs}"
-                 + (" (the start)" if self.epoch == 0 else "")]
+        head = f"epoch {self.epoch}/{self.config.epochs}" + (
+            " (the start)" if self.epoch == 0 else "")
+        parts = []
         if loss is not None:
             parts.append(f"loss {loss:.4f}, {speed:.1f} img/s")
         if knn is not None:
@@ -436,7 +437,7 @@ class Trainer:
             parts.append(f"{broken} unreadable files skipped")
         if self.kept is not None:
             parts.append(f"kept: epoch {self.kept['epoch']}")
-        log.info(": ".join(parts[:1]) + (": " + ", ".join(parts[1:]) if parts[1:] else ""))
+        log.info(head + (": " + ", ".join(parts) if parts else ""))
         if writer is not None:
             if loss is not None:
                 writer.add_scalar("train/loss", loss, self.epoch)
@@ -446,6 +447,25 @@ class Trainer:
             for name, value in scores.items():
                 writer.add_scalar(f"eval/{name}", value, self.epoch)
             writer.flush()
+
+    def _record_epoch(self, loss: float | None, speed: float | None, broken: int,
+                      started: float, writer, evaluate: bool) -> float | None:
+        """Score the network (when ``evaluate``), keep it if best, write the metrics row
+        (with the checkpoint after a trained epoch; alone for epoch 0) and log it.
+        Returns the k-NN top-1 (``None`` without labels or evaluation)."""
+        knn, scores, kept = None, {}, False
+        if evaluate:
+            knn, scores = self.evaluate()
+            kept = self._keep_if_best(knn, scores)
+        row = self._epoch_row(loss, speed, broken, knn, scores, kept,
+                              time.perf_counter() - started)
+        if self.epoch == 0:
+            self._truncate_metrics(-1)  # a run killed before its first epoch starts anew
+            self._append_metrics(row)
+        else:
+            self._save(row)
+        self._log_epoch(loss, speed, knn, scores, broken, writer)
+        return knn
 
     def _evaluating(self) -> bool:
         every = self.config.eval_every
@@ -462,13 +482,7 @@ class Trainer:
         knn = None
         speed, broken_total = 0.0, 0
         if self.epoch == 0 and rank() == 0 and config.eval_every > 0:
-            started = time.perf_counter()
-            knn, scores = self.evaluate()
-            kept = self._keep_if_best(knn, scores)
-            self._truncate_metrics(-1)  # a run killed before its first epoch starts anew
-            self._append_metrics(self._epoch_row(None, None, 0, knn, scores, kept,
-                                                 time.perf_counter() - started))
-            self._log_epoch(None, None, knn, scores, 0, writer)
+            knn = self._record_epoch(None, None, 0, time.perf_counter(), writer, evaluate=True)
         if is_distributed():
             dist.barrier()
         while self.epoch < config.epochs:
@@ -476,14 +490,10 @@ class Trainer:
             loss, speed, broken = self.train_epoch()
             broken_total += broken
             self.epoch += 1
-            knn, scores, kept = None, {}, False
-            if self._evaluating() and rank() == 0:
-                knn, scores = self.evaluate()
-                kept = self._keep_if_best(knn, scores)
+            knn = None
             if rank() == 0:
-                self._save(self._epoch_row(loss, speed, broken, knn, scores, kept,
-                                           time.perf_counter() - started))
-                self._log_epoch(loss, speed, knn, scores, broken, writer)
+                knn = self._record_epoch(loss, speed, broken, started, writer,
+                                         evaluate=self._evaluating())
             if is_distributed():
                 dist.barrier()
         if writer is not None:
