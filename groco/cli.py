@@ -429,6 +429,75 @@ def index_eval(
                              for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
 
 
+@index_app.command("dupes")
+def index_dupes(
+    index: Path = typer.Argument(..., help="Index directory."),
+    threshold: float = typer.Option(None, "--threshold",
+                                    help="Cosine similarity from which two images are near "
+                                         "copies [default: 0.95, chosen on planted copies, "
+                                         "see BENCHMARKS.md]; exact copies (same bytes) "
+                                         "always group."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of groups."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per file."),
+    neighbours: int = typer.Option(None, "--neighbours",
+                                   help="Candidates searched per image [default: 16]."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Group exact duplicates (same content hash) and near-duplicates (cosine >= threshold),
+    largest groups first, each file with its similarity to the group's first file.
+
+    Searches each stored embedding's nearest neighbours in the index (a k-NN graph, in
+    batches): never an N x N matrix, so a million images run in bounded memory.
+    """
+    import csv
+    import json
+    import sys
+
+    _index_logging(verbose=False)
+    from tqdm import tqdm
+
+    from groco.index.dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD, find_duplicate_groups
+
+    if as_json and as_csv:
+        _fail(ValueError("give --json or --csv, not both"))
+    bars: list[tqdm] = []  # made at the first batch: an index that fails to open shows none
+
+    def advance(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="neighbours", unit="img", disable=not progress,
+                             file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        groups = find_duplicate_groups(
+            index, DEFAULT_THRESHOLD if threshold is None else threshold,
+            neighbours=neighbours or DEFAULT_NEIGHBOURS, progress=advance)
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    finally:
+        for bar in bars:
+            bar.close()
+    if as_json:
+        typer.echo(json.dumps([g.to_dict() for g in groups], indent=2))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["group", "group_size", "relpath", "score", "exact", "label", "hash",
+                         "bytes", "path"])
+        for number, group in enumerate(groups, 1):
+            for f in group.files:
+                writer.writerow([number, group.size, f.relpath, f"{f.score:.6f}",
+                                 int(f.exact), f.label or "", f.hash, f.size, f.path])
+        return
+    copies = sum(g.size - 1 for g in groups)
+    typer.echo(f"{len(groups)} groups, {copies} copies beyond the first file of each")
+    for number, group in enumerate(groups, 1):
+        kind = "exact" if group.exact else f"near, min score {group.min_score:.4f}"
+        typer.echo(f"group {number}: {group.size} files ({kind})")
+        for f in group.files:
+            typer.echo(f"  {f.score:.4f}  {'=' if f.exact else ' '} {f.relpath}")
+
+
 @app.command()
 def search(
     index: Path = typer.Argument(..., help="Index directory."),
@@ -436,6 +505,9 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of neighbours."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
+    min_score: float = typer.Option(None, "--min-score",
+                                    help="Leave out results below this cosine similarity "
+                                         "(-1..1), so fewer than k may come back."),
 ) -> None:
     """Print the nearest neighbours of IMAGE in INDEX."""
     import json
@@ -445,13 +517,13 @@ def search(
 
     try:
         with Searcher(index, encoder_path=encoder) as searcher:
-            results = searcher.search_image(image, k=k)
+            results = searcher.search_image(image, k=k, min_score=min_score)
     except _INDEX_ERRORS as error:
         _fail(error)
     if as_json:
         rows = [{"rank": i + 1, **r.to_dict()} for i, r in enumerate(results)]
         typer.echo(json.dumps({"query": str(image), "index": str(index), "k": k,
-                               "results": rows}, indent=2))
+                               "min_score": min_score, "results": rows}, indent=2))
         return
     for i, r in enumerate(results, 1):
         typer.echo(f"{i:3d}  {r.score:.4f}  {r.label or '-':<16} {r.path}")

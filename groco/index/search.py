@@ -108,43 +108,54 @@ class Searcher:
         picture = image if isinstance(image, Image.Image) else load_image(image)
         return self.encoder.embed_arrays(self.encoder.preprocess(picture)[None])[0]
 
-    def search_image(self, image: QueryImage, k: int = 10) -> list[Result]:
-        """The ``k`` indexed images most similar to ``image``, best first.
+    def search_image(self, image: QueryImage, k: int = 10,
+                     min_score: float | None = None) -> list[Result]:
+        """The ``k`` indexed images most similar to ``image``, best first (only those
+        scoring ``>= min_score`` when given).
 
         An image that is itself indexed comes back first with a score of ~1.
         """
-        return self.search_vector(self.embed_image(image), k)
+        return self.search_vector(self.embed_image(image), k, min_score=min_score)
 
     def search_vector(self, vector: np.ndarray, k: int = 10,
-                      exclude: int | None = None) -> list[Result]:
+                      exclude: int | None = None,
+                      min_score: float | None = None) -> list[Result]:
         """The ``k`` nearest neighbours of a ``(dim,)`` embedding, best first.
 
-        ``exclude``: an id left out of the results. Fewer than ``k`` come back when the
-        index holds fewer vectors (or a stale index returns files since deleted).
+        ``exclude``: an id left out of the results. ``min_score``: a cut-off on the cosine
+        similarity (like immich's ``maxDistance``): results scoring below it are left
+        out. Fewer than ``k`` come back then, or when the index holds fewer vectors (or a
+        stale index returns files since deleted).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [-1, 1] (cosine similarity), got "
+                             f"{min_score:g}")
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if vector.shape[1] != self.index.d:
             raise ValueError(f"vector has dim {vector.shape[1]}, the index {self.index.d}")
         want = min(k + (exclude is not None), self.index.ntotal)
         scores, ids = search(self.index, vector, want)
+        floor = -np.inf if min_score is None else min_score
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                 if i >= 0 and i != exclude]
+                 if i >= 0 and i != exclude and s >= floor]
         with self._lock:
             rows = self._store.rows(i for i, _ in pairs)
         results = [self._result(rows[i], s) for i, s in pairs if i in rows]
         return results[:k]
 
-    def more_like(self, item: int | str | Path, k: int = 10) -> list[Result]:
-        """The ``k`` images most similar to an indexed one, *excluding itself*.
+    def more_like(self, item: int | str | Path, k: int = 10,
+                  min_score: float | None = None) -> list[Result]:
+        """The ``k`` images most similar to an indexed one, *excluding itself* (only those
+        scoring ``>= min_score`` when given).
 
         ``item``: its id, or its path (relative to the images root, or absolute). Uses the
         stored embedding, so the file need not exist any more. ``KeyError`` for an unknown
         item, ``ValueError`` for a broken one.
         """
         row = self.row(item)
-        return self.search_vector(self.vector_of(row), k, exclude=row.id)
+        return self.search_vector(self.vector_of(row), k, exclude=row.id, min_score=min_score)
 
     # -- stored items
 

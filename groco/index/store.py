@@ -321,6 +321,20 @@ class Store:
         for values in cursor:
             yield FileRow(*values)
 
+    def same_hash_ids(self) -> list[list[int]]:
+        """The ids of embedded rows sharing a content hash (byte-identical files), one
+        sorted list per hash held by two or more rows; rows without a hash are left out."""
+        groups = self._db.execute(
+            "SELECT GROUP_CONCAT(id) FROM files WHERE status = 'embedded' AND hash != '' "
+            "GROUP BY hash HAVING COUNT(*) > 1")
+        return [sorted(int(i) for i in ids.split(",")) for (ids,) in groups]
+
+    def count_unhashed(self) -> int:
+        """Embedded rows without a content hash (none from groco's builds, which hash every
+        file they read)."""
+        return self._db.execute("SELECT COUNT(*) FROM files WHERE status = 'embedded' AND "
+                                "hash = ''").fetchone()[0]
+
     def labels(self, ids: np.ndarray) -> list[str | None]:
         """The label of each id in ``ids`` (``None`` for an unknown id or no label)."""
         found = {i: r.label for i, r in self.rows(ids.tolist()).items()}
