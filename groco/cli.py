@@ -341,6 +341,14 @@ def index_update(
     typer.echo(f"{report.embedded} new, {report.changed} changed, {report.deleted} deleted, "
                f"{report.touched} touched (same content)")
     typer.echo(_summary(report, "updated:"))
+    from groco.index.layout import place_new_items
+
+    try:
+        placed = place_new_items(index, progress=progress)  # None: the index has no map
+    except _INDEX_ERRORS as error:
+        _fail(error)
+    if placed is not None:
+        typer.echo(placed.summary())
 
 
 @index_app.command("merge")
@@ -496,6 +504,47 @@ def index_dupes(
         typer.echo(f"group {number}: {group.size} files ({kind})")
         for f in group.files:
             typer.echo(f"  {f.score:.4f}  {'=' if f.exact else ' '} {f.relpath}")
+
+
+@index_app.command("map")
+def index_map(
+    index: Path = typer.Argument(..., help="Index directory."),
+    neighbors: int = typer.Option(15, "--neighbors", help="Neighbours per item in the "
+                                                          "layout's k-NN graph (itself "
+                                                          "included)."),
+    clusters: int = typer.Option(None, "--clusters", help="k-means clusters (default: "
+                                                          "sqrt(N/10), 2..50)."),
+    min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist."),
+    epochs: int = typer.Option(None, "--epochs", help="UMAP epochs (default: 200 above "
+                                                      "10k items, else 500)."),
+    seed: int = typer.Option(None, "--seed", help="Fix the layout's randomness (UMAP then "
+                                                  "runs on one core; default: random, on "
+                                                  "all cores)."),
+    force: bool = typer.Option(False, "--force", help="Recompute an up-to-date map."),
+    as_json: bool = typer.Option(False, "--json", help="Print each item's coordinates, "
+                                                       "cluster and path, and the clusters."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+) -> None:
+    """A 2D UMAP layout of every item over the index's own k-NN graph, with k-means
+    clusters, stored in the index directory (resumable; needs `pip install 'groco\\[map]'`).
+    `groco index update` places new items on it."""
+    import json
+
+    _index_logging(verbose=progress and not as_json)
+    from groco.index.layout import MapExtraMissing, compute_map, iter_map_items, read_map
+
+    try:
+        report = compute_map(index, n_neighbors=neighbors, clusters=clusters,
+                             min_dist=min_dist, n_epochs=epochs, seed=seed,
+                             progress=progress, force=force)
+        data = read_map(index) if as_json else None
+    except (*_INDEX_ERRORS, MapExtraMissing) as error:
+        _fail(error)
+    if not as_json:
+        typer.echo(report.summary())
+        return
+    typer.echo(json.dumps({"index": str(index), "count": len(data.ids),
+                           "clusters": data.clusters, "items": list(iter_map_items(index, data))}))
 
 
 @app.command()
