@@ -12,9 +12,16 @@ How (bounded memory at any collection size):
    vectors. Exact copies are paired by the ``hash`` column of ``meta.sqlite`` (blake2b of
    the file's bytes, recorded at build time by every groco version), whatever their
    vectors.
-2. **Groups.** At a threshold ``t >= floor`` the pairs scoring ``>= t`` and the exact pairs
-   are the edges of a graph; its connected components (union-find, transitive: A~B and
-   B~C put A, B, C together) with two or more files are the groups.
+2. **Groups** at a threshold ``t >= floor``, from the pairs scoring ``>= t``. Byte-identical
+   files always share a group. Then *star* grouping (Aslam et al., "The star clustering
+   algorithm", 2004, here greedy over the k-NN graph): files are taken as centres in
+   the order of their best pair's score (then their number of pairs); a centre that no
+   earlier group took makes a group with its pairs that are still free. So every file of
+   a group is a byte copy of the group's first file (its *representative*) or scores
+   ``>= t`` with it, and that score is the one listed. Plain union-find (connected
+   components, ``linkage="connected"``) chains in dense regions: on Fashion-MNIST with
+   the raw-pixel encoder at 0.95 it put 961 files in one group (pair precision 0.001,
+   see BENCHMARKS.md, Near-duplicates).
 
 :func:`find_duplicate_groups` does both in one call. :func:`scan_duplicates` does step 1
 once at a low ``floor`` and returns a :class:`DuplicateScan` whose
@@ -23,9 +30,9 @@ slider). Memory: the pairs kept (at most ``N x neighbours``, far fewer above a u
 floor), the id table (24 bytes an image) and one batch; the FAISS index as loaded for
 search.
 
-Each group lists its files best first: the *representative* (the file linked to most
-others at the threshold; ties: the larger file, then the path), then the others by
-their cosine similarity to it. No torch here (FAISS, NumPy, SciPy and SQLite).
+Each group lists its representative first (of byte-identical files the largest, then
+the first path), then the others by their cosine similarity to it, best first. No
+torch here (FAISS, NumPy, SciPy and SQLite).
 """
 
 from __future__ import annotations
@@ -59,8 +66,10 @@ RESCORE_MARGIN = 0.1
 """Approximate-score indexes: candidates within this of the floor are rescored exactly."""
 APPROXIMATE_CODES = ("PQ", "SQ", "LSH", "RaBitQ")
 """Factory-string parts of indexes that score compressed codes, not the stored floats."""
-GROUP_CHUNK = 65_536
-"""Files of groups whose rows and vectors are read at a time by :meth:`DuplicateScan.groups`."""
+GROUP_BATCH = 4096
+"""Groups whose metadata rows are read at a time by :meth:`DuplicateScan.groups`."""
+LINKAGES = ("star", "connected")
+"""How pairs become groups (:meth:`DuplicateScan.groups`)."""
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each batch of the scan."""
@@ -152,77 +161,80 @@ class DuplicateScan:
         """Candidate pairs kept (scoring ``>= floor``), exact pairs apart."""
         return len(self._score)
 
-    def groups(self, threshold: float | None = None) -> list[DuplicateGroup]:
+    def groups(self, threshold: float | None = None,
+               linkage: str = "star") -> list[DuplicateGroup]:
         """The groups at ``threshold`` (default: the floor), largest first (ties: higher
-        ``min_score``, then the representative's path). ``ValueError`` for a threshold
-        outside ``[floor, 1]``."""
+        ``min_score``, then the representative's path).
+
+        ``linkage``: ``"star"`` (default, module docstring: every file of a group is a
+        byte copy of the representative or scores ``>= threshold`` with it, its
+        ``score``) or ``"connected"`` (the connected components, transitive: a file's
+        ``score`` is its best pair in the group; in dense regions chains grow into huge
+        groups). ``ValueError`` for a threshold outside ``[floor, 1]`` or another linkage.
+        """
         threshold = self.floor if threshold is None else float(threshold)
         if not self.floor <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [{self.floor:g}, 1] (the scan's floor "
                              f"is {self.floor:g}), got {threshold:g}")
+        if linkage not in LINKAGES:
+            raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, got {linkage!r}")
         keep = self._score >= threshold
-        a = np.concatenate([self._a[keep], self._exact_a])
-        b = np.concatenate([self._b[keep], self._exact_b])
-        if len(a) == 0:
+        a, b, score = self._a[keep], self._b[keep], self._score[keep]
+        nodes = np.unique(np.concatenate([a, b, self._exact_a, self._exact_b]))
+        if len(nodes) == 0:
             return []
-        nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-        ea, eb = inverse[:len(a)], inverse[len(a):]
-        graph = coo_matrix((np.ones(len(ea), np.int8), (ea, eb)),
-                           shape=(len(nodes), len(nodes)))
-        _, component = connected_components(graph, directed=False)
-        degree = np.bincount(ea, minlength=len(nodes)) + np.bincount(eb, minlength=len(nodes))
-        order = np.argsort(component, kind="stable")
-        bounds = np.flatnonzero(np.diff(component[order])) + 1
-        members = np.split(order, bounds)
+        # byte-identical files form one super-node (``copy_of``); pairs join super-nodes
+        copy_of = _components(len(nodes), np.searchsorted(nodes, self._exact_a),
+                              np.searchsorted(nodes, self._exact_b))
+        supers = int(copy_of.max()) + 1
+        sa, sb = copy_of[np.searchsorted(nodes, a)], copy_of[np.searchsorted(nodes, b)]
+        sa, sb, score = _best_pairs(sa, sb, score)
+        copies = np.bincount(copy_of, minlength=supers)
+        best = np.full(supers, -np.inf, np.float32)
+        np.maximum.at(best, sa, score)
+        np.maximum.at(best, sb, score)
+        best[copies > 1] = 1.0
+        degree = np.bincount(sa, minlength=supers) + np.bincount(sb, minlength=supers)
+        if linkage == "star":
+            found = _stars(supers, sa, sb, score, best, degree, copies)
+        else:
+            label = _components(supers, sa, sb)
+            order = np.argsort(label, kind="stable")
+            found = []
+            for part in np.split(order, np.flatnonzero(np.diff(label[order])) + 1):
+                if len(part) > 1 or copies[part[0]] > 1:
+                    centre = part[np.argmax(degree[part])]
+                    found.append([(int(x), 1.0 if x == centre else float(best[x]))
+                                  for x in [centre, *part[part != centre]]])
+        members = np.argsort(copy_of, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(copies)])
         groups: list[DuplicateGroup] = []
         with Store(self.index_dir / DB_NAME, readonly=True) as store:
-            batch: list[np.ndarray] = []
-            size = 0
-            for part in members:
-                batch.append(part)
-                size += len(part)
-                if size >= GROUP_CHUNK:
-                    groups += self._make_groups(store, batch, nodes, degree)
-                    batch, size = [], 0
-            groups += self._make_groups(store, batch, nodes, degree)
+            for start in range(0, len(found), GROUP_BATCH):
+                batch = found[start:start + GROUP_BATCH]
+                ids = {x: [int(i) for i in nodes[members[bounds[x]:bounds[x + 1]]]]
+                       for group in batch for x, _ in group}
+                rows = store.rows(i for each in ids.values() for i in each)
+                groups += [g for g in (self._group(group, ids, rows) for group in batch) if g]
         groups.sort(key=lambda g: (-g.size, -g.min_score, g.files[0].relpath))
         return groups
 
-    def _make_groups(self, store: Store, batch: list[np.ndarray], nodes: np.ndarray,
-                     degree: np.ndarray) -> list[DuplicateGroup]:
-        """The groups of a batch of components (node positions), with their scores."""
-        if not batch:
-            return []
-        ids = [int(i) for part in batch for i in nodes[part]]
-        rows = {i: r for i, r in store.rows(ids).items() if r.status == EMBEDDED}
-        present = [i for i in ids if i in rows]  # a row an update deleted meanwhile is gone
-        if not present:
-            return []
-        vectors = shards.gather(self.index_dir, np.array([rows[i].shard for i in present]),
-                                np.array([rows[i].shard_row for i in present]))
-        at = {i: n for n, i in enumerate(present)}
-        out = []
-        for part in batch:
-            found = [(int(i), int(d)) for i, d in zip(nodes[part], degree[part], strict=True)
-                     if int(i) in rows]
-            if len(found) < 2:
-                continue
-            rep_id = min(found, key=lambda f: (-f[1], -rows[f[0]].size, rows[f[0]].path))[0]
-            rep = rows[rep_id]
-            ids_here = [i for i, _ in found]
-            scores = vectors[[at[i] for i in ids_here]] @ vectors[at[rep_id]]
-            hashes = [rows[i].hash for i in ids_here]
-            files = []
-            for i, score, digest in zip(ids_here, scores.tolist(), hashes, strict=True):
-                exact = bool(digest) and hashes.count(digest) > 1
-                same = exact and digest == rep.hash
-                files.append(self._file(rows[i], 1.0 if same or i == rep_id
-                                        else min(float(score), 1.0), exact))
-            first = next(f for f in files if f.id == rep_id)
-            others = sorted((f for f in files if f.id != rep_id),
-                            key=lambda f: (-f.score, f.relpath))
-            out.append(DuplicateGroup((first, *others)))
-        return out
+    def _group(self, group: list[tuple[int, float]], ids: dict[int, list[int]],
+               rows: dict[int, FileRow]) -> DuplicateGroup | None:
+        """One group from its super-nodes ``(node, score)``, the centre first; ``None``
+        when fewer than two of its files are still in the metadata."""
+        files = []
+        for n, (node, score) in enumerate(group):
+            present = [rows[i] for i in ids[node] if i in rows and rows[i].status == EMBEDDED]
+            present.sort(key=lambda r: (-r.size, r.path))
+            files += [self._file(r, 1.0 if n == 0 else min(score, 1.0), len(present) > 1)
+                      for r in present]
+            if n == 0 and not present:
+                return None
+        if len(files) < 2:
+            return None
+        first, *others = files
+        return DuplicateGroup((first, *sorted(others, key=lambda f: (-f.score, f.relpath))))
 
     def _file(self, row: FileRow, score: float, exact: bool) -> DuplicateFile:
         return DuplicateFile(id=row.id, relpath=row.path, path=str(self.images_root / row.path),
@@ -324,8 +336,8 @@ def _scan(index_dir: Path, index: faiss.Index, ids: np.ndarray, shard_numbers: n
             if approximate and len(a):
                 s = _exact_scores(index_dir, ids, shard_numbers, shard_rows, a, b)
                 a, b, s = a[s >= floor], b[s >= floor], s[s >= floor]
-            found_a.append(np.minimum(a, b))
-            found_b.append(np.maximum(a, b))
+            found_a.append(a)
+            found_b.append(b)
             found_s.append(s.astype(np.float32))
             done += len(chunk)
             if progress is not None:
@@ -333,12 +345,50 @@ def _scan(index_dir: Path, index: faiss.Index, ids: np.ndarray, shard_numbers: n
     if not found_a:
         empty = np.zeros(0, np.int64)
         return empty, empty.copy(), np.zeros(0, np.float32)
-    a, b, s = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
-    order = np.lexsort((-s, b, a))  # each pair once (found from both ends), best score
-    a, b, s = a[order], b[order], s[order]
+    # each pair once (found from both ends)
+    return _best_pairs(np.concatenate(found_a), np.concatenate(found_b),
+                       np.concatenate(found_s))
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes under the edges ``(a, b)``."""
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _best_pairs(a: np.ndarray, b: np.ndarray, score: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each unordered pair once with its best score; self-pairs dropped."""
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    keep = a != b
+    a, b, score = a[keep], b[keep], score[keep]
+    order = np.lexsort((-score, b, a))
+    a, b, score = a[order], b[order], score[order]
     first = np.ones(len(a), bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    return a[first], b[first], s[first]
+    return a[first], b[first], score[first]
+
+
+def _stars(n: int, a: np.ndarray, b: np.ndarray, score: np.ndarray, best: np.ndarray,
+           degree: np.ndarray, copies: np.ndarray) -> list[list[tuple[int, float]]]:
+    """Star grouping of ``n`` super-nodes: centres by best pair score, then degree, then
+    copies, each taking its still free neighbours; ``[(centre, 1.0), (node, score)...]``."""
+    graph = coo_matrix((np.concatenate([score, score]),
+                        (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n)).tocsr()
+    free = np.ones(n, bool)
+    stars = []
+    for centre in np.lexsort((-copies, -degree, -best)):
+        if not free[centre]:
+            continue
+        free[centre] = False
+        lo, hi = graph.indptr[centre], graph.indptr[centre + 1]
+        near, scores = graph.indices[lo:hi], graph.data[lo:hi]
+        take = free[near]
+        free[near[take]] = False
+        if take.any() or copies[centre] > 1:
+            stars.append([(int(centre), 1.0), *zip(near[take].tolist(),
+                                                    scores[take].tolist(), strict=True)])
+    return stars
 
 
 def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
