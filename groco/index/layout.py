@@ -390,7 +390,6 @@ def compute_map(
     missing or interrupted index, ``ValueError`` for bad parameters.
     """
     start = time.perf_counter()
-    umap = _umap()
     index_dir = Path(index_dir)
     if n_neighbors < 2:
         raise ValueError(f"n_neighbors must be >= 2, got {n_neighbors}")
@@ -421,6 +420,7 @@ def compute_map(
                     report.computed, report.up_to_date = False, True
                     report.count, report.clusters = len(old.ids), len(old.centroids)
                     return report
+        umap = _umap()  # only now: an up-to-date map is read without umap-learn
         key = {"generation": store.generation, "index_file": manifest.get("index_file"),
                "count": n, "k": k}
         work = index_dir / WORK_DIR

@@ -1,0 +1,237 @@
+"""The embedding map (groco.index.layout, `groco index map`): its files, the JSON, placement
+of new items by `groco index update`, resuming a killed run, and the missing extra.
+
+A few hundred 8 px images of four hues through the raw-pixel encoder: the classes are
+far apart in the embedding, so a faithful map keeps them apart in 2D.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_collection
+from PIL import Image
+
+from groco.encoder.baselines import export_raw_pixels
+from groco.index import layout
+from groco.index.build import build_index_dir, update_index_dir
+from groco.index.store import DB_NAME, EMBEDDED, Store
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES, PER_CLASS = 4, 60
+FAST = {"progress": False, "n_epochs": 100}
+"""100 UMAP epochs (500 by default below 10k items): the classes separate long before."""
+
+
+def run_cli(*args: str, block_umap: bool = False) -> subprocess.CompletedProcess:
+    """`groco ARGS` in a fresh interpreter; ``block_umap``: as if umap-learn were missing."""
+    prelude = "import sys; sys.modules['umap'] = None; " if block_umap else "import sys; "
+    code = prelude + "from groco.cli import app; sys.argv = ['groco', *sys.argv[1:]]; app()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("enc") / "raw.onnx"
+    export_raw_pixels(8, path, parity_images=2)
+    return path
+
+
+def build(root: Path, encoder: Path, per_class: int = PER_CLASS) -> tuple[Path, Path]:
+    images = make_collection(root / "images", classes=CLASSES, per_class=per_class, size=8)
+    index = root / "index"
+    build_index_dir(images, encoder, index, progress=False)
+    return images, index
+
+
+@pytest.fixture(scope="module")
+def mapped(encoder: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An index of 240 items with its map: (images, index, report)."""
+    images, index = build(tmp_path_factory.mktemp("map"), encoder)
+    report = layout.compute_map(index, **FAST)
+    return images, index, report
+
+
+def leave_one_out_1nn(xy: np.ndarray, labels: np.ndarray) -> float:
+    d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return float((labels[d.argmin(1)] == labels).mean())
+
+
+def test_map_files_points_and_clusters(mapped) -> None:
+    _, index, report = mapped
+    n = CLASSES * PER_CLASS
+    assert report.computed and report.count == n
+    info = json.loads((index / "map.json").read_text())
+    assert (index / info["points_file"]).is_file()
+    assert not (index / layout.WORK_DIR).exists(), "the work folder goes once the map is written"
+    assert not list(index.glob(".*.tmp"))
+    data = layout.read_map(index)
+    with Store(index / DB_NAME, readonly=True) as store:
+        ids, _, _ = store.embedded_locations()
+        generation = store.generation
+    np.testing.assert_array_equal(data.ids, ids)
+    assert info["generation"] == generation and info["count"] == n
+    assert data.xy.shape == (n, 2) and np.isfinite(data.xy).all()
+    k = report.clusters
+    assert k == layout.default_clusters(n) == len(info["clusters"])
+    assert sum(c["size"] for c in info["clusters"]) == n
+    np.testing.assert_array_equal(np.bincount(data.cluster, minlength=k),
+                                  [c["size"] for c in info["clusters"]])
+    # representatives are members, nearest the centroid first
+    for c in info["clusters"]:
+        reps = [r["id"] for r in c["representatives"]]
+        assert len(reps) == min(layout.REPRESENTATIVES, c["size"])
+        members = np.flatnonzero(data.cluster == c["id"])
+        assert set(reps) <= set(data.ids[members].tolist())
+        sims = data.sim[np.searchsorted(data.ids, reps)]
+        assert (np.diff(sims) <= 1e-6).all()
+        if c["size"]:  # the hue classes are far apart: each cluster is one class
+            assert c["label_count"] == c["size"]
+    labels = np.array(data.labels())
+    assert leave_one_out_1nn(data.xy, labels) > 0.95
+
+
+def test_map_is_up_to_date_on_rerun(mapped) -> None:
+    _, index, _ = mapped
+    points = json.loads((index / "map.json").read_text())["points_file"]
+    again = layout.compute_map(index, **FAST)
+    assert again.up_to_date and not again.computed
+    assert json.loads((index / "map.json").read_text())["points_file"] == points
+
+
+def test_map_json_cli(mapped) -> None:
+    images, index, _ = mapped
+    result = run_cli("index", "map", str(index), "--json", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    data = layout.read_map(index)
+    assert out["count"] == len(out["items"]) == len(data.ids)
+    assert len(out["clusters"]) == len(data.centroids)
+    first = out["items"][0]
+    assert set(first) == {"id", "path", "relpath", "x", "y", "cluster", "label"}
+    assert Path(first["path"]).is_file() and Path(first["path"]).is_relative_to(images)
+    by_id = {item["id"]: item for item in out["items"]}
+    for i, (x, y), c in zip(data.ids[:20], data.xy[:20], data.cluster[:20], strict=True):
+        assert by_id[int(i)]["cluster"] == int(c)
+        assert by_id[int(i)]["x"] == pytest.approx(float(x), abs=1e-4)
+        assert by_id[int(i)]["y"] == pytest.approx(float(y), abs=1e-4)
+
+
+def _add_images(images: Path, per_class: int, seed: int) -> list[str]:
+    """New noisy images of each hue class; their relpaths."""
+    fresh = make_collection(images.parent / f"fresh{seed}", classes=CLASSES,
+                            per_class=per_class, size=8, seed=seed)
+    added = []
+    for c in range(CLASSES):
+        for f in sorted((fresh / f"class{c}").iterdir()):
+            name = f"new{seed}_{f.name}"
+            shutil.copy(f, images / f"class{c}" / name)
+            added.append(f"class{c}/{name}")
+    return added
+
+
+def test_update_places_new_items_near_their_class(encoder: Path, tmp_path: Path) -> None:
+    images, index = build(tmp_path, encoder, per_class=40)
+    layout.compute_map(index, **FAST)
+    before = layout.read_map(index)
+    added = _add_images(images, per_class=4, seed=7)  # 16 new: 10% of the map
+    for f in sorted((images / "class0").glob("img00*.png"))[:3]:
+        f.unlink()
+    update_index_dir(index, progress=False)
+    report = layout.place_new_items(index, progress=False)
+    assert report.summary() == "map: 16 new items placed, 3 removed, 173 on the map"
+    after = layout.read_map(index)
+    assert after.info["placed"] == 16 and after.info["removed"] == 3
+    with Store(index / DB_NAME, readonly=True) as store:
+        rows = {r.path: r.id for r in store.iter_rows(EMBEDDED)}
+        np.testing.assert_array_equal(after.ids, sorted(rows.values()))
+        assert after.info["generation"] == store.generation
+    # the items that stayed kept their coordinates
+    old_pos = {int(i): p for p, i in enumerate(before.ids)}
+    for p, i in enumerate(after.ids):
+        if int(i) in old_pos:
+            np.testing.assert_array_equal(after.xy[p], before.xy[old_pos[int(i)]])
+    # each new item lands among its own class and in its class's cluster
+    labels = np.array(after.labels())
+    is_new = np.isin(after.ids, [rows[r] for r in added])
+    assert is_new.sum() == 16
+    old_xy, old_labels = after.xy[~is_new], labels[~is_new]
+    for p in np.flatnonzero(is_new):
+        nearest = ((old_xy - after.xy[p]) ** 2).sum(1).argsort()[:5]
+        assert (old_labels[nearest] == labels[p]).mean() >= 0.8
+    for c in after.clusters:
+        assert c["size"] == int((after.cluster == c["id"]).sum())
+        if c["size"]:
+            assert c["label_count"] == c["size"]
+    # many more new items than the layout saw: the update says a recompute is better
+    _add_images(images, per_class=10, seed=8)
+    update_index_dir(index, progress=False)
+    report = layout.place_new_items(index, progress=False)
+    assert report.recompute_advised and "a full recompute would be better" in report.summary()
+    assert layout.read_map(index).info["recompute_advised"]
+    # and `groco index map` recomputes a map that has placed items
+    report = layout.compute_map(index, **FAST)
+    assert report.computed and layout.read_map(index).info["placed"] == 0
+
+
+def test_killed_map_resumes_after_the_last_graph_chunk(mapped, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(mapped[1], index, ignore=shutil.ignore_patterns("map*"))
+    real = layout._knn_rows
+    calls = []
+
+    def dies_on_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layout, "_knn_rows", dies_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        layout.compute_map(index, chunk_size=50, **FAST)
+    state = json.loads((index / layout.WORK_DIR / "state.json").read_text())
+    assert state["rows_done"] == 100 and not layout.has_map(index)
+    monkeypatch.setattr(layout, "_knn_rows", real)
+    report = layout.compute_map(index, chunk_size=50, **FAST)
+    assert report.computed and report.resumed_rows == 100
+    assert report.count == CLASSES * PER_CLASS and len(calls) == 3
+    data = layout.read_map(index)
+    assert leave_one_out_1nn(data.xy, np.array(data.labels())) > 0.95
+
+
+def test_without_umap_map_says_which_extra_and_update_still_works(mapped, tmp_path) -> None:
+    _, index, _ = mapped
+    result = run_cli("index", "map", str(index), "--force", block_umap=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the embedding map needs umap-learn: pip install 'groco[map]'"]
+    code = ("import sys; sys.modules['umap'] = None; import groco.index.layout, "
+            "groco.index.build; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_update_without_umap_places_at_the_neighbours_mean(encoder: Path, tmp_path: Path
+                                                           ) -> None:
+    images, index = build(tmp_path, encoder, per_class=20)
+    layout.compute_map(index, **FAST)
+    new = images / "class2" / "late.png"
+    Image.open(sorted((images / "class2").iterdir())[0]).save(new)
+    result = run_cli("index", "update", str(index), "--no-progress", block_umap=True)
+    assert result.returncode == 0, result.stderr
+    assert "map: 1 new items placed, 0 removed, 81 on the map (placed at their neighbours' " \
+           "mean: umap-learn missing" in result.stdout
+    data = layout.read_map(index)
+    labels = np.array(data.labels())
+    with Store(index / DB_NAME, readonly=True) as store:
+        p = int(np.searchsorted(data.ids, store.row_by_path("class2/late.png").id))
+    nearest = ((data.xy - data.xy[p]) ** 2).sum(1).argsort()[1:6]
+    assert (labels[nearest] == "class2").all()
