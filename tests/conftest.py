@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated image collections."""
+"""Shared fixtures: small generated image collections, an exported encoder, a served index;
+checks of an index directory's consistency."""
 
 import socket
 from pathlib import Path
@@ -6,6 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from groco.index import shards
+from groco.index.faiss_index import load_index
+from groco.index.indexfile import index_ids
+from groco.index.manifest import read_manifest
+from groco.index.store import DB_NAME, EMBEDDED, Store
 
 
 def make_collection(root: Path, classes: int = 3, per_class: int = 8, size: int = 24,
@@ -76,3 +83,34 @@ def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
     app, url = launch_app(index, port=_free_port(), block=False)
     yield images, index, url
     app.close()
+
+
+# ----------------------------------------------------------------------------- index checks
+
+
+def embeddings_by_path(index_dir: Path) -> dict[str, np.ndarray]:
+    """``{relative path: stored embedding}`` of every embedded row."""
+    with Store(index_dir / DB_NAME, readonly=True) as store:
+        rows = list(store.iter_rows(EMBEDDED))
+    vectors = shards.gather(index_dir, np.array([r.shard for r in rows]),
+                            np.array([r.shard_row for r in rows]))
+    return {r.path: v for r, v in zip(rows, vectors, strict=True)}
+
+
+def assert_consistent(index_dir: Path) -> None:
+    """Every embedded row once in the shards, no orphan shard, index ids == metadata ids."""
+    with Store(index_dir / DB_NAME, readonly=True) as store:
+        ids, shard_numbers, rows = store.embedded_locations()
+        referenced = set(store.referenced_shards())
+    assert shards.shards_on_disk(index_dir) == referenced
+    for number in referenced:
+        stored = np.load(shards.ids_path(index_dir, number))
+        mine = ids[shard_numbers == number]
+        assert np.array_equal(stored[rows[shard_numbers == number]], mine)
+    manifest = read_manifest(index_dir)
+    index = load_index(index_dir / manifest["index_file"])
+    assert np.array_equal(np.sort(index_ids(index)), ids)
+    assert manifest["count"] == len(ids)
+    # one state, or one and the one before it: nothing older is left behind
+    assert {p.name for p in index_dir.glob("*.faiss")} <= {manifest["index_file"],
+                                                          manifest["previous_index_file"]}

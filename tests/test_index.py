@@ -1,19 +1,18 @@
-"""groco.index: build, resume after kill -9, update, sharded build + merge, search, eval, CLI."""
+"""groco.index: build, update, sharded build + merge, search, eval, CLI (kill -9 and other
+faults: test_faults.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_collection
+from conftest import assert_consistent, embeddings_by_path, make_collection
 from PIL import Image
 
 from groco.index import shards
@@ -27,11 +26,9 @@ from groco.index.build import (
     update_index_dir,
 )
 from groco.index.evaluate import evaluate_index
-from groco.index.faiss_index import load_index
-from groco.index.indexfile import index_ids
 from groco.index.manifest import IndexDirError, IndexMismatchError, read_manifest
 from groco.index.search import Searcher
-from groco.index.store import BROKEN, DB_NAME, EMBEDDED, Store
+from groco.index.store import BROKEN, DB_NAME, Store
 from groco.knn import knn_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,36 +61,9 @@ def built(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
     return images, base / "index", report
 
 
-def embeddings_by_path(index_dir: Path) -> dict[str, np.ndarray]:
-    with Store(index_dir / DB_NAME, readonly=True) as store:
-        rows = list(store.iter_rows(EMBEDDED))
-    vectors = shards.gather(index_dir, np.array([r.shard for r in rows]),
-                            np.array([r.shard_row for r in rows]))
-    return {r.path: v for r, v in zip(rows, vectors, strict=True)}
-
-
 def broken_paths(index_dir: Path) -> set[str]:
     with Store(index_dir / DB_NAME, readonly=True) as store:
         return {r.path for r in store.iter_rows(BROKEN)}
-
-
-def assert_consistent(index_dir: Path) -> None:
-    """Every embedded row once in the shards, no orphan shard, index ids == metadata ids."""
-    with Store(index_dir / DB_NAME, readonly=True) as store:
-        ids, shard_numbers, rows = store.embedded_locations()
-        referenced = set(store.referenced_shards())
-    assert shards.shards_on_disk(index_dir) == referenced
-    for number in referenced:
-        stored = np.load(shards.ids_path(index_dir, number))
-        mine = ids[shard_numbers == number]
-        assert np.array_equal(stored[rows[shard_numbers == number]], mine)
-    manifest = read_manifest(index_dir)
-    index = load_index(index_dir / manifest["index_file"])
-    assert np.array_equal(np.sort(index_ids(index)), ids)
-    assert manifest["count"] == len(ids)
-    # one state, or one and the one before it: nothing older is left behind
-    assert {p.name for p in index_dir.glob("*.faiss")} <= {manifest["index_file"],
-                                                          manifest["previous_index_file"]}
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -217,49 +187,6 @@ def test_index_package_never_imports_torch() -> None:
     code = ("import sys, groco.index.build, groco.index.search, groco.index.evaluate; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
-
-
-# ----------------------------------------------------------------------------- crash
-
-
-def test_kill_9_mid_build_then_rerun_has_every_image_once(encoder_file, tmp_path) -> None:
-    images = make_collection(tmp_path / "images", classes=3, per_class=20, broken=1)
-    out = tmp_path / "index"
-    # shard 2 on disk means shard 1 is committed (commit, then write the next shard)
-    second_shard = shards.emb_path(out, 2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "groco.cli", "index", "build", str(images), "--encoder",
-         str(encoder_file), "--out", str(out), "--batch-size", "2", "--shard-size", "4",
-         "--workers", "1", "--no-progress"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while not second_shard.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert not (out / "manifest.json").exists()
-    with Store(out / DB_NAME, readonly=True) as store:
-        recorded = store.count()
-    assert 4 <= recorded < 61
-    # simulate the worst moment too: a shard written but its rows never committed
-    shutil.copy(shards.emb_path(out, 1), shards.emb_path(out, 900))
-    shutil.copy(shards.ids_path(out, 1), shards.ids_path(out, 900))
-    (out / "shards" / ".emb-00901.npy.x.tmp").write_bytes(b"partial")
-
-    report = build_index_dir(images, encoder_file, out, **FAST)
-    assert report.skipped == recorded and report.embedded + report.broken + report.skipped == 61
-    assert report.count == 60
-    assert_consistent(out)
-    assert not shards.emb_path(out, 900).exists()
-    assert not list((out / "shards").glob(".*.tmp"))
-    with Store(out / DB_NAME, readonly=True) as store:
-        assert store.count() == 61 and store.count(BROKEN) == 1
-    fresh = build_index_dir(images, encoder_file, tmp_path / "fresh", **FAST)
-    assert fresh.count == 60
-    resumed, clean = embeddings_by_path(out), embeddings_by_path(tmp_path / "fresh")
-    assert resumed.keys() == clean.keys()
-    for path in clean:
-        np.testing.assert_allclose(resumed[path], clean[path], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- update

@@ -1,0 +1,271 @@
+"""Fault injection for groco's commands: ``kill -9`` at a chosen write, from a fork server.
+
+:class:`ForkServer` starts ``python tests/faultkit.py`` once: a process that imports
+groco's CLI (and so torch, ONNX Runtime, FAISS) and then forks one child per command, so
+killing a command ten times costs ten forks, not ten interpreter starts. A child runs
+``groco ARGV`` exactly as the ``groco`` command does (same Typer app, same exit codes,
+stdout and stderr to files).
+
+**Kill points.** In a child, every write-side call its main thread makes is a *point*,
+numbered in program order from 1: ``os.replace``/``rename``/``fsync``/``unlink``/
+``truncate``/``mkdir``/``open``, ``open()``, a file object's ``write``/``truncate``/
+``flush`` (stdout and stderr excepted), SQLite ``execute``/``executemany``/
+``executescript``/``commit``, ``ndarray.tofile`` and FAISS ``write_index``. With
+``kill_at=N`` the child sends itself ``SIGKILL`` just before point ``N`` runs: a real
+``kill -9`` (no ``finally``, no flush, nothing of Python's cleanup), at a moment that is
+the same on every run, so a seeded random choice of ``N`` makes CI reproducible. Without
+``kill_at`` the child counts its points (a *census*); :func:`spread` then draws kill
+points over ``1..count``. The point a child died at is reported by name
+(``Outcome.killed_at``, e.g. ``"412 posix.replace"``).
+
+Writes by decoding threads are not points (none of groco's writes happen there), and a
+kill from outside at a random time (:meth:`ForkServer.kill`) is there for what points
+cannot see (a kill inside a long C call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+_OS_WRITES = {"replace", "rename", "fsync", "fdatasync", "unlink", "remove", "rmdir",
+              "mkdir", "truncate", "ftruncate", "write", "pwrite", "open", "link",
+              "symlink"}
+_FILE_WRITES = {"write", "writelines", "truncate", "flush"}
+_SQL_WRITES = {"execute", "executemany", "executescript", "commit"}
+
+
+def _point_name(func: object) -> str | None:
+    """``"posix.replace"``-like name of a builtin call that writes, else ``None``."""
+    name = getattr(func, "__name__", "")
+    owner = getattr(func, "__self__", None)
+    if owner is None:
+        return None
+    if getattr(owner, "__name__", None) in ("posix", "nt", "os"):
+        return f"os.{name}" if name in _OS_WRITES else None
+    if getattr(owner, "__name__", None) == "_io" and name == "open":
+        return "open"
+    kind = type(owner).__name__
+    if kind in ("BufferedWriter", "BufferedRandom", "FileIO", "TextIOWrapper"):
+        if name in _FILE_WRITES and owner not in (sys.stdout, sys.stderr, sys.__stdout__,
+                                                   sys.__stderr__):
+            return f"file.{name}"
+        return None
+    if kind in ("Connection", "Cursor") and type(owner).__module__ == "sqlite3":
+        return f"sqlite3.{name}" if name in _SQL_WRITES else None
+    if kind == "ndarray" and name == "tofile":
+        return "ndarray.tofile"
+    if name.startswith("write_index"):
+        return f"faiss.{name}"
+    return None
+
+
+def _install_points(kill_at: int | None, report: Path) -> callable:
+    """Profile the main thread's builtin calls; returns a function giving the count."""
+    count = [0]
+
+    def profile(frame, event, arg):
+        if event != "c_call":
+            return
+        name = _point_name(arg)
+        if name is None:
+            return
+        count[0] += 1
+        if count[0] == kill_at:
+            report.write_text(f"{count[0]} {name}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.setprofile(profile)
+    return lambda: count[0]
+
+
+def _child(argv: list[str], kill_at: int | None, where: Path) -> None:
+    """In the forked child: run ``groco ARGV``, maybe with kill points; never returns."""
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            out = os.open(where / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(out, fd)
+        import traceback
+
+        from groco.cli import app
+
+        report = where / "points"
+        points = _install_points(kill_at, report)
+        try:
+            app(args=argv, prog_name="groco", standalone_mode=True)
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None
+                                                                 else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.setprofile(None)
+        if kill_at is None:
+            report.write_text(f"{points()}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def _serve() -> None:
+    """The fork server's loop: one JSON request per stdin line, one JSON reply per line."""
+    import groco.cli  # noqa: F401  (everything a child needs, imported once)
+    import groco.index.build  # noqa: F401
+    import groco.index.repair  # noqa: F401
+    import groco.index.search  # noqa: F401
+
+    children: dict[int, float] = {}
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "spawn":
+            where = Path(request["where"])
+            where.mkdir(parents=True, exist_ok=True)
+            pid = os.fork()
+            if pid == 0:
+                _child(request["argv"], request.get("kill_at"), where)
+            children[pid] = time.monotonic()
+            reply = {"pid": pid}
+        elif request["op"] == "wait":
+            pid, deadline = request["pid"], time.monotonic() + request["timeout"]
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    status = None
+                    break
+                time.sleep(0.005)
+            children.pop(pid, None)
+            reply = {"pid": pid, "status": None if status is None
+                     else os.waitstatus_to_exitcode(status)}
+        else:
+            break
+        print(json.dumps(reply), flush=True)
+
+
+@dataclass
+class Outcome:
+    """How a child ended: ``status`` (exit code, ``-9`` when killed, ``None`` if it timed
+    out), its output, its point count (a census) or the point it was killed at."""
+
+    status: int | None
+    stdout: str
+    stderr: str
+    points: int | None
+    killed_at: str | None
+
+    @property
+    def killed(self) -> bool:
+        return self.status == -signal.SIGKILL
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+    def clean_failure(self) -> bool:
+        """Exit 1 with exactly one ``error:`` line and no traceback."""
+        return (self.status == 1 and len(self.error_lines()) == 1
+                and "Traceback" not in self.stderr)
+
+
+@dataclass
+class Child:
+    pid: int
+    where: Path
+    kill_at: int | None
+
+
+class ForkServer:
+    """A preloaded process that forks ``groco`` commands (see the module docstring)."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._runs = 0
+        environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "serve"], cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+        ready = self.process.stdout.readline()
+        if not ready:
+            raise RuntimeError("the fork server did not start")
+
+    def _ask(self, request: dict) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def spawn(self, argv: list[str | Path], kill_at: int | None = None) -> Child:
+        """Start ``groco ARGV`` in a fresh fork (killed before point ``kill_at``)."""
+        self._runs += 1
+        where = self.workdir / f"run-{self._runs:04d}"
+        reply = self._ask({"op": "spawn", "argv": [str(a) for a in argv], "kill_at": kill_at,
+                           "where": str(where)})
+        return Child(reply["pid"], where, kill_at)
+
+    def kill(self, child: Child) -> None:
+        """``kill -9`` from outside, now (the child may have ended already)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+
+    def wait(self, child: Child, timeout: float = 120) -> Outcome:
+        status = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})["status"]
+
+        def read(name: str) -> str:
+            path = child.where / name
+            return path.read_text(errors="replace") if path.exists() else ""
+
+        points = read("points").split()
+        counted = int(points[0]) if points and child.kill_at is None else None
+        return Outcome(status, read("stdout"), read("stderr"), counted,
+                       " ".join(points) if points and child.kill_at is not None else None)
+
+    def run(self, argv: list[str | Path], kill_at: int | None = None,
+            timeout: float = 120) -> Outcome:
+        return self.wait(self.spawn(argv, kill_at), timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def spread(count: int, kills: int, seed: int) -> list[int]:
+    """``kills`` distinct kill points in ``1..count``, one drawn in each of ``kills`` equal
+    strata (seeded: the same points on every run), so early, middle and late are all hit."""
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(1, count + 1, min(kills, count) + 1)
+    return [int(rng.integers(int(lo), max(int(lo) + 1, int(hi))))
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    _serve()
