@@ -442,7 +442,7 @@ def index_dupes(
     index: Path = typer.Argument(..., help="Index directory."),
     threshold: float = typer.Option(None, "--threshold",
                                     help="Cosine similarity from which two images are near "
-                                         "copies [default: 0.95, chosen on planted copies, "
+                                         "copies [default: 0.97, chosen on planted copies, "
                                          "see BENCHMARKS.md]; exact copies (same bytes) "
                                          "always group."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of groups."),
