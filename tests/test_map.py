@@ -235,3 +235,71 @@ def test_update_without_umap_places_at_the_neighbours_mean(encoder: Path, tmp_pa
         p = int(np.searchsorted(data.ids, store.row_by_path("class2/late.png").id))
     nearest = ((data.xy - data.xy[p]) ** 2).sum(1).argsort()[1:6]
     assert (labels[nearest] == "class2").all()
+
+
+# ----------------------------------------------------------------------------- the Map tab
+
+
+def test_map_tab_draws_clicks_into_a_search_and_lists_a_cluster(mapped, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from groco.app.map_tab import HEIGHT, WIDTH, MapHandlers
+    from groco.app.state import AppState
+
+    _, index, _ = mapped
+    state = AppState.open(index, thumbnails_dir=tmp_path / "thumbs")
+    try:
+        handlers = MapHandlers(state)
+        image, summary, choices = handlers.load("cluster")
+        assert image.size == (WIDTH, HEIGHT) and "240 items" in summary
+        assert handlers.load("folder")[0].size == (WIDTH, HEIGHT)
+        view = handlers.view()
+        assert len(choices["choices"]) == len(view.data.centroids)
+        # a click on an item's pixel searches from that item
+        p = 17
+        px, py = view.pixels[p]
+        gallery, status, ids = handlers.click(5, SimpleNamespace(index=[px, py]))
+        item = int(view.data.ids[p])
+        row = state.searcher.row(item)
+        assert ids[0] == item and gallery[0][1] == f"clicked · {row.path}"
+        assert row.path in status and len(ids) == 6
+        assert all(Path(thumb).parent == tmp_path / "thumbs" for thumb, _ in gallery)
+        labels = {state.searcher.row(i).label for i in ids[1:]}
+        assert labels == {row.label}
+        # a cluster: its representatives first, then others of it
+        fact = view.data.clusters[0]
+        gallery, status, ids = handlers.cluster(0)
+        reps = [r["id"] for r in fact["representatives"]]
+        assert ids[:len(reps)] == reps and gallery[0][1].startswith("representative")
+        assert set(ids) <= set(view.data.ids[view.data.cluster == 0].tolist())
+        # the API's points: all of them, or a uniform sample
+        every = handlers.points(10_000)
+        assert every["count"] == every["shown"] == 240 and not every["sampled"]
+        assert set(every["points"][0]) == {"id", "relpath", "x", "y", "cluster", "label"}
+        some = handlers.points(50, seed=1)
+        assert some["shown"] == 50 and some["sampled"] and some["count"] == 240
+        assert len(some["clusters"]) == len(view.data.centroids)
+    finally:
+        state.close()
+
+
+def test_map_points_named_endpoint(mapped, tmp_path) -> None:
+    import gradio as gr
+    from gradio_client import Client
+
+    from groco.app.map_tab import map_tab
+    from groco.app.state import AppState
+
+    _, index, _ = mapped
+    state = AppState.open(index, thumbnails_dir=tmp_path / "thumbs")
+    with gr.Blocks() as app, gr.Tab("Map") as tab:
+        map_tab(tab, state)
+    _, url, _ = app.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        answer = Client(url, verbose=False).predict(max_points=30, seed=0,
+                                                    api_name="/map_points")
+        assert answer["count"] == 240 and answer["shown"] == len(answer["points"]) == 30
+        assert {p["cluster"] for p in answer["points"]} <= set(range(len(answer["clusters"])))
+    finally:
+        app.close()
+        state.close()
