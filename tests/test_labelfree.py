@@ -99,3 +99,21 @@ def test_improving_run_keeps_a_later_epoch_without_labels(tmp_path):
     kept = checkpoint.weights_metadata(tmp_path / "run", checkpoint.BEST)
     assert kept["epoch"] == str(result.kept_epoch) and kept["criterion"] == "copy_top1"
     assert [int(r["kept"]) for r in rows][result.kept_epoch] == 1
+
+
+def test_warm_up_epoch_reuses_the_start_scores_instead_of_embedding_again(tmp_path,
+                                                                         monkeypatch):
+    data = _shapes(tmp_path / "shapes")
+    calls = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: calls.append(self.epoch)
+                        or evaluate(self))
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), backbone="resnet18",
+                         image_size=16, batch_size=16, topk_neg=4, workers=0,
+                         projector_dim=32, projector_hidden=32, epochs=2, lr=0.5,
+                         finetune=True, head_warmup_epochs=1, freeze_bn=True)
+    Trainer(config, show_progress=False).fit()
+    rows = _metrics(tmp_path / "run")
+    assert calls == [0, 2]  # the warm-up epoch trained only the head: nothing to re-embed
+    assert rows[1]["rankme"] == rows[0]["rankme"] and rows[1]["kept"] == "0"
+    assert rows[2]["rankme"] != rows[0]["rankme"]  # a trained epoch is scored anew

@@ -161,6 +161,7 @@ class Trainer:
         self.score_files = [self.dataset.files[i] for i in
                             labelfree.sample_indices(len(self.dataset), seed=config.seed)]
         self.kept: dict[str, str] | None = None  # metadata of best.safetensors
+        self._last_scores: tuple[float | None, dict[str, float]] | None = None
         if resume:
             self._restore()
 
@@ -342,34 +343,49 @@ class Trainer:
             return np.zeros((0, 0), np.float32), []
         return np.concatenate(features), labels
 
-    def knn_monitor(self) -> float | None:
+    def knn_monitor(self, bank: tuple[np.ndarray, list[str | None]] | None = None
+                    ) -> float | None:
         """Weighted k-NN top-1 (k, T from the config) on backbone features, or None
-        without labels. Queries: ``eval_data`` when given, else leave-one-out on the bank."""
-        labelled = [f for f, t in zip(self.dataset.files, self.dataset.targets, strict=True)
-                    if t >= 0]
-        if not labelled:
+        without labels. Queries: ``eval_data`` when given, else leave-one-out on the bank
+        (``bank``: the labelled images' features and class names, embedded when absent)."""
+        if bank is None:
+            bank = self.embed_bank()
+        features, names = bank
+        if not names:
             return None
-        bank, bank_names = self.embed_folder(self.config.data, labelled)
         index = {name: i for i, name in enumerate(self.dataset.classes)}
-        bank_labels = np.array([index[name] for name in bank_names])
+        labels = np.array([index[name] for name in names])
         settings = {"k": self.config.knn_k, "temperature": self.config.knn_temperature,
                     "num_classes": len(index)}
-        if len(bank) < 2:
+        if len(features) < 2:
             return None
         if not self.config.eval_data:
-            return knn_accuracy(bank, bank_labels, bank, bank_labels, exclude_self=True,
+            return knn_accuracy(features, labels, features, labels, exclude_self=True,
                                 **settings)
         queries, query_names = self.embed_folder(self.config.eval_data)
         keep = np.array([name in index for name in query_names], dtype=bool)
         if not keep.any():
             return None
         query_labels = np.array([index[n] for n in query_names if n in index])
-        return knn_accuracy(bank, bank_labels, queries[keep], query_labels, **settings)
+        return knn_accuracy(features, labels, queries[keep], query_labels, **settings)
 
-    def label_free_scores(self) -> dict[str, float]:
+    def embed_bank(self) -> tuple[np.ndarray, list[str | None]]:
+        """Features and class names of the collection's labelled images (empty without)."""
+        labelled = self.labelled_files()
+        if not labelled:
+            return np.zeros((0, 0), np.float32), []
+        return self.embed_folder(self.config.data, labelled)
+
+    def labelled_files(self) -> list[str]:
+        return [f for f, t in zip(self.dataset.files, self.dataset.targets, strict=True)
+                if t >= 0]
+
+    def label_free_scores(self, originals: np.ndarray | None = None) -> dict[str, float]:
         """:func:`groco.training.labelfree.scores` on the run's fixed sample of images and
-        their augmented copies (empty when fewer than 2 sample images decode)."""
-        originals, _ = self.embed_folder(self.config.data, self.score_files)
+        their augmented copies (empty when fewer than 2 sample images decode).
+        ``originals``: the sample's features when already embedded, in sample order."""
+        if originals is None:
+            originals, _ = self.embed_folder(self.config.data, self.score_files)
         copies, _ = self.embed_folder(self.config.data, self.score_files,
                                       transform=CopyTransform(self.config.seed))
         if len(originals) < 2 or len(originals) != len(copies):
@@ -377,8 +393,17 @@ class Trainer:
         return labelfree.scores(originals, copies)
 
     def evaluate(self) -> tuple[float | None, dict[str, float]]:
-        """(k-NN top-1 or None, label-free scores) of the network as it is now."""
-        return self.knn_monitor(), self.label_free_scores()
+        """(k-NN top-1 or None, label-free scores) of the network as it is now. With
+        labels the bank is embedded once: the label-free sample's originals are its rows
+        (the same files through the same preprocessing)."""
+        labelled = self.labelled_files()
+        bank = self.embed_bank()
+        knn = self.knn_monitor(bank)
+        row_of = {f: i for i, f in enumerate(labelled)}
+        originals = None
+        if len(bank[0]) == len(labelled) and all(f in row_of for f in self.score_files):
+            originals = bank[0][[row_of[f] for f in self.score_files]]
+        return knn, self.label_free_scores(originals)
 
     def _keep_if_best(self, knn: float | None, scores: dict[str, float]) -> bool:
         """Write ``best.safetensors`` when this epoch beats the kept one (epoch 0 is kept
@@ -454,9 +479,12 @@ class Trainer:
         (with the checkpoint after a trained epoch; alone for epoch 0) and log it.
         Returns the k-NN top-1 (``None`` without labels or evaluation)."""
         knn, scores, kept = None, {}, False
-        if evaluate:
+        if evaluate and self._last_scores is not None and self._backbone_was_frozen():
+            knn, scores = self._last_scores  # the exported features are those scored
+        elif evaluate:
             knn, scores = self.evaluate()
             kept = self._keep_if_best(knn, scores)
+            self._last_scores = (knn, scores)
         row = self._epoch_row(loss, speed, broken, knn, scores, kept,
                               time.perf_counter() - started)
         if self.epoch == 0:
@@ -466,6 +494,12 @@ class Trainer:
             self._save(row)
         self._log_epoch(loss, speed, knn, scores, broken, writer)
         return knn
+
+    def _backbone_was_frozen(self) -> bool:
+        """True after a head warm-up epoch with frozen BatchNorm statistics: the backbone,
+        whose features are scored and exported, is what it was before the epoch."""
+        return bool(self.config.freeze_bn) and 0 < self.epoch <= (
+            self.config.head_warmup_epochs or 0)
 
     def _evaluating(self) -> bool:
         every = self.config.eval_every
