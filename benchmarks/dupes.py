@@ -5,9 +5,13 @@ folder) with planted copies of distinct originals, ``--copies`` of each kind:
 
 - ``exact``: the same bytes under another name;
 - ``jpeg``: re-encoded as JPEG at quality 70;
-- ``resize``: resized, half of them up to 56 px (bilinear), half down to 21 px;
-- ``crop``: a 24 x 24 crop (86 % of the area; offset 0..4 px at random), the encoder
+- ``resize``: resized (bilinear), half of them up to 2x, half down to 0.75x the side;
+- ``crop``: a crop of 0.9 x the side (81 % of the area) at a random offset; the encoder
   resizes it back.
+
+``--size 28`` plants into the images as they are (28 x 28: a JPEG block is a third of
+the image, a harsh case); ``--size 112`` first resizes every original to 112 px
+(bicubic), closer to photos that are larger than the encoder's input.
 
 Each encoder (``raw``: ``groco export --raw-pixels 28``; ``lite0``: the ImageNet
 EfficientNet-Lite0 at 64 px, ``groco export --backbone tf_efficientnet_lite0 --weights``)
@@ -23,14 +27,15 @@ plus originals whose pixels are identical (Fashion-MNIST has some). Figures, by 
 - groups, files in groups, largest group.
 
 ``scale``: synthetic unit vectors (the clustered model of ``benchmarks/index.py``,
-``--dim`` 384) with planted near copies (1 % of the vectors get a copy at cosine ~0.97:
+``--dim`` 384) with planted near copies (1 % of the vectors get a copy at cosine ~0.98:
 ``normalize(x + e)``) and exact copies (0.2 %: the same vector and content hash), written
 as an index directory (shards, ``meta.sqlite``, the ``auto`` FAISS index by
 ``write_index``), then :func:`find_duplicate_groups` at the default threshold in a fresh
 process: wall time, peak RSS (``ru_maxrss``, includes the loaded index and the
 memory-mapped shard pages read), recall of the planted pairs. Baseline in the same run
 and process: one plain FAISS k-NN search of every stored vector (same k, same batches),
-the floor any k-NN-graph method pays.
+the floor any k-NN-graph method pays. Both run on one OpenMP thread and are compared by
+CPU time (the shared machine's load makes wall time noisy; both are printed).
 
 Run from the repository root (heavy: ``nice -n 10``):
     .venv/bin/python benchmarks/dupes.py quality
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -57,6 +63,12 @@ from fashion_mnist import write_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("exact", "jpeg", "resize", "crop")
+NEAR_NOISE = 0.2
+"""Norm of the noise added to a synthetic near copy: cosine ~ 1 / sqrt(1 + 0.04) = 0.98."""
+CROP_SIDE = 0.9
+"""Side of the ``crop`` copies as a fraction of the original's (81 % of the area)."""
+TARGET_PRECISION = 0.95
+"""The default threshold is the lowest one whose groups reach this pair precision."""
 THRESHOLDS = (0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 
 
@@ -72,15 +84,20 @@ def groco(*args: str) -> None:
 # ----------------------------------------------------------------------------- quality
 
 
-def plant(originals: Path, out: Path, copies: int, seed: int = 0) -> dict[str, tuple[str, str]]:
-    """Copy ``originals`` to ``out`` and plant ``copies`` copies of each kind, each of
-    another original; returns ``{copy relpath: (kind, original relpath)}``."""
+def plant(originals: Path, out: Path, copies: int, size: int = 28,
+          seed: int = 0) -> dict[str, tuple[str, str]]:
+    """Copy ``originals`` to ``out`` (resized to ``size`` px, bicubic, unless 28) and plant
+    ``copies`` copies of each kind, each of another original; returns ``{copy relpath:
+    (kind, original relpath)}``."""
     done = out / "planted.json"
     if done.exists():
         return {k: tuple(v) for k, v in json.loads(done.read_text()).items()}
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(originals, out, ignore=shutil.ignore_patterns(".complete"))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    if size != 28:
+        for rel in files:
+            Image.open(out / rel).resize((size, size), Image.BICUBIC).save(out / rel)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(files), size=copies * len(KINDS), replace=False)
     planted = {}
@@ -89,20 +106,18 @@ def plant(originals: Path, out: Path, copies: int, seed: int = 0) -> dict[str, t
         source = out / rel
         image = Image.open(source)
         stem = source.with_name(f"{source.stem}-{kind}")
+        target = stem.with_suffix(".jpg" if kind == "jpeg" else ".png")
         if kind == "exact":
-            target = stem.with_suffix(".png")
             shutil.copyfile(source, target)
         elif kind == "jpeg":
-            target = stem.with_suffix(".jpg")
             image.save(target, quality=70)
         elif kind == "resize":
-            size = 56 if n % 2 else 21
-            target = stem.with_suffix(".png")
-            image.resize((size, size), Image.BILINEAR).save(target)
+            side = round(size * (2 if n % 2 else 0.75))
+            image.resize((side, side), Image.BILINEAR).save(target)
         else:
-            x, y = (int(v) for v in rng.integers(0, 5, 2))
-            target = stem.with_suffix(".png")
-            image.crop((x, y, x + 24, y + 24)).save(target)
+            side = round(size * CROP_SIDE)
+            x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            image.crop((x, y, x + side, y + side)).save(target)
         planted[target.relative_to(out).as_posix()] = (kind, rel)
     done.write_text(json.dumps(planted, indent=1))
     return planted
@@ -192,18 +207,20 @@ def quality(args: argparse.Namespace) -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     originals = write_folder(work / "fmnist", "t10k", args.count)
-    collection = work / f"planted-{args.count}-{args.copies}"
-    planted = plant(originals, collection, args.copies)
+    collection = work / f"planted-{args.count}-{args.copies}-{args.size}px"
+    planted = plant(originals, collection, args.copies, args.size)
     truth = truth_clusters(collection, planted)
     natural = len(truth) - 2 * len(planted)
     log(f"{collection}: {len(planted)} planted copies, {natural} extra files in clusters of "
         "pixel-identical originals")
-    lines = [f"Collection: Fashion-MNIST t10k ({args.count} images) + {len(planted)} planted "
+    lines = [f"Collection: Fashion-MNIST t10k ({args.count} images at {args.size} px) + "
+             f"{len(planted)} planted "
              f"copies ({args.copies} each: {', '.join(KINDS)}); truth: {len(truth)} files in "
              f"{len(set(truth.values()))} clusters (incl. pixel-identical originals).", ""]
+    notes = []
     for name in args.encoders:
         encoder = export_encoder(name, work, args.weights)
-        index = work / f"index-{name}-{args.count}-{args.copies}"
+        index = work / f"index-{name}-{args.count}-{args.copies}-{args.size}px"
         build_index_dir(collection, encoder, index, progress=False)
         start = time.perf_counter()
         scan = scan_duplicates(index, min(args.thresholds))
@@ -214,6 +231,7 @@ def quality(args: argparse.Namespace) -> None:
                   "pair recall | F1 | groups | files in groups | largest | grouping ms |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for linkage in args.linkages:
+            precise = []
             for t in sorted(args.thresholds):
                 start = time.perf_counter()
                 groups = scan.groups(t, linkage=linkage)
@@ -225,7 +243,12 @@ def quality(args: argparse.Namespace) -> None:
                              f"{s['files']} | {s['largest']} | {group_ms:.0f} |")
                 log(f"{name} {linkage} t={t:.2f}: {found} P={s['precision']:.3f} "
                     f"R={s['recall']:.3f} ({group_ms:.0f} ms)")
+                if s["precision"] >= TARGET_PRECISION:
+                    precise.append(t)
+            notes.append(f"`{name}` {linkage}: lowest threshold with pair precision >= "
+                         f"{TARGET_PRECISION}: {min(precise) if precise else 'none'}")
         lines.append("")
+    lines += ["", *[f"- {note}" for note in notes]]
     print(header())
     print("\n".join(lines))
 
@@ -262,7 +285,7 @@ def write_synthetic_index(out: Path, n: int, dim: int, seed: int = 0) -> dict[st
         originals = sample(world, base, rng, spread=1.0, noise=0.1)
         extra = originals[sources].copy()
         noise = rng.standard_normal((near, dim), dtype=np.float32)
-        noise *= np.float32(0.25 / np.sqrt(dim))
+        noise *= np.float32(NEAR_NOISE / np.sqrt(dim))
         extra[:near] += noise
         extra[:near] /= np.linalg.norm(extra[:near], axis=1, keepdims=True)
         vectors = np.concatenate([originals, extra])
@@ -292,13 +315,17 @@ def write_synthetic_index(out: Path, n: int, dim: int, seed: int = 0) -> dict[st
 
 def measure_child(index: str, threshold: float, mode: str) -> None:
     """Run in a fresh process: ``mode`` = ``dupes`` or ``knn`` (the baseline); prints JSON."""
+    import faiss
+
     from groco.index import shards
     from groco.index.dupes import DEFAULT_BATCH, DEFAULT_NEIGHBOURS, find_duplicate_groups
     from groco.index.faiss_index import search
     from groco.index.indexfile import open_current
     from groco.index.store import Store
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    faiss.omp_set_num_threads(1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    before, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     result: dict[str, object] = {}
     if mode == "dupes":
@@ -320,48 +347,60 @@ def measure_child(index: str, threshold: float, mode: str) -> None:
                 search(faiss_index, np.ascontiguousarray(vectors[part[s:s + DEFAULT_BATCH]]),
                        DEFAULT_NEIGHBOURS + 1)
     result["seconds"] = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime - cpu
     result["rss_before"] = before
-    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss"] = usage.ru_maxrss * 1024
     print(json.dumps(result))
 
 
 def child(index: Path, threshold: float, mode: str) -> dict[str, object]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: CPU time is comparable
     out = subprocess.run([sys.executable, __file__, "_child", str(index), str(threshold), mode],
-                         check=True, capture_output=True, text=True, cwd=REPO)
+                         check=True, capture_output=True, text=True, cwd=REPO, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def scale(args: argparse.Namespace) -> None:
     from groco.index.dupes import DEFAULT_THRESHOLD
 
-    rows = ["| vectors | dim | index | planted near / exact copies | k-NN search only (s) | "
-            "dupes (s) | ratio | peak RSS k-NN / dupes (MB) | index file (MB) | "
-            "planted pairs found | groups |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| vectors | dim | index | planted near / exact copies | k-NN search only: CPU s "
+            "(wall) | dupes: CPU s (wall) | CPU ratio | RSS after imports / peak k-NN / peak "
+            "dupes (MB) | index file (MB) | planted pairs found | groups |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for n in args.n:
         index = args.work / f"synthetic-{n}-{args.dim}"
         facts = write_synthetic_index(index, n, args.dim)
+        notes.append(f"{n:,}: index built in {facts['build_s']:.0f} s; near copies at cosine "
+                     f"min {facts['near_cos_min']:.3f}, median {facts['near_cos_median']:.3f}")
         log(f"{index}: {facts['index_type']} {facts['search_params']}, built in "
             f"{facts['build_s']:.0f} s; near copies cos min {facts['near_cos_min']:.3f} "
             f"median {facts['near_cos_median']:.3f}")
         knn = child(index, DEFAULT_THRESHOLD, "knn")
-        log(f"k-NN baseline {knn['seconds']:.1f} s, peak RSS {knn['peak_rss'] / 2**20:.0f} MB")
+        log(f"k-NN baseline {knn['seconds']:.1f} s ({knn['cpu_seconds']:.1f} CPU s), "
+            f"peak RSS {knn['peak_rss'] / 2**20:.0f} MB")
         dupes = child(index, DEFAULT_THRESHOLD, "dupes")
         members = {int(k): v for k, v in dupes["members"].items()}
         found = sum(1 for a, b in facts["pairs"] if a in members and members.get(b) ==
                     members[a])
         size = sum(f.stat().st_size for f in index.glob("index-*.faiss"))
-        log(f"dupes {dupes['seconds']:.1f} s, peak RSS {dupes['peak_rss'] / 2**20:.0f} MB, "
+        log(f"dupes {dupes['seconds']:.1f} s ({dupes['cpu_seconds']:.1f} CPU s), "
+            f"peak RSS {dupes['peak_rss'] / 2**20:.0f} MB, "
             f"{found}/{len(facts['pairs'])} planted pairs")
         rows.append(f"| {n:,} | {args.dim} | {facts['index_type']} "
                     f"{json.dumps(facts['search_params'])} | {facts['near']:,} / "
-                    f"{facts['exact']:,} | {knn['seconds']:.1f} | {dupes['seconds']:.1f} | "
-                    f"{dupes['seconds'] / knn['seconds']:.2f} | {knn['peak_rss'] / 2**20:.0f} / "
+                    f"{facts['exact']:,} | {knn['cpu_seconds']:.1f} ({knn['seconds']:.1f}) | "
+                    f"{dupes['cpu_seconds']:.1f} ({dupes['seconds']:.1f}) | "
+                    f"{dupes['cpu_seconds'] / knn['cpu_seconds']:.2f} | "
+                    f"{dupes['rss_before'] / 2**20:.0f} / {knn['peak_rss'] / 2**20:.0f} / "
                     f"{dupes['peak_rss'] / 2**20:.0f} | {size / 2**20:.0f} | "
                     f"{found:,}/{len(facts['pairs']):,} | {dupes['groups']:,} |")
     print(header())
-    print(f"Threshold {DEFAULT_THRESHOLD}; planted near copies at cosine "
-          "min/median given in the log; each figure from a fresh process.\n")
+    print(f"Threshold {DEFAULT_THRESHOLD} (default); synthetic vectors (clustered model of "
+          "benchmarks/index.py) with planted copies; each figure from a fresh process.\n")
     print("\n".join(rows))
+    print("\n" + "; ".join(notes) + ".")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -374,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     q = sub.add_parser("quality", help="recall / precision of groups on planted copies")
     q.add_argument("--count", type=int, default=10_000, help="Fashion-MNIST test images")
     q.add_argument("--copies", type=int, default=100, help="planted copies of each kind")
+    q.add_argument("--size", type=int, default=28, help="side of the originals (px)")
     q.add_argument("--encoders", nargs="+", default=["raw", "lite0"])
     q.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     q.add_argument("--linkages", nargs="+", default=["star", "connected"])
