@@ -42,6 +42,11 @@ PALETTE = np.array([
 COLOUR_BY = ("cluster", "folder")
 
 
+def dot_size(n: int) -> int:
+    """Side in pixels of a point's square: larger while few points share the picture."""
+    return 5 if n <= 5_000 else 3 if n <= 50_000 else 2
+
+
 class MapView:
     """A stored map and how it is drawn: pixel <-> map coordinates, the nearest item."""
 
@@ -75,13 +80,19 @@ class MapView:
         canvas = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
         px = np.clip(self.pixels.round().astype(np.int64), 0, [WIDTH - 1, HEIGHT - 1])
         order = np.random.default_rng(0).permutation(len(px))  # no class drawn on top
-        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-            x = np.clip(px[order, 0] + dx, 0, WIDTH - 1)
-            y = np.clip(px[order, 1] + dy, 0, HEIGHT - 1)
+        side = dot_size(len(px))
+        for dx, dy in ((dx, dy) for dx in range(side) for dy in range(side)):
+            x = np.clip(px[order, 0] + dx - side // 2, 0, WIDTH - 1)
+            y = np.clip(px[order, 1] + dy - side // 2, 0, HEIGHT - 1)
             canvas[y, x] = colours[order]
         image = Image.fromarray(canvas)
-        if colour_by == "cluster":
-            draw = ImageDraw.Draw(image)
+        draw = ImageDraw.Draw(image)
+        if colour_by == "folder":  # legend, top left
+            for n, name in enumerate(self.data.label_names[:len(PALETTE)]):
+                colour = tuple(int(c) for c in PALETTE[n])
+                draw.rectangle((4, 4 + 14 * n, 13, 13 + 14 * n), fill=colour)
+                draw.text((18, 3 + 14 * n), name, fill=(0, 0, 0))
+        else:
             for fact in self.data.clusters:
                 if fact["x"] is None:
                     continue

@@ -155,6 +155,9 @@ class MapReport:
     resumed_rows: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per step."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (all threads) per step."""
     recompute_advised: bool = False
     refined: bool = True
     """Placement ran UMAP's optimisation (False without umap-learn: weighted mean only)."""
@@ -427,7 +430,7 @@ def compute_map(
         state, done = _work_state(work, key, n, k)
         report.resumed_rows = done
         # 1. the k-NN graph, streamed from the shards through the index's search
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         knn_idx = np.load(work / "knn-idx.npy", mmap_mode="r+")
         knn_dist = np.load(work / "knn-dist.npy", mmap_mode="r+")
         with tqdm(total=n, initial=done, desc="k-NN graph", unit="item", disable=not progress,
@@ -442,14 +445,16 @@ def compute_map(
                 bar.update(hi - lo)
         del index, knn_idx, knn_dist
         report.timings["k-NN graph"] = time.perf_counter() - t
+        report.cpu["k-NN graph"] = time.process_time() - c
         # 2. clusters (on the vectors gathered once, now that the index is closed)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         vectors = shards.gather(index_dir, shard_numbers, rows)
         centroids, cluster, sim = _kmeans(vectors, n_clusters, 0 if seed is None else seed)
         label, label_names = _labels(store, ids)
         report.timings["clusters"] = time.perf_counter() - t
+        report.cpu["clusters"] = time.process_time() - c
         # 3. the layout
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         graph = (np.load(work / "knn-idx.npy"), np.load(work / "knn-dist.npy"))
         reducer = umap.UMAP(n_neighbors=k, n_components=2, metric="euclidean",
                             min_dist=min_dist, n_epochs=n_epochs, random_state=seed,
@@ -464,6 +469,7 @@ def compute_map(
         a, b = float(reducer._a), float(reducer._b)
         del reducer, graph, vectors
         report.timings["layout"] = time.perf_counter() - t
+        report.cpu["layout"] = time.process_time() - c
         data = MapData(info={}, ids=ids, xy=xy, cluster=cluster, sim=sim, label=label,
                        label_names=label_names, centroids=centroids)
         data.info = {
@@ -472,6 +478,7 @@ def compute_map(
             "layout_count": n, "placed": 0, "removed": 0, "params": params,
             "umap": {"a": a, "b": b, "version": getattr(umap, "__version__", "?")},
             "timings_s": {k_: round(v, 2) for k_, v in report.timings.items()},
+            "cpu_s": {k_: round(v, 2) for k_, v in report.cpu.items()},
         }
         data.info["clusters"] = _cluster_facts(store, data)
         _write_map(index_dir, data)
