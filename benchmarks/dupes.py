@@ -256,7 +256,8 @@ def quality(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- scale
 
 
-def write_synthetic_index(out: Path, n: int, dim: int, seed: int = 0) -> dict[str, object]:
+def write_synthetic_index(out: Path, n: int, dim: int, index_type: str = "auto",
+                          seed: int = 0) -> dict[str, object]:
     """An index directory of ``n`` synthetic vectors with planted copies (module doc);
     returns the planted pairs' facts. Reused when complete."""
     from index import make_world, sample  # benchmarks/index.py
@@ -302,7 +303,7 @@ def write_synthetic_index(out: Path, n: int, dim: int, seed: int = 0) -> dict[st
         del vectors
         log(f"{out}: building the auto index of {n} x {dim}")
         start = time.perf_counter()
-        manifest = write_index(out, store)
+        manifest = write_index(out, store, index_type=index_type)
         build_s = time.perf_counter() - start
     pairs = [[int(s), base + j] for j, s in enumerate(sources)]
     facts = {"n": n, "dim": dim, "near": near, "exact": exact, "pairs": pairs,
@@ -370,8 +371,9 @@ def scale(args: argparse.Namespace) -> None:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for n in args.n:
-        index = args.work / f"synthetic-{n}-{args.dim}"
-        facts = write_synthetic_index(index, n, args.dim)
+        kind = "" if args.index_type == "auto" else "-" + args.index_type.replace(",", "_")
+        index = args.work / f"synthetic-{n}-{args.dim}{kind}"
+        facts = write_synthetic_index(index, n, args.dim, args.index_type)
         notes.append(f"{n:,}: index built in {facts['build_s']:.0f} s; near copies at cosine "
                      f"min {facts['near_cos_min']:.3f}, median {facts['near_cos_median']:.3f}")
         log(f"{index}: {facts['index_type']} {facts['search_params']}, built in "
@@ -421,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("scale", help="time and peak RSS on synthetic vectors")
     s.add_argument("--n", type=int, action="append", help="vectors (repeatable)")
     s.add_argument("--dim", type=int, default=384)
+    s.add_argument("--index-type", default="auto", help="FAISS factory string or auto")
     for p in (q, s):
         p.add_argument("--work", type=Path, default=REPO / ".bench/dupes")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ How (bounded memory at any collection size):
    a group is a byte copy of the group's first file (its *representative*) or scores
    ``>= t`` with it, and that score is the one listed. Plain union-find (connected
    components, ``linkage="connected"``) chains in dense regions: on Fashion-MNIST with
-   the raw-pixel encoder at 0.95 it put 961 files in one group (pair precision 0.001,
+   the raw-pixel encoder at 0.95 it put 962 files in one group (pair precision 0.000,
    see BENCHMARKS.md, Near-duplicates).
 
 :func:`find_duplicate_groups` does both in one call. :func:`scan_duplicates` does step 1
