@@ -20,10 +20,11 @@ Rows (``--rows``, in this order):
 - ``simclr``: the same with ``--method simclr`` and the same budget;
 - ``scratch``: ``groco train`` without weights (``--scratch-backbone``, ``--scratch-epochs``).
 
-``--groco-lrs`` adds GroCo-adapted rows at other learning rates and ``--collapse-lr`` one
-run made to collapse (a huge learning rate): with every run's per-epoch ``metrics.csv``
-(copied into ``runs.csv``, one row per run and epoch) they feed the rank-correlation
-table between label-free scores and k-NN (issue 16).
+``--groco-lrs`` adds GroCo-adapted rows at other learning rates, ``--variant`` rows with
+other ``groco train`` options, and ``--collapse-lr`` one run made to collapse (a huge
+learning rate): with every run's per-epoch ``metrics.csv`` (copied into ``runs.csv``, one
+row per run and epoch) they feed the rank-correlation table between label-free scores and
+k-NN.
 
 Figures (``benchmarks/_common.retrieval_figures``, from the vectors stored in the index):
 weighted k-NN top-1 (k=20, T=0.07, cosine), precision@10, mAP@R. Fashion-MNIST: the test
@@ -174,6 +175,11 @@ def build_rows(args: argparse.Namespace) -> list[Row]:
         rows.append(Row(f"groco-lr{lr:g}", f"GroCo adapted, lr {lr:g}",
                         train=["--method", "groco", *adapted, "--lr", f"{lr:g}"],
                         method="groco", lr=f"{lr:g}"))
+    for variant in args.variant:
+        key, _, options = variant.partition(":")
+        rows.append(Row(f"groco-{key}", f"GroCo adapted, {options}",
+                        train=["--method", "groco", *adapted, *options.split()],
+                        method="groco", lr=key))
     if args.collapse_lr:
         lr = args.collapse_lr
         rows.append(Row("collapse", f"GroCo adapted, lr {lr:g} (made to collapse)",
@@ -364,6 +370,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--groco-lrs", type=float, nargs="*", default=[],
                         help="extra GroCo-adapted runs at these base LRs")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY:OPTIONS",
+                        help="an extra GroCo-adapted run with these groco train options, "
+                             "e.g. 'stages3:--trainable-stages 3' (repeatable)")
     parser.add_argument("--collapse-lr", type=float, default=None,
                         help="an extra GroCo-adapted run at this (huge) LR, made to collapse")
     parser.add_argument("--train-arg", action="append", default=[],

@@ -177,6 +177,9 @@ def export(
                                                          "file (neither: untrained)."),
     raw_pixels: int = typer.Option(None, "--raw-pixels", help="Baseline: the raw-pixel "
                                    "encoder at N x N (resize, flatten, centre, L2)."),
+    small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
+                                    help="--backbone's stem, as `groco train` takes it "
+                                         "(default: the same automatic choice)."),
 ) -> None:
     """Export a run's encoder, or a baseline, to ONNX (unit-norm embeddings; facts in the
     file's metadata).
@@ -196,8 +199,10 @@ def export(
     if len(given) != 1:
         _fail(ValueError("give one of RUN, --backbone NAME or --raw-pixels N"
                          + (f", not {' and '.join(given)}" if given else "")))
-    if backbone is None and (pretrained or weights is not None or image_size is not None):
-        _fail(ValueError("--pretrained, --weights and --image-size go with --backbone"))
+    if backbone is None and (pretrained or weights is not None or image_size is not None
+                             or small_stem is not None):
+        _fail(ValueError("--pretrained, --weights, --image-size and --small-stem go with "
+                         "--backbone"))
     if run is None and last:
         _fail(ValueError("--last goes with a RUN directory"))
     try:
@@ -207,7 +212,8 @@ def export(
             from groco.encoder.baselines import export_backbone
 
             report = export_backbone(backbone, image_size or 224, out, pretrained=pretrained,
-                                     weights=weights, precision=precision, data=data)
+                                     weights=weights, precision=precision, data=data,
+                                     small_stem=small_stem)
         else:
             from groco.encoder.baselines import export_raw_pixels
 

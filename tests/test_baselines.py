@@ -117,22 +117,41 @@ def test_backbone_from_a_weights_file_embeds_like_the_network(
     assert meta["backbone"] == NETWORK and meta["method"] == "weights"
     assert meta["weights"] == weights_file.name
 
-    # The PyTorch network built by hand from the file, with its mean/std applied.
+    # groco train's automatic small-image stem at <= 64 px: the start of a run, stride 1
+    assert np.abs(encoder.embed(find_images(photos)) - _by_hand(weights_file, photos, encoder,
+                                                                stride=1)).max() <= 1e-4
+
+
+def test_backbone_without_the_small_stem_is_the_plain_network(weights_file, photos,
+                                                              tmp_path) -> None:
+    out = tmp_path / "plain.onnx"
+    result = CliRunner().invoke(app, [
+        "export", "--backbone", NETWORK, "--image-size", str(SIZE), "--weights",
+        str(weights_file), "--no-small-stem", "--out", str(out), "--data", str(photos)])
+    assert result.exit_code == 0, result.output
+    encoder = Encoder(out)
+    got = encoder.embed(find_images(photos))
+    assert np.abs(got - _by_hand(weights_file, photos, encoder, stride=2)).max() <= 1e-4
+
+
+def _by_hand(weights_file: Path, photos: Path, encoder: Encoder, stride: int) -> np.ndarray:
+    """The PyTorch network built by hand from the file (stem conv at ``stride``), with its
+    own mean/std applied, on the encoder's preprocessed images."""
+    cfg = timm.create_model(NETWORK, pretrained=False).pretrained_cfg
     network = timm.create_model(NETWORK, num_classes=0)
     weights = {k: v for k, v in load_file(str(weights_file)).items()
                if not k.startswith("classifier.")}
     network.load_state_dict(weights, strict=True)
+    network.conv_stem.stride = (stride, stride)
     network.eval()
-    files = find_images(photos)
-    batch = np.stack([encoder.preprocess(load_image(f)) for f in files])
+    batch = np.stack([encoder.preprocess(load_image(f)) for f in find_images(photos)])
     x = torch.from_numpy(batch)
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = F.normalize(network((x - mean) / std), dim=1).numpy()
-    got = encoder.embed(files)
-    assert got.shape == (len(files), 1280)
-    assert np.abs(got - expected).max() <= 1e-4
+    assert expected.shape == (len(batch), 1280)
+    return expected
 
 
 def test_the_index_accepts_both_baselines(backbone_encoder, photos, tmp_path) -> None:

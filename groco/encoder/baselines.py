@@ -133,13 +133,16 @@ def export_backbone(
     seed: int = 0,
     parity_images: int = 16,
     calibration_images: int = 64,
+    small_stem: bool | None = None,
 ) -> ExportReport:
     """Export the timm network ``name`` at ``image_size`` as it is, without a run.
 
     Weights: timm's pretrained ones (``pretrained``: Hugging Face cache, ``HF_HUB_OFFLINE``,
     as :func:`groco.training.models.build_backbone` gets them), a local ``weights`` file
     (groco's or timm's format), or, with neither, a fresh initialisation
-    (``torch.manual_seed(seed)``). The network keeps its own stem (no small-image stem).
+    (``torch.manual_seed(seed)``). The stem is the one ``groco train`` gives the same
+    network (``small_stem``: ``None`` = the same automatic choice, see ``build_backbone``),
+    so a baseline is the epoch 0 of a run from the same start.
     Input normalisation is the network's own: ``pretrained_normalisation(name)`` (timm's
     ``pretrained_cfg`` mean/std), recorded in the metadata; ``groco.method`` is
     ``pretrained``, ``weights`` or ``untrained``. Checked against the PyTorch network on
@@ -156,7 +159,7 @@ def export_backbone(
         raise ExportError(f"weights file not found: {weights}")
     torch.manual_seed(seed)
     try:
-        backbone, dim = build_backbone(name, image_size, small_stem=False, weights=weights,
+        backbone, dim = build_backbone(name, image_size, small_stem=small_stem, weights=weights,
                                        pretrained=pretrained)
     except (ValueError, RuntimeError, OSError) as error:
         raise ExportError(" ".join(str(error).split())) from error

@@ -218,11 +218,13 @@ def traced(model: EmbeddingModel, image_size: int, opset: int = DEFAULT_OPSET,
 
     Exporting one network at several precisions traces it once (tracing takes seconds). The
     key is the sha256 of ``files`` (the weights file and config that made ``model``), the
-    image size, the opset and the torch version; without ``files`` nothing is cached.
+    module's structure (its ``repr``: layers, strides), the image size, the opset and the
+    torch version; without ``files`` nothing is cached.
     """
     if not files:
         return to_onnx(model.features, image_size, opset)
     digest = hashlib.sha256(f"{image_size} {opset} {torch.__version__}".encode())
+    digest.update(repr(model.features).encode())
     for path in files:
         digest.update(str(path.name).encode())
         with open(path, "rb") as file:
