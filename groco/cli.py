@@ -613,7 +613,7 @@ def demo(
     """Train, export and index a small collection, report k-NN accuracy, open the web UI."""
     import logging
 
-    from groco.demo import run_demo
+    from groco.demo import RAW_PIXELS_SIZE, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
@@ -621,8 +621,13 @@ def demo(
     except (ValueError, OSError) as error:
         _fail(error)
     typer.echo(f"k-NN top-1 (k=20, leave-one-out, folder labels): {result.knn_top1:.1%} with "
-               f"the trained encoder, {result.random_knn_top1:.1%} untrained; "
+               f"the trained encoder, {result.raw_knn_top1:.1%} raw pixels "
+               f"({RAW_PIXELS_SIZE} px), {result.random_knn_top1:.1%} untrained; "
                f"{result.seconds:.0f} s from images to index")
+    if not result.beats_baselines:
+        typer.echo("the trained encoder does not beat what you have without training on "
+                   "this collection: train longer, or start from pretrained weights "
+                   "(`groco train --pretrained`)")
     if serve_ui:
         from groco.app.web import launch_app
 

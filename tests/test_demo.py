@@ -13,6 +13,7 @@ def test_demo_runs_the_whole_flow_without_the_ui(tmp_path):
                                       "--epochs", "1", "--no-serve"])
     assert result.exit_code == 0, result.output
     assert "k-NN top-1" in result.output and "untrained" in result.output
+    assert "raw pixels (32 px)" in result.output and (work / "raw-pixels" / "index").is_dir()
     assert (work / "encoder.onnx").is_file()
     assert (work / "index" / "manifest.json").is_file()
     assert (work / "run" / "last.safetensors").is_file()
