@@ -78,6 +78,11 @@ def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
 
     base = tmp_path_factory.mktemp("app")
     images = make_collection(base / "images", classes=3, per_class=10, size=40)
+    # Two planted copies for the Duplicates tab: a byte copy and a re-encoded one.
+    (images / "class2" / "img009-copy.png").write_bytes(
+        (images / "class2" / "img009.png").read_bytes())
+    Image.open(images / "class2" / "img008.png").save(images / "class2" / "img008-resaved.jpg",
+                                                      quality=90)
     index = base / "index"
     build_index_dir(images, encoder_file, index, batch_size=8, progress=False)
     app, url = launch_app(index, port=_free_port(), block=False)

@@ -159,7 +159,8 @@ def test_transparent_upload_matches_the_search_command(served, tmp_path):
     assert _scores(raw) == pytest.approx(_scores(expected), abs=1e-5)
 
 
-def _post_search(url: str, payload: dict | str, k: int = 5, label: str = "all"):
+def _post_search(url: str, payload: dict | str, k: int = 5, label: str = "all",
+                 min_score: float = -1.0):
     """The raw HTTP API (what a non-Python client sends): POST, then read the event stream.
 
     Returns (last event name, its data): ``("complete", outputs)``, ``("error", message)``,
@@ -167,7 +168,8 @@ def _post_search(url: str, payload: dict | str, k: int = 5, label: str = "all"):
     """
     import json
 
-    body = payload if isinstance(payload, str) else json.dumps({"data": [payload, k, label]})
+    body = (payload if isinstance(payload, str)
+            else json.dumps({"data": [payload, k, label, min_score]}))
     request = urllib.request.Request(f"{url}gradio_api/call/search", data=body.encode(),
                                      headers={"Content-Type": "application/json"})
     try:

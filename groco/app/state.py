@@ -7,10 +7,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from groco.app.browse import Collection, Page
 from groco.app.settings import AppSettings
 from groco.app.thumbnails import ThumbnailCache
 from groco.app.uploads import QueryDecoder, UploadError
 from groco.index.search import Result, Searcher
+from groco.index.store import EMBEDDED, FileRow
 
 ALL_LABELS = "all"
 
@@ -22,7 +24,8 @@ class AppState:
     - ``thumbnails``: the :class:`ThumbnailCache` the app serves images from (only it);
     - ``settings``: the :class:`AppSettings` (limits and defaults);
     - ``decoder``: turns an upload into the query image (bounded, groco's decoder),
-      reducing while the shorter side stays >= 2 x the encoder's ``resize_to``.
+      reducing while the shorter side stays >= 2 x the encoder's ``resize_to``;
+    - ``collection``: the embedded items as pages (:class:`groco.app.browse.Collection`).
     """
 
     def __init__(self, searcher: Searcher, thumbnails: ThumbnailCache,
@@ -36,6 +39,7 @@ class AppState:
         self.decoder = QueryDecoder(self.settings,
                                     min_side=min_side if self.settings.reduce_queries else None,
                                     upload_folder=upload_folder)
+        self.collection = Collection.of_index(searcher.index_dir)
         self.warmup: threading.Thread | None = None
 
     @classmethod
@@ -83,40 +87,114 @@ class AppState:
             raise UploadError(f"k must be in 1..{self.settings.max_k}, got {value}.")
         return value
 
-    def _filtered(self, search, k: int, label: str | None) -> list[Result]:
+    def check_min_score(self, min_score: float | int | None) -> float | None:
+        """The cut-off on the cosine similarity as a float in [-1, 1], ``None`` for none
+        (``None`` or -1); ``UploadError`` otherwise."""
+        if min_score is None:
+            return None
+        try:
+            value = float(min_score)
+        except (TypeError, ValueError):
+            raise UploadError(f"min_score must be a number, got {min_score!r}.") from None
+        if not -1.0 <= value <= 1.0:
+            raise UploadError(f"min_score must be in [-1, 1] (cosine similarity), got "
+                              f"{value:g}.")
+        return None if value <= -1.0 else value
+
+    def _filtered(self, search, k: int, label: str | None,
+                  min_score: float | None) -> list[Result]:
         label = self.check_label(label)
         if label is None:
-            return search(k)
+            return search(k, min_score)
         want = min(k * self.settings.filter_oversample, self.searcher.index.ntotal)
-        return [r for r in search(want) if r.label == label][:k]
+        return [r for r in search(want, min_score) if r.label == label][:k]
 
-    def search_upload(self, payload: Any, k: float | int,
-                      label: str | None = None) -> list[Result]:
-        """Neighbours of an uploaded query (see :class:`QueryDecoder` for ``payload``)."""
-        k = self.check_k(k)
+    def search_upload(self, payload: Any, k: float | int, label: str | None = None,
+                      min_score: float | None = None) -> list[Result]:
+        """Neighbours of an uploaded query (see :class:`QueryDecoder` for ``payload``);
+        only those scoring ``>= min_score``, as ``groco search --min-score`` keeps."""
+        k, floor = self.check_k(k), self.check_min_score(min_score)
         self.check_label(label)
-        vector = self.searcher.embed_image(self.decoder.decode(payload))
-        return self._filtered(lambda n: self.searcher.search_vector(vector, n), k, label)
+        return self.search_image(self.decoder.decode(payload), k, label, floor)
 
-    def more_like(self, item: int | str | Path, k: float | int,
-                  label: str | None = None) -> list[Result]:
-        """Neighbours of an indexed item (id or path), itself left out; ``KeyError`` if
-        the item is not in the index."""
-        k = self.check_k(k)
-        return self._filtered(lambda n: self.searcher.more_like(item, n), k, label)
+    def search_image(self, image: Any, k: float | int, label: str | None = None,
+                     min_score: float | None = None) -> list[Result]:
+        """Neighbours of a decoded query image (PIL)."""
+        k, floor = self.check_k(k), self.check_min_score(min_score)
+        vector = self.searcher.embed_image(image)
+        return self._filtered(lambda n, s: self.searcher.search_vector(vector, n, min_score=s),
+                              k, label, floor)
+
+    def item_id(self, item: int | str) -> int:
+        """The id of an indexed item given as its id (int or digits) or its path relative
+        to the images root; ``UploadError`` (one line) for one not in the index."""
+        text = str(item).strip()
+        if not text:
+            raise UploadError("Give an indexed item: its id or its path in the collection.")
+        candidates: list[int | str] = [int(text)] if text.isdigit() else []
+        candidates.append(text)
+        for candidate in candidates:
+            if isinstance(candidate, str) and Path(candidate).is_absolute():
+                continue  # relative paths only: the app never takes a server path
+            try:
+                row = self.searcher.row(candidate)
+            except KeyError:
+                continue
+            if row.status == EMBEDDED:
+                return row.id
+        raise UploadError(f"Not in the index: {text!r} (give an id or a path relative to "
+                          "the images root).")
+
+    def more_like(self, item: int | str | Path, k: float | int, label: str | None = None,
+                  min_score: float | None = None) -> list[Result]:
+        """Neighbours of an indexed item (id or relative path), itself left out;
+        ``UploadError`` if the item is not in the index."""
+        k, floor = self.check_k(k), self.check_min_score(min_score)
+        row_id = self.item_id(item)
+        return self._filtered(lambda n, s: self.searcher.more_like(row_id, n, min_score=s),
+                              k, label, floor)
+
+    def browse(self, page: float | int, folder: str | None = None, order: str = "random",
+               seed: int = 0) -> Page:
+        """A page of the collection (``settings.browse_page`` items); ``UploadError`` for
+        an unknown folder or order."""
+        try:
+            number = int(page)
+        except (TypeError, ValueError):
+            raise UploadError(f"page must be a number, got {page!r}.") from None
+        try:
+            return self.collection.page(number, self.settings.browse_page,
+                                        self.check_label(folder), order, seed)
+        except ValueError as error:
+            raise UploadError(str(error)) from None
 
     # -- what the UI shows
+
+    def thumbnail(self, item: int) -> tuple[Path | None, FileRow]:
+        """(thumbnail path or ``None`` when the original cannot be decoded, row) of an id."""
+        row = self.searcher.row(item)
+        return self.thumbnails.path_for(self.searcher.root / row.path, row.hash), row
 
     def gallery(self, results: list[Result]) -> list[tuple[str, str]]:
         """(thumbnail path, caption "score · label · relpath") of each result that has one."""
         items = []
         for result in results:
-            row = self.searcher.row(result.id)
-            thumb = self.thumbnails.path_for(result.path, row.hash)
+            thumb, _ = self.thumbnail(result.id)
             if thumb is not None:
                 label = f" · {result.label}" if result.label else ""
                 items.append((str(thumb), f"{result.score:.3f}{label} · {result.relpath}"))
         return items
+
+    def tiles(self, page: Page) -> tuple[list[tuple[str, str]], list[int]]:
+        """(gallery items (thumbnail path, relpath), their ids) of a browse page; items
+        whose original cannot be decoded are left out."""
+        items, ids = [], []
+        for item in page.ids:
+            thumb, row = self.thumbnail(item)
+            if thumb is not None:
+                items.append((str(thumb), row.path))
+                ids.append(item)
+        return items, ids
 
     def facts_markdown(self) -> str:
         f = self.searcher.facts()

@@ -27,7 +27,7 @@ class ThumbnailCache:
     """
 
     def __init__(self, folder: str | Path, size: int = THUMBNAIL_SIZE) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.size = size
         self._locks: dict[str, threading.Lock] = {}

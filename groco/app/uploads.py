@@ -120,6 +120,19 @@ class QueryDecoder:
         decode holds up to 4 bytes a pixel); smaller ones never wait behind them.
         """
         source, name = self.source(payload)
+        return self._decode(source, name)
+
+    def decode_bytes(self, data: bytes, name: str = "the upload") -> Image.Image:
+        """The query sent as a file's bytes (the JSON route's request body), with the same
+        caps and decoding as :meth:`decode`."""
+        cap = self.settings.max_upload_bytes
+        if not data:
+            raise UploadError("Send an image file as the request body.")
+        if len(data) > cap:
+            raise _too_large(len(data), f"in {name}", cap)
+        return self._decode(bytes(data), name)
+
+    def _decode(self, source: str | bytes, name: str) -> Image.Image:
         large = self.pixels(source) > self.settings.large_query_pixels
         with self._slots if large else contextlib.nullcontext():
             try:

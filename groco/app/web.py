@@ -1,8 +1,11 @@
 """The visual search web UI: a Gradio Blocks app over an :class:`groco.app.state.AppState`.
 
-Drop, paste or shoot an image → its nearest neighbours in the collection, each with its
-similarity, path and folder label; click a result to search from it ("more like this").
-The ``search`` endpoint is a named API (``gradio_client``: ``api_name="/search"``).
+The page opens on the collection (a paged grid of thumbnails, random or folder by folder);
+drop, paste or shoot an image, or click any thumbnail, and its nearest neighbours come
+back, each with its similarity, path and folder label; click a result for more like it.
+Tabs: "Search" (:mod:`groco.app.search_tab`) and "Duplicates" (:mod:`groco.app.dupes_tab`).
+Named API endpoints (``gradio_client``): ``/search``, ``/more_like_this``, ``/browse``,
+``/duplicates``; and a plain JSON API in the same server (:mod:`groco.app.api`).
 
 The query's bytes reach groco's own decoder untouched: the search events run with
 ``preprocess=False``, so Gradio passes the upload's file reference (or a ``data:`` URL)
@@ -10,111 +13,44 @@ and :class:`groco.app.uploads.QueryDecoder` reads and decodes it, within the byt
 pixel caps; a query that is not a readable image gets a one-line message.
 
 Safety: binds to 127.0.0.1 unless told otherwise; serves thumbnails from the index's cache
-folder only (``allowed_paths``), never an original or any other file; reads only files in
-Gradio's upload folder; every request body is capped (:mod:`groco.app.limits`).
+folder only (``allowed_paths``; static, so Gradio neither hashes nor copies them per
+answer), never an original or any other file; reads only files in Gradio's upload folder;
+every request body is capped (:mod:`groco.app.limits`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from groco.app.api import json_routes
+from groco.app.dupes_tab import dupes_tab
 from groco.app.limits import body_limit
 from groco.app.memory import return_large_blocks
+from groco.app.search_tab import SearchHandlers, results_json, search_tab
 from groco.app.settings import AppSettings
-from groco.app.state import ALL_LABELS, AppState
-from groco.app.uploads import UploadError
-from groco.index.search import Result
+from groco.app.state import AppState
+
+__all__ = ["SearchHandlers", "build_app", "launch_app", "results_json", "serve"]
 
 log = logging.getLogger("groco.app")
 
 
-def _as_json(results: list[Result]) -> list[dict[str, Any]]:
-    """Results for the JSON output; no ``path`` key, which API clients read as a file."""
-    return [{"id": r.id, "relpath": r.relpath, "score": r.score, "label": r.label}
-            for r in results]
-
-
-def _status(results: list[Result], seconds: float, what: str) -> str:
-    return f"{len(results)} neighbours of {what} in {seconds * 1000:.0f} ms"
-
-
-class SearchHandlers:
-    """The search tab's event functions, over one :class:`AppState`.
-
-    Each returns ``(gallery items, status line, results as JSON, result ids)``.
-    """
-
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-
-    def _answer(self, results: list[Result], started: float, what: str):
-        seconds = time.perf_counter() - started
-        return (self.state.gallery(results), _status(results, seconds, what),
-                _as_json(results), [r.id for r in results])
-
-    def search(self, image: Any, k: float, label: str):
-        """An uploaded query (the raw payload: Gradio does not preprocess it)."""
-        started = time.perf_counter()
-        try:
-            results = self.state.search_upload(image, k, label)
-        except UploadError as error:
-            raise gr.Error(str(error)) from None
-        return self._answer(results, started, "your image")
-
-    def more_like_this(self, ids: list[int], k: float, label: str, event: gr.SelectData):
-        """A click on a result: its neighbours, itself left out."""
-        if not ids or event.index is None or event.index >= len(ids):
-            raise gr.Error("Search first, then click a result.")
-        item = ids[event.index]
-        started = time.perf_counter()
-        try:
-            results = self.state.more_like(item, k, label)
-        except UploadError as error:
-            raise gr.Error(str(error)) from None
-        relpath = self.state.searcher.row(item).path
-        return self._answer(results, started, f"`{relpath}`")
-
-
 def build_app(state: AppState) -> gr.Blocks:
     """The Blocks app over ``state`` (not launched)."""
-    settings = state.settings
-    handlers = SearchHandlers(state)
-    label_choices = [ALL_LABELS, *state.labels]
     with gr.Blocks(title="groco visual search") as app:
-        gr.Markdown("## groco visual search\nDrop an image to find its nearest neighbours; "
-                    "click a result for more like it.")
-        result_ids = gr.State([])
-        with gr.Row():
-            with gr.Column(scale=1):
-                query = gr.Image(label="Query image", type="filepath",
-                                 sources=["upload", "clipboard", "webcam"], height=280)
-                k = gr.Slider(1, settings.max_k, value=settings.default_k, step=1,
-                              label="Neighbours (k)")
-                label = gr.Dropdown(label_choices, value=ALL_LABELS, label="Folder / label",
-                                    visible=len(label_choices) > 1)
-                button = gr.Button("Search", variant="primary")
-                gr.Markdown(state.facts_markdown(), elem_id="index-facts")
-            with gr.Column(scale=3):
-                status = gr.Markdown("", elem_id="search-status")
-                gallery = gr.Gallery(label="Nearest neighbours", columns=6, height="auto",
-                                     object_fit="contain", allow_preview=False,
-                                     elem_id="results")
-                with gr.Accordion("Results as JSON", open=False):
-                    raw = gr.JSON(label="results")
-        outputs = [gallery, status, raw, result_ids]
-        # preprocess=False: the query's file reference reaches groco's decoder as sent.
-        button.click(handlers.search, [query, k, label], outputs, api_name="search",
-                     preprocess=False)
-        query.upload(handlers.search, [query, k, label], outputs, api_name=False,
-                     preprocess=False)
-        gallery.select(handlers.more_like_this, [result_ids, k, label], outputs,
-                       api_name=False)
-    app.queue(default_concurrency_limit=settings.concurrency)
+        gr.Markdown("## groco visual search\nClick any image of the collection, or drop "
+                    "your own, to find its nearest neighbours; click a result for more "
+                    "like it.")
+        with gr.Tabs(selected="search"):
+            with gr.Tab("Search", id="search"):
+                search_tab(app, state)
+            with gr.Tab("Duplicates", id="duplicates", elem_id="dupes-tab") as tab:
+                dupes_tab(tab, state)
+    app.queue(default_concurrency_limit=state.settings.concurrency)
     return app
 
 
@@ -123,12 +59,15 @@ def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860, block: boo
     """Build the app over ``state`` and serve it; returns (app, local URL). Large freed
     blocks go back to the OS at once (:mod:`groco.app.memory`)."""
     return_large_blocks()
+    thumbnails = str(state.thumbnails.folder.resolve())
+    gr.set_static_paths([thumbnails])  # immutable files (named by content hash)
     app = build_app(state)
     _, url, _ = app.launch(
         server_name=host, server_port=port,
-        allowed_paths=[str(state.thumbnails.folder)],
+        allowed_paths=[thumbnails],
         max_file_size=state.settings.max_upload_bytes,
-        app_kwargs={"middleware": [body_limit(state.settings.max_request_bytes)]},
+        app_kwargs={"middleware": [body_limit(state.settings.max_request_bytes)],
+                    "routes": json_routes(state)},
         prevent_thread_lock=not block, quiet=True, footer_links=["api"], **launch_kwargs)
     return app, url
 

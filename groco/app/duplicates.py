@@ -1,0 +1,96 @@
+"""The near-duplicate groups the app shows (no Gradio here): one scan of the index at a
+floor, regrouped at the slider's threshold, exported as JSON or CSV.
+
+The scan (:func:`groco.index.dupes.scan_duplicates`, a k-NN graph, never N x N) runs once,
+on first use, over the server's loaded index; every threshold from ``floor`` to 1 then
+regroups its pairs in milliseconds. The export holds every group at the threshold, in
+the format of ``groco index dupes --json`` / ``--csv`` (without absolute paths: the app
+names files by their path relative to the images root).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from groco.fileio import atomic_path
+from groco.index.dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
+from groco.index.search import Searcher
+
+FLOOR = 0.8
+"""The lowest threshold the app's slider offers (the scan keeps pairs from here up)."""
+CSV_COLUMNS = ["group", "group_size", "relpath", "score", "exact", "label", "hash", "bytes"]
+
+
+def group_dicts(groups: list[DuplicateGroup]) -> list[dict[str, Any]]:
+    """The JSON export: ``groco index dupes --json``'s groups, files without ``path``."""
+    out = []
+    for group in groups:
+        entry = group.to_dict()
+        entry["files"] = [{k: v for k, v in f.items() if k != "path"} for f in entry["files"]]
+        out.append(entry)
+    return out
+
+
+def groups_csv(groups: list[DuplicateGroup]) -> str:
+    """The CSV export: one row a file, ``groco index dupes --csv``'s columns but ``path``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for number, group in enumerate(groups, 1):
+        for f in group.files:
+            writer.writerow([number, group.size, f.relpath, f"{f.score:.6f}", int(f.exact),
+                             f.label or "", f.hash, f.size])
+    return buffer.getvalue()
+
+
+class Duplicates:
+    """The groups of one served index at any threshold in ``[floor, 1]`` (thread-safe)."""
+
+    def __init__(self, searcher: Searcher, floor: float = FLOOR,
+                 default: float = DEFAULT_THRESHOLD) -> None:
+        self.searcher = searcher
+        self.floor = float(floor)
+        self.default = max(float(default), self.floor)
+        self._scan: DuplicateScan | None = None
+        self._lock = threading.Lock()
+
+    def scan(self) -> DuplicateScan:
+        """The index's candidate pairs at ``floor`` (scanned on the first call)."""
+        with self._lock:
+            if self._scan is None:
+                self._scan = scan_duplicates(self.searcher, self.floor)
+            return self._scan
+
+    def check(self, threshold: float | int | None) -> float:
+        if threshold is None:
+            return self.default
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be a number, got {threshold!r}") from None
+        if not self.floor <= value <= 1.0:
+            raise ValueError(f"threshold must be in [{self.floor:g}, 1], got {value:g}")
+        return value
+
+    def groups(self, threshold: float | int | None = None) -> list[DuplicateGroup]:
+        """The groups at ``threshold`` (default: ``default``), largest first."""
+        return self.scan().groups(self.check(threshold))
+
+    def export(self, groups: list[DuplicateGroup], folder: str | Path,
+               threshold: float) -> tuple[Path, Path]:
+        """Write the groups as ``duplicates-T.json`` and ``duplicates-T.csv`` in ``folder``;
+        returns both paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"duplicates-{threshold:.3f}"
+        json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
+        for path, text in ((json_path, json.dumps(group_dicts(groups), indent=2)),
+                           (csv_path, groups_csv(groups))):
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(text)
+        return json_path, csv_path
