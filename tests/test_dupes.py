@@ -170,3 +170,20 @@ def test_min_score_cuts_search_results(planted) -> None:
                                       "--min-score", "0.9"])
     assert result.exit_code == 0, result.output
     assert {r["relpath"] for r in json.loads(result.stdout)["results"]} == JPEG
+
+
+def test_a_row_without_content_hash_is_grouped_by_similarity_and_said(
+        planted, tmp_path: Path, caplog) -> None:
+    import sqlite3
+
+    _, index = planted
+    copy = tmp_path / "unhashed"
+    shutil.copytree(index, copy)
+    with sqlite3.connect(copy / "meta.sqlite") as db:
+        db.execute("UPDATE files SET hash = '' WHERE path = 'b/0-copy.png'")
+    with caplog.at_level("WARNING", logger="groco.index.dupes"):
+        groups = find_duplicate_groups(copy, 0.9)
+    assert "1 embedded files have no content hash" in caplog.text
+    assert sets(groups)[0] == EXACT
+    unhashed = next(f for f in groups[0].files if f.relpath == "b/0-copy.png")
+    assert not unhashed.exact and unhashed.score == pytest.approx(1.0, abs=1e-5)
