@@ -165,3 +165,25 @@ def test_finetune_trains_the_last_stage_and_heads_with_frozen_statistics(tmp_pat
     encoder = Encoder(report.path)
     assert encoder.preprocessing.mean == (0.5, 0.5, 0.5)
     assert json.loads(encoder.metadata["std"]) == [0.5, 0.5, 0.5]
+
+
+def test_weights_file_start_keeps_its_stem_and_a_groco_checkpoint_its_small_stem(tmp_path):
+    """At <= 64 px an ImageNet file keeps its (4x cheaper) stem; a groco run trained with
+    the automatic small stem records it, so `--weights run/last.safetensors` rebuilds it."""
+    from conftest import make_collection
+
+    from groco.training.trainer import Trainer
+
+    imagenet = tmp_path / "imagenet.safetensors"
+    save_file(_imagenet_like_weights(), str(imagenet))
+    plain, _ = build_backbone("test_resnet", 32, weights=imagenet)
+    assert not plain.groco_small_stem and plain.conv1[0].stride == (2, 2)
+
+    data = make_collection(tmp_path / "images", classes=2, per_class=8, size=16)
+    run = tmp_path / "run"
+    Trainer(TrainConfig(data=str(data), out=str(run), backbone="test_resnet", image_size=16,
+                        batch_size=8, topk_neg=4, workers=0, projector_dim=16,
+                        projector_hidden=16, epochs=1, eval_every=0),
+            show_progress=False).fit()
+    again, _ = build_backbone("test_resnet", 16, weights=run / "last.safetensors")
+    assert again.groco_small_stem and again.conv1[0].stride == (1, 1)

@@ -219,6 +219,27 @@ def _backbone_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return clean
 
 
+SMALL_STEM_KEY = "small_stem"
+"""Metadata key of groco's checkpoints: ``"true"`` when the network had the small stem."""
+
+
+def recorded_small_stem(weights: str | Path) -> bool | None:
+    """Whether the network saved in ``weights`` had the small-image stem, as a groco
+    checkpoint records it (safetensors metadata :data:`SMALL_STEM_KEY`); ``None`` for any
+    other file (timm's, ImageNet's, torch ``.pt``): its stem is kept as built."""
+    path = Path(weights)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            value = (file.metadata() or {}).get(SMALL_STEM_KEY)
+    except Exception:  # unreadable files fail with a clear message when loaded
+        return None
+    return None if value is None else value == "true"
+
+
 def load_backbone_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a local weights file into a timm backbone, strictly; never downloads.
 
@@ -288,8 +309,9 @@ def build_backbone(
     - ``weights``: a local file loaded strictly after building, see
       ``load_backbone_weights``.
     - ``small_stem``: ``None`` = auto: on for untrained CNNs at ``image_size <= 64`` (left
-      off, with a logged warning, where the stem is not recognised) and off when weights
-      are loaded (a pretrained stem is never replaced silently); ``True`` forces it
+      off, with a logged warning, where the stem is not recognised), as a groco checkpoint
+      given as ``weights`` records it, and off for any other start (a pretrained stem is
+      never replaced silently; it costs 4x less at the same size); ``True`` forces it
       (keeping a pretrained 3x3 stem's weights, see ``_apply_small_stem``) and raises
       ``ValueError`` for a ViT or an unrecognised CNN stem; recognised: the ResNet family
       (deep stems included), DenseNet, EfficientNet, MobileNetV3, GhostNet, RegNet.
@@ -301,7 +323,7 @@ def build_backbone(
         raise _unknown_model_error(name)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
-    started = pretrained or pretrained_file is not None
+    started = pretrained or pretrained_file is not None or weights is not None
     model = _create(name, image_size, pretrained, pretrained_file)
     vit = is_vit(model)
     if small_stem and vit:
@@ -309,13 +331,18 @@ def build_backbone(
             f"small_stem applies to CNNs; {name!r} is a patch-embedding model "
             "(pick a smaller patch size, e.g. a *_patch8_* model, for small images)"
         )
+    recorded = recorded_small_stem(weights) if weights is not None else None
     auto = not vit and not started and image_size <= SMALL_STEM_MAX_SIZE
-    want = auto if small_stem is None else small_stem
-    if small_stem is None and started and not vit and image_size <= SMALL_STEM_MAX_SIZE:
+    want = (recorded if recorded is not None else auto) if small_stem is None else small_stem
+    if (small_stem is None and recorded is None and started and not vit
+            and image_size <= SMALL_STEM_MAX_SIZE):
         log.info("%s: keeping the pretrained stem at %d px (pass --small-stem for a stride-1 "
-                 "stem that keeps its 3x3 weights)", name, image_size)
+                 "stem that keeps its 3x3 weights, at 4x the compute)", name, image_size)
     keep = pretrained or pretrained_file is not None
-    if want and not _apply_small_stem(model, keep_weights=keep):
+    model.groco_small_stem = False
+    if want and _apply_small_stem(model, keep_weights=keep):
+        model.groco_small_stem = True
+    elif want:
         if small_stem:
             raise ValueError(
                 f"small_stem=True: don't know the stem of {name!r} ({type(model).__name__}); "
@@ -324,7 +351,21 @@ def build_backbone(
             )
         log.warning("%s: stem not recognised, keeping the ImageNet stem at %d px", name, image_size)
     if weights is not None:
-        load_backbone_weights(model, weights)
+        try:
+            load_backbone_weights(model, weights)
+        except ValueError:
+            if not (small_stem is None and recorded is None and not vit
+                    and not model.groco_small_stem and image_size <= SMALL_STEM_MAX_SIZE):
+                raise
+            try:  # a file saved from a small-stem network without groco's metadata
+                small = build_backbone(name, image_size, True, weights, pretrained,
+                                       pretrained_file)
+            except ValueError:
+                pass
+            else:
+                log.info("%s: the weights file fits the small-image stem; using it", name)
+                return small
+            raise
     return model, feature_dim(model)
 
 

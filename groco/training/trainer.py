@@ -31,7 +31,7 @@ from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
 from groco.training.methods import build_objective, get_method
-from groco.training.models import build_model, is_vit
+from groco.training.models import SMALL_STEM_KEY, build_model, is_vit
 from groco.training.objectives import Objective
 from groco.training.optim import build_optimizer, learning_rate
 
@@ -174,7 +174,8 @@ class Trainer:
         self._append_metrics(metrics)
         checkpoint.save_config(self.run_dir, self.config.to_dict())
         checkpoint.save_weights(self.run_dir, self.objective.state_dict(),
-                                {"epoch": str(self.epoch), "method": self.config.method})
+                                {"epoch": str(self.epoch), "method": self.config.method,
+                                 **self._network_facts()})
         opt = self.optimizer.state_dict()
         tensors, scalars = {}, {}
         for index, values in opt["state"].items():
@@ -405,6 +406,11 @@ class Trainer:
             originals = bank[0][[row_of[f] for f in self.score_files]]
         return knn, self.label_free_scores(originals)
 
+    def _network_facts(self) -> dict[str, str]:
+        """What a later ``--weights`` start needs to rebuild this network (its stem)."""
+        small = getattr(self.objective.backbone, "groco_small_stem", False)
+        return {SMALL_STEM_KEY: "true" if small else "false"}
+
     def _keep_if_best(self, knn: float | None, scores: dict[str, float]) -> bool:
         """Write ``best.safetensors`` when this epoch beats the kept one (epoch 0 is kept
         first). With labels, k-NN top-1 decides (any gain); without, the label-free
@@ -429,8 +435,8 @@ class Trainer:
         self.kept = {"epoch": str(self.epoch), "criterion": criterion, "score": f"{value}",
                      "start_score": f"{start}", "reason": reason,
                      "method": self.config.method}
-        checkpoint.save_weights(self.run_dir, self.objective.state_dict(), self.kept,
-                                name=checkpoint.BEST)
+        checkpoint.save_weights(self.run_dir, self.objective.state_dict(),
+                                {**self.kept, **self._network_facts()}, name=checkpoint.BEST)
         return True
 
     def _epoch_row(self, loss: float | None, speed: float | None, broken: int,
