@@ -85,9 +85,9 @@ def dupes_tab(tab: gr.Tab, state: AppState, duplicates: Duplicates | None = None
     """Lay out the tab's components and wire its events (inside the tab's context)."""
     handlers = DuplicateHandlers(state, duplicates)
     found = handlers.duplicates
-    gr.Markdown("Exact copies (same bytes) and near copies (cosine similarity of their "
-                "embeddings at or above the threshold, transitively), largest groups first; "
-                "each group's first file is the one most linked to the others.")
+    gr.Markdown("Groups of copies, largest first, as `groco index dupes` finds them: each "
+                "file is a byte copy of the group's first file or its embedding's cosine "
+                "similarity to it is at or above the threshold.")
     with gr.Row():
         threshold = gr.Slider(found.floor, 1.0, value=found.default, step=0.005,
                               label="Threshold (cosine similarity)", elem_id="dupes-threshold",
