@@ -464,7 +464,8 @@ def index_dupes(
     largest groups first, each file with its similarity to the group's first file.
 
     Searches each stored embedding's nearest neighbours in the index (a k-NN graph, in
-    batches): never an N x N matrix, so a million images run in bounded memory.
+    batches): never an N x N matrix; beyond the loaded index, memory holds the pairs found
+    and one batch.
     """
     import csv
     import json
