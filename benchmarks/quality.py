@@ -245,16 +245,24 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def kept_epoch(result: dict) -> str:
+    """``kept/last`` epoch of a training row (``groco export`` takes the kept one), or -."""
+    metrics = result.get("metrics") or []
+    kept = [m["epoch"] for m in metrics if m.get("kept") == "1"]
+    return f"{kept[-1]}/{metrics[-1]['epoch']}" if kept else "-"
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| encoder | k-NN top-1 | precision@10 | mAP@R | train minutes | "
-             "train images/s | embed images/s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| encoder | k-NN top-1 | precision@10 | mAP@R | kept epoch | train minutes | "
+             "train images/s | embed images/s |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['label']} | not measured: {r['error']} | | | | | |")
+            lines.append(f"| {r['label']} | not measured: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['label']} | {pct(r.get('knn_top1'))} | "
                      f"{pct(r.get('precision_at_10'))} | {pct(r.get('map_at_r'))} | "
-                     f"{r.get('train_minutes', '-')} | {r.get('train_images_per_s') or '-'} | "
+                     f"{kept_epoch(r)} | {r.get('train_minutes', '-')} | "
+                     f"{r.get('train_images_per_s') or '-'} | "
                      f"{r.get('embed_images_per_s', '-')} |")
     return "\n".join(lines)
 
@@ -277,7 +285,7 @@ def write_runs_csv(path: Path, collection: str, results: list[dict]) -> None:
 
 
 NOT_CANDIDATES = {"collection", "run", "method", "lr", "epoch", "step", "images_per_s",
-                  "broken", "knn_top1", "seconds"}
+                  "broken", "knn_top1", "seconds", "kept"}
 
 
 def kendall_table(paths: list[Path]) -> str:
@@ -385,10 +393,15 @@ def main() -> None:
     parser.add_argument("--step-timeout", type=float, default=4 * 3600)
     parser.add_argument("--tau", type=Path, nargs="+", default=None, metavar="RUNS_CSV",
                         help="only print the Kendall tau table of these runs.csv files")
+    parser.add_argument("--table", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only print the table of an earlier run's results.json")
     args = parser.parse_args()
     if args.tau:
         print(header())
         print(kendall_table(args.tau))
+        return
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
         return
     if not args.weights.is_file() and ({"pretrained", "groco", "simclr"} & set(args.rows)
                                        or args.groco_lrs or args.collapse_lr):
