@@ -3,7 +3,8 @@
 The page opens on the collection (a paged grid of thumbnails, random or folder by folder);
 drop, paste or shoot an image, or click any thumbnail, and its nearest neighbours come
 back, each with its similarity, path and folder label; click a result for more like it.
-Tabs: "Search" (:mod:`groco.app.search_tab`) and "Duplicates" (:mod:`groco.app.dupes_tab`).
+Tabs: "Search" (:mod:`groco.app.search_tab`), "Duplicates" (:mod:`groco.app.dupes_tab`)
+and "Map" (:mod:`groco.app.map_tab`, endpoint ``/map_points``).
 Named API endpoints (``gradio_client``): ``/search``, ``/more_like_this``, ``/browse``,
 ``/duplicates``; and a plain JSON API in the same server (:mod:`groco.app.api`).
 
@@ -29,6 +30,7 @@ import gradio as gr
 from groco.app.api import json_routes
 from groco.app.dupes_tab import dupes_tab
 from groco.app.limits import body_limit
+from groco.app.map_tab import map_tab
 from groco.app.memory import return_large_blocks
 from groco.app.search_tab import SearchHandlers, results_json, search_tab
 from groco.app.settings import AppSettings
@@ -50,6 +52,8 @@ def build_app(state: AppState) -> gr.Blocks:
                 search_tab(app, state)
             with gr.Tab("Duplicates", id="duplicates", elem_id="dupes-tab") as tab:
                 dupes_tab(tab, state)
+            with gr.Tab("Map", id="map", elem_id="map-tab") as tab:
+                map_tab(tab, state)
     app.queue(default_concurrency_limit=state.settings.concurrency)
     return app
 
