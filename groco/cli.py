@@ -66,12 +66,17 @@ def train(
     weights: Path = typer.Option(None, help="Local backbone weights to start from (groco run "
                                             "or timm state dict). Turns on --finetune."),
     finetune: bool = typer.Option(None, "--finetune/--no-finetune",
-                                  help="The gentle fine-tuning recipe (default: on when starting "
-                                       "from weights): BN statistics frozen, last stage "
+                                  help="The fine-tuning recipe (default: on when starting "
+                                       "from weights): BN statistics frozen, last 3 stages "
                                        "trainable, backbone at 1/3 of the head's LR, one head "
-                                       "warm-up epoch, 5 epochs, LR 0.1x the from-scratch one."),
-    trainable_stages: int = typer.Option(None, help="Last backbone stages trained, 0 = all "
-                                                    "(default: 1 when fine-tuning, else 0)."),
+                                       "warm-up epoch, 5 epochs; GroCo at its from-scratch "
+                                       "LR, other methods at 0.1x. A 4,000-image collection "
+                                       "adapts in ~6 min at 64 px on 2 CPU cores "
+                                       "(EfficientNet-Lite0)."),
+    trainable_stages: int = typer.Option(None, help="Last backbone stages trained (timm's "
+                                                    "coarse groups), 0 = all (default: 3 when "
+                                                    "fine-tuning, else 0). More stages cost "
+                                                    "more backward compute."),
     backbone_lr_scale: float = typer.Option(None, help="Backbone LR / head LR (default: 1/3 "
                                                        "when fine-tuning, else 1)."),
     head_warmup_epochs: int = typer.Option(None, help="Epochs training only the heads, "

@@ -127,9 +127,10 @@ def test_the_networks_own_normalisation_is_the_default():
     assert explicit.preprocessing.mean == (0.1, 0.2, 0.3)
 
 
-def test_finetune_trains_the_last_stage_and_heads_with_frozen_statistics(tmp_path):
-    """One fine-tuning epoch after the head warm-up: the start's statistics and every stage
-    but the last are untouched; the last stage moved; the run's ONNX file carries 0.5/0.5."""
+def test_finetune_trains_the_last_stages_and_heads_with_frozen_statistics(tmp_path):
+    """One fine-tuning epoch after the head warm-up: the start's statistics, the stem and
+    the first stage are untouched; only the last three stages moved; the run's ONNX file
+    carries 0.5/0.5."""
     from conftest import make_collection
 
     from groco.encoder.export import export_encoder
@@ -147,7 +148,7 @@ def test_finetune_trains_the_last_stage_and_heads_with_frozen_statistics(tmp_pat
     trainer = Trainer(config, show_progress=False)
     resolved = trainer.config
     assert (resolved.finetune, resolved.freeze_bn, resolved.trainable_stages,
-            resolved.head_warmup_epochs) == (True, True, 1, 1)
+            resolved.head_warmup_epochs) == (True, True, 3, 1)
     trainer.train_epoch()
     trainer.epoch += 1
     after_warmup = {k: v.clone() for k, v in trainer.objective.backbone.state_dict().items()}
@@ -155,7 +156,8 @@ def test_finetune_trains_the_last_stage_and_heads_with_frozen_statistics(tmp_pat
     trainer.train_epoch()
     state = trainer.objective.backbone.state_dict()
     moved = {k for k, v in state.items() if not torch.equal(v, weights[k])}
-    assert moved and all(k.startswith("layer4.") for k in moved), sorted(moved)[:5]
+    assert moved and all(k.startswith(("layer2.", "layer3.", "layer4.")) for k in moved), \
+        sorted(moved)[:5]
     assert not any("running_" in k or "num_batches" in k for k in moved)
     assert "layer4.0.conv1.weight" in moved
     trainer.epoch += 1

@@ -15,17 +15,18 @@ from groco.training.methods import OPTIMIZERS, get_method
 MAX_QUEUE_SIZE = 98304  # the papers' support set / memory bank size
 SCRATCH_EPOCHS = 100
 
-# Fine-tuning a pretrained start (``--pretrained`` or ``--weights``): what REFERENCES.md's
-# measurements on an unseen collection found to improve on the start, where anything
-# stronger hurt: BN statistics frozen, only the last stage and a new projector trainable,
-# the backbone at a third of the head's learning rate, one projector warm-up epoch with the
-# backbone frozen, a short cosine schedule, GroCo at steepness 1 (the default).
+# Fine-tuning a pretrained start (``--pretrained`` or ``--weights``): BN statistics frozen,
+# the last three stages (timm's coarse groups; EfficientNet: the head conv and the last two
+# block stages) and a new projector trainable, the backbone at a third of the head's
+# learning rate, one projector warm-up epoch with the backbone frozen, a short cosine
+# schedule. Measured with GroCo on EfficientNet-Lite0 (BENCHMARKS.md, "Quality: trained
+# encoders"): one stage at a tenth of the learning rate left the start as it was; three
+# at the full rate gained on both collections; five with the backbone at the head's rate
+# gained most on the digits and lost on Fashion-MNIST.
 FINETUNE_EPOCHS = 5
-FINETUNE_TRAINABLE_STAGES = 1
+FINETUNE_TRAINABLE_STAGES = 3
 FINETUNE_BACKBONE_LR_SCALE = 1 / 3
 FINETUNE_HEAD_WARMUP_EPOCHS = 1
-FINETUNE_LR_FACTOR = 0.1
-"""Fine-tuning's base learning rate is the method's from-scratch one times this."""
 
 
 def default_queue_size(data: str | Path) -> int:
@@ -112,7 +113,7 @@ class TrainConfig:
         if self.eval_data is not None:
             changes["eval_data"] = str(Path(self.eval_data).expanduser().resolve())
         if self.lr is None:
-            factor = FINETUNE_LR_FACTOR if changes["finetune"] else 1.0
+            factor = spec.finetune_lr_factor if changes["finetune"] else 1.0
             changes["lr"] = spec.base_lr[self.optimizer] * factor
         if self.weight_decay is None:
             changes["weight_decay"] = spec.default_weight_decay(self.optimizer)

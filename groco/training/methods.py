@@ -55,6 +55,8 @@ class MethodSpec:
     ``views``: accepted views per image (``None``: any ``>= 2``). ``queue``: keeps a
     support queue / memory bank (sized by ``--queue-size``; needs ``neighbours`` rows).
     ``min_batch``: the smallest global batch a step can learn from, given the config.
+    ``finetune_lr_factor``: a pretrained start's base learning rate is ``base_lr`` times
+    this (a tenth unless measured otherwise for the method).
     """
 
     name: str
@@ -69,6 +71,7 @@ class MethodSpec:
     queue: bool = False
     neighbours: Callable[[TrainConfig], int] = lambda config: config.num_neighbors
     min_batch: Callable[[TrainConfig], int] = lambda config: 2
+    finetune_lr_factor: float = 0.1
 
     def default_weight_decay(self, optimizer: str) -> float:
         return self.weight_decay.get(optimizer, DEFAULT_WEIGHT_DECAY[optimizer])
@@ -167,7 +170,10 @@ register(MethodSpec(
     "groco", "Group Ordering Constraints (sorting network over positives and hardest "
     "negatives)",
     _groco,
-    _lr(6.0, 6.0), min_batch=lambda config: config.topk_neg + 1))
+    # Fine-tuning keeps the full rate: at steepness 1 the loss moves in a narrow band
+    # (REFERENCES.md), and a tenth of it left the start's features as they were
+    # (BENCHMARKS.md, "Quality: trained encoders beside their baselines").
+    _lr(6.0, 6.0), min_batch=lambda config: config.topk_neg + 1, finetune_lr_factor=1.0))
 register(MethodSpec(
     "simclr", "vanilla contrastive (InfoNCE over the batch)",
     _simclr, _lr(0.5, 0.3)))
