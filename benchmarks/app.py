@@ -71,7 +71,8 @@ def gradio_queries(url: str, queries: list[Path], clients: int) -> np.ndarray:
     from gradio_client import Client, handle_file
 
     def one(chunk: list[Path]) -> list[float]:
-        client = Client(url, verbose=False, download_files=False)
+        client = Client(url, verbose=False, download_files=False,
+                        httpx_kwargs={"timeout": 120})
         times = []
         for q in chunk:
             started = time.perf_counter()
