@@ -1,6 +1,14 @@
 """Shared fixtures: small generated image collections, an exported encoder, a served index;
 checks of an index directory's consistency."""
 
+import os
+
+# One OpenMP/BLAS thread for the tests and the commands they start (torch, FAISS, NumPy):
+# their tensors are tiny, and on 2 shared cores a second spinning thread costs more than it
+# gives (a 4-epoch `groco train` of 24 images took 22 s with 1 thread and 456 s with 2 on
+# a loaded machine). Set before NumPy or torch is imported; a value set outside wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import socket
 from pathlib import Path
 

@@ -226,7 +226,7 @@ class ForkServer:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
 
-    def wait(self, child: Child, timeout: float = 120) -> Outcome:
+    def wait(self, child: Child, timeout: float = 600) -> Outcome:
         status = self._ask({"op": "wait", "pid": child.pid, "timeout": timeout})["status"]
 
         def read(name: str) -> str:
@@ -239,7 +239,7 @@ class ForkServer:
                        " ".join(points) if points and child.kill_at is not None else None)
 
     def run(self, argv: list[str | Path], kill_at: int | None = None,
-            timeout: float = 120) -> Outcome:
+            timeout: float = 600) -> Outcome:
         return self.wait(self.spawn(argv, kill_at), timeout)
 
     def close(self) -> None:
@@ -265,6 +265,117 @@ def spread(count: int, kills: int, seed: int) -> list[int]:
     edges = np.linspace(1, count + 1, min(kills, count) + 1)
     return [int(rng.integers(int(lo), max(int(lo) + 1, int(hi))))
             for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+
+# ----------------------------------------------------------------------------- checks
+
+QUERIES = ("class0/img001.png", "class1/img003.png")
+"""Images searched for by :func:`assert_recovered` (where they are indexed)."""
+
+
+def answers(index: Path, queries: list[bytes]) -> list[list[tuple[str, float]]]:
+    """The top 5 (relpath, score to 4 places) of each query: the index's state, compared."""
+    from groco.index.search import Searcher
+
+    with Searcher(index) as searcher:
+        return [[(r.relpath, round(r.score, 4)) for r in searcher.search_image(q, k=5)]
+                for q in queries]
+
+
+def assert_recovered(index: Path, images: Path, reference: Path, same_ids: bool = True) -> None:
+    """Every image under ``images`` recorded once, with the status, vector (and id) it has
+    in ``reference`` (a run never interrupted); the index consistent and searchable.
+    Raises ``AssertionError`` saying what is wrong."""
+    from conftest import assert_consistent, embeddings_by_path
+
+    from groco.images import find_images
+    from groco.index.manifest import read_manifest
+    from groco.index.search import Searcher
+    from groco.index.store import DB_NAME, Store
+
+    assert_consistent(index)
+    with Store(index / DB_NAME, readonly=True) as store:
+        rows = [(r.path, r.status, r.id) for r in store.iter_rows()]
+    with Store(reference / DB_NAME, readonly=True) as store:
+        expected = [(r.path, r.status, r.id) for r in store.iter_rows()]
+    paths = [p for p, _, _ in rows]
+    assert len(paths) == len(set(paths)), "a file is recorded twice"
+    on_disk = {p.relative_to(images).as_posix() for p in find_images(images)}
+    assert set(paths) == on_disk, f"recorded != on disk: {sorted(set(paths) ^ on_disk)}"
+    if same_ids:
+        assert sorted(rows) == sorted(expected), "ids or statuses differ"
+    else:
+        assert sorted(r[:2] for r in rows) == sorted(r[:2] for r in expected), "statuses differ"
+    got, want = embeddings_by_path(index), embeddings_by_path(reference)
+    assert got.keys() == want.keys(), "embedded files differ"
+    for path, vector in want.items():
+        np.testing.assert_allclose(got[path], vector, atol=1e-5, err_msg=path)
+    assert read_manifest(index)["count"] == len(want), "manifest count"
+    with Searcher(index) as searcher:
+        for rel in QUERIES:
+            if rel in want:
+                first = searcher.search_image(images / rel, k=1)[0]
+                assert first.relpath == rel and abs(first.score - 1) < 1e-4, (rel, first)
+
+
+def change(images: Path, tmp: Path) -> None:
+    """What an update has to do: 2 new files, 1 new broken, 1 deleted, 1 changed, 1 touched
+    (``images`` made by ``conftest.make_collection``, 2+ classes of 4+ images)."""
+    import shutil
+
+    from conftest import make_collection
+
+    make_collection(tmp, classes=2, per_class=2, seed=9)
+    shutil.copy(tmp / "class0/img000.png", images / "class0/new0.png")
+    shutil.copy(tmp / "class1/img000.png", images / "class1/new1.png")
+    (images / "class1/bad.png").write_bytes(b"not an image")
+    (images / "class0/img002.png").unlink()
+    shutil.copy(tmp / "class1/img001.png", images / "class1/img001.png")
+    touched = images / "class0/img003.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+
+
+# ----------------------------------------------------------------------------- damage
+
+KINDS = ("meta.sqlite", "index", "manifest", "emb", "ids")
+"""Files of an index directory :func:`damage_target` finds."""
+HOWS = ("truncated", "header", "empty", "deleted")
+"""Damage every reader must notice (``flipped``, bytes changed anywhere, is not among them:
+nothing in a shard or an index file can tell a changed float from the right one)."""
+
+
+def damage(path: Path, how: str, rng: np.random.Generator) -> None:
+    """Damage ``path``: ``truncated`` (to 5-90 %), ``header`` (first 100 bytes random),
+    ``empty``, ``deleted`` or ``flipped`` (8 random bytes anywhere set to random values)."""
+    size = path.stat().st_size
+    if how == "truncated":
+        os.truncate(path, int(size * rng.uniform(0.05, 0.9)))
+    elif how in ("header", "flipped"):
+        with open(path, "r+b") as f:
+            if how == "header":
+                f.write(rng.integers(0, 256, min(size, 100), dtype=np.uint8).tobytes())
+                return
+            for offset in rng.integers(0, size, 8):
+                f.seek(int(offset))
+                f.write(bytes([int(rng.integers(0, 256))]))
+    elif how == "empty":
+        os.truncate(path, 0)
+    else:
+        path.unlink()
+
+
+def damage_target(index: Path, kind: str) -> Path:
+    """The file of ``kind`` (one of :data:`KINDS`; shards: the lowest-numbered one)."""
+    from groco.index.manifest import read_manifest
+    from groco.index.store import DB_NAME, Store
+
+    manifest = read_manifest(index)
+    with Store(index / DB_NAME, readonly=True) as store:
+        shard = min(store.referenced_shards())
+    return {"meta.sqlite": index / DB_NAME, "index": index / manifest["index_file"],
+            "manifest": index / "manifest.json",
+            "emb": index / "shards" / f"emb-{shard:05d}.npy",
+            "ids": index / "shards" / f"ids-{shard:05d}.npy"}[kind]
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:

@@ -16,7 +16,6 @@ decodes); ``benchmarks/faults.py`` runs the same faults many more times.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,14 +23,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_consistent, embeddings_by_path, make_collection
-from faultkit import ForkServer, Outcome, spread
+from conftest import make_collection
+from faultkit import (
+    HOWS,
+    KINDS,
+    QUERIES,
+    ForkServer,
+    Outcome,
+    answers,
+    assert_recovered,
+    change,
+    damage,
+    damage_target,
+    spread,
+)
 
-from groco.images import find_images
 from groco.index import shards
 from groco.index.build import build_index_dir
-from groco.index.manifest import read_manifest
-from groco.index.search import Searcher
 from groco.index.store import DB_NAME, Store
 
 SEED = 14
@@ -39,7 +47,6 @@ KILLS = 3
 """Kills per command (one per stratum of its writes); benchmarks/faults.py runs more."""
 SMALL = ["--batch-size", "2", "--shard-size", "3", "--workers", "1", "--no-progress"]
 FAST = {"batch_size": 2, "shard_size": 3, "workers": 1, "progress": False}
-QUERIES = ("class0/img001.png", "class1/img003.png")
 
 
 @pytest.fixture(scope="module")
@@ -49,39 +56,6 @@ def forks(tmp_path_factory: pytest.TempPathFactory):
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def answers(index: Path, queries: list[bytes]) -> list[list[tuple[str, float]]]:
-    with Searcher(index) as searcher:
-        return [[(r.relpath, round(r.score, 4)) for r in searcher.search_image(q, k=5)]
-                for q in queries]
-
-
-def assert_recovered(index: Path, images: Path, reference: Path, same_ids: bool = True) -> None:
-    """Every image under ``images`` recorded once, with the status, vector (and id) it has
-    in ``reference`` (a run never interrupted); the index consistent and searchable."""
-    assert_consistent(index)
-    with Store(index / DB_NAME, readonly=True) as store:
-        rows = [(r.path, r.status, r.id) for r in store.iter_rows()]
-    with Store(reference / DB_NAME, readonly=True) as store:
-        expected = [(r.path, r.status, r.id) for r in store.iter_rows()]
-    paths = [p for p, _, _ in rows]
-    assert len(paths) == len(set(paths))  # no duplicates
-    assert set(paths) == {p.relative_to(images).as_posix() for p in find_images(images)}
-    if same_ids:
-        assert sorted(rows) == sorted(expected)
-    else:
-        assert sorted(r[:2] for r in rows) == sorted(r[:2] for r in expected)
-    got, want = embeddings_by_path(index), embeddings_by_path(reference)
-    assert got.keys() == want.keys()
-    for path, vector in want.items():
-        np.testing.assert_allclose(got[path], vector, atol=1e-5)
-    assert read_manifest(index)["count"] == len(want)
-    with Searcher(index) as searcher:
-        for rel in QUERIES:
-            if rel in want:
-                first = searcher.search_image(images / rel, k=1)[0]
-                assert first.relpath == rel and first.score == pytest.approx(1, abs=1e-4)
 
 
 def assert_killed(outcome: Outcome) -> None:
@@ -114,18 +88,6 @@ def build_world(forks, encoder_file, tmp_path_factory) -> World:
     census = forks.run(argv(base / "reference"))
     assert census.status == 0, census.stderr
     return World(images, base / "reference", census.points, argv)
-
-
-def change(images: Path, tmp: Path) -> None:
-    """What an update has to do: 2 new files, 1 new broken, 1 deleted, 1 changed, 1 touched."""
-    make_collection(tmp, classes=2, per_class=2, seed=9)
-    shutil.copy(tmp / "class0/img000.png", images / "class0/new0.png")
-    shutil.copy(tmp / "class1/img000.png", images / "class1/new1.png")
-    (images / "class1/bad.png").write_bytes(b"not an image")
-    (images / "class0/img002.png").unlink()
-    shutil.copy(tmp / "class1/img001.png", images / "class1/img001.png")
-    touched = images / "class0/img003.png"
-    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
 
 
 @dataclass
@@ -289,33 +251,6 @@ def test_concurrent_writers_one_wins_the_other_stops_naming_it(forks, build_worl
 
 
 # ----------------------------------------------------------------------------- damage
-
-
-def damage(path: Path, how: str, rng: np.random.Generator) -> None:
-    size = path.stat().st_size
-    if how == "truncated":
-        os.truncate(path, int(size * rng.uniform(0.05, 0.9)))
-    elif how == "header":  # the first bytes, where every format says what it is
-        with open(path, "r+b") as f:
-            f.write(rng.integers(0, 256, min(size, 100), dtype=np.uint8).tobytes())
-    elif how == "empty":
-        os.truncate(path, 0)
-    else:
-        path.unlink()
-
-
-def damage_target(index: Path, kind: str) -> Path:
-    manifest = read_manifest(index)
-    with Store(index / DB_NAME, readonly=True) as store:
-        shard = min(store.referenced_shards())
-    return {"meta.sqlite": index / DB_NAME, "index": index / manifest["index_file"],
-            "manifest": index / "manifest.json",
-            "emb": index / "shards" / f"emb-{shard:05d}.npy",
-            "ids": index / "shards" / f"ids-{shard:05d}.npy"}[kind]
-
-
-KINDS = ("meta.sqlite", "index", "manifest", "emb", "ids")
-HOWS = ("truncated", "header", "empty", "deleted")
 
 
 def test_damaged_files_get_one_line_then_repair_and_update_recover(forks, build_world,

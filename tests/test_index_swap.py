@@ -44,23 +44,32 @@ PHASES = [(Store, "commit", 1), (shards, "write_shard", 1), (Store, "commit", 2)
           (Store, "purge_retired", 1)]
 
 
-@pytest.mark.parametrize("owner,name,nth", PHASES,
-                         ids=["deletes", "shard-written", "shard-committed", "index-written",
-                              "manifest-written", "cleanup"])
-def test_update_stopped_at_each_phase(encoder_file, tmp_path, monkeypatch, owner, name, nth):
-    images = make_collection(tmp_path / "images", classes=2, per_class=5)
+@pytest.fixture(scope="module")
+def states(encoder_file, tmp_path_factory):
+    """The index before an update, the images after it, and the answers at both states
+    (made once: every phase's update starts from a copy of the same index)."""
+    tmp = tmp_path_factory.mktemp("swap")
+    images = make_collection(tmp / "images", classes=2, per_class=5)
     queries = [(images / p).read_bytes() for p in ("class0/img001.png", "class1/img002.png")]
-    base = tmp_path / "base"
+    base = tmp / "base"
     build_index_dir(images, encoder_file, base, **FAST)
     old = answers(base, queries)
     (images / "class0/img001.png").unlink()
-    make_collection(tmp_path / "more", classes=2, per_class=3, seed=5)
-    shutil.copytree(tmp_path / "more/class1", images / "class1", dirs_exist_ok=True)
-    clean = tmp_path / "clean"
+    make_collection(tmp / "more", classes=2, per_class=3, seed=5)
+    shutil.copytree(tmp / "more/class1", images / "class1", dirs_exist_ok=True)
+    clean = tmp / "clean"
     shutil.copytree(base, clean)
     update_index_dir(clean, **FAST)
     new = answers(clean, queries)
     assert new != old
+    return base, queries, old, new
+
+
+@pytest.mark.parametrize("owner,name,nth", PHASES,
+                         ids=["deletes", "shard-written", "shard-committed", "index-written",
+                              "manifest-written", "cleanup"])
+def test_update_stopped_at_each_phase(states, tmp_path, monkeypatch, owner, name, nth):
+    base, queries, old, new = states
     index = tmp_path / "index"
     shutil.copytree(base, index)
     with monkeypatch.context() as patch:
