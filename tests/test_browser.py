@@ -1,6 +1,7 @@
 """A real browser: headless Chromium loads the page, uploads an image and sees the gallery
-fill. Runs in CI (which installs Debian's chromium and chromium-driver); elsewhere it skips
-when no browser is installed."""
+fill; opens on the collection and clicks a thumbnail for more like it; opens the Duplicates
+tab and sees the groups and their downloads. Runs in CI (which installs Debian's chromium
+and chromium-driver); elsewhere it skips when no browser is installed."""
 
 from __future__ import annotations
 
@@ -52,3 +53,52 @@ def test_upload_fills_the_gallery(served, browser):
     screenshot = os.environ.get("GROCO_SCREENSHOT")
     if screenshot:
         browser.save_screenshot(screenshot)
+
+
+def _wait(browser, seconds: int = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, seconds, ignored_exceptions=(Exception,))
+
+
+def _text(browser, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id).text
+
+
+def _tab(browser, name: str):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.XPATH, f"//button[@role='tab'][normalize-space()='{name}']")
+
+
+def test_page_opens_on_the_collection_and_a_click_gives_more_like_it(served, browser):
+    from selenium.webdriver.common.by import By
+
+    _, _, url = served
+    browser.get(url)
+    wait = _wait(browser)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#collection img")) >= 24)
+    assert "page 1 of 2" in _text(browser, "browse-status")
+    browser.find_elements(By.CSS_SELECTOR, "#collection img")[0].click()
+    wait.until(lambda d: "neighbours of" in _text(d, "search-status"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5)
+    _tab(browser, "Collection").click()
+    wait.until(lambda d: d.find_element(By.ID, "browse-next").is_displayed())
+    browser.find_element(By.ID, "browse-next").click()
+    wait.until(lambda d: "page 2 of 2" in _text(d, "browse-status"))
+
+
+def test_duplicates_tab_shows_the_groups(served, browser):
+    from selenium.webdriver.common.by import By
+
+    _, _, url = served
+    browser.get(url)
+    wait = _wait(browser)
+    wait.until(lambda d: _tab(d, "Duplicates")).click()
+    wait.until(lambda d: "groups" in _text(d, "dupes-status"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    assert "group 1" in browser.find_element(By.ID, "dupes").text
+    assert browser.find_elements(By.ID, "dupes-json") and browser.find_elements(By.ID,
+                                                                                "dupes-csv")
