@@ -129,16 +129,21 @@ def knn_vote(
     return scores.reshape(m, num_classes).argmax(axis=1).astype(np.int64)
 
 
-def class_indices(names: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
+def class_indices(names: Sequence[str | None], classes: Sequence[str] | None = None
+                  ) -> tuple[list[str], np.ndarray]:
     """Class names to integer labels: ``(classes, labels)``.
 
-    ``classes`` is the sorted list of distinct names other than ``None``; ``labels[i]`` is
-    the index of ``names[i]`` in it, ``-1`` for ``None`` (unlabelled), int64. The one
-    label-to-class mapping of groco (training data, the k-NN monitor, ``index eval``).
+    ``classes`` is the sorted list of distinct names other than ``None``, or the given
+    ``classes`` (e.g. a training run's, to label an evaluation folder alike); ``labels[i]``
+    is the index of ``names[i]`` in it, ``-1`` for ``None`` (unlabelled) or a name not in
+    the given ``classes``, int64. The one label-to-class mapping of groco (training data,
+    the k-NN monitor, ``index eval``).
     """
-    classes = sorted({name for name in names if name is not None})
+    if classes is None:
+        classes = sorted({name for name in names if name is not None})
+    classes = list(classes)
     lookup = {name: i for i, name in enumerate(classes)}
-    labels = np.fromiter((-1 if name is None else lookup[name] for name in names),
+    labels = np.fromiter((lookup.get(name, -1) if name is not None else -1 for name in names),
                          dtype=np.int64, count=len(names))
     return classes, labels
 

@@ -114,3 +114,6 @@ def test_vote_on_given_neighbours_and_class_indices() -> None:
     assert classes == ["cat", "dog"] and idx.tolist() == [1, -1, 0, 1]
     assert idx.dtype == np.int64
     assert class_indices([None])[1].tolist() == [-1] and class_indices([])[0] == []
+    # an evaluation folder labelled by a training run's classes: unknown names are -1
+    classes, idx = class_indices(["bird", "dog", None, "ant"], ["ant", "bird", "cat"])
+    assert classes == ["ant", "bird", "cat"] and idx.tolist() == [1, -1, -1, 0]

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from groco.knn import knn_accuracy
+from groco.knn import class_indices, knn_accuracy
 from groco.training import checkpoint, labelfree
 from groco.training.augment import MultiViewAugment, normalize_batch
 from groco.training.config import TrainConfig
@@ -354,20 +354,20 @@ class Trainer:
         features, names = bank
         if not names:
             return None
-        index = {name: i for i, name in enumerate(self.dataset.classes)}
-        labels = np.array([index[name] for name in names])
+        classes, labels = class_indices(names, self.dataset.classes)
         settings = {"k": self.config.knn_k, "temperature": self.config.knn_temperature,
-                    "num_classes": len(index)}
+                    "num_classes": len(classes)}
         if len(features) < 2:
             return None
         if not self.config.eval_data:
             return knn_accuracy(features, labels, features, labels, exclude_self=True,
                                 **settings)
         queries, query_names = self.embed_folder(self.config.eval_data)
-        keep = np.array([name in index for name in query_names], dtype=bool)
+        _, query_labels = class_indices(query_names, classes)
+        keep = query_labels >= 0
         if not keep.any():
             return None
-        query_labels = np.array([index[n] for n in query_names if n in index])
+        query_labels = query_labels[keep]
         return knn_accuracy(features, labels, queries[keep], query_labels, **settings)
 
     def embed_bank(self) -> tuple[np.ndarray, list[str | None]]:
