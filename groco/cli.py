@@ -386,7 +386,18 @@ def index_merge(
                                   progress=progress)
     except _INDEX_ERRORS as error:
         _fail(error)
-    typer.echo(_summary(report, "merged"))
+    typer.echo(_merge_summary(report))
+
+
+def _merge_summary(report) -> str:
+    recall = ("" if report.recall_at_10 is None
+              else f", recall@10 {report.recall_at_10:.3f}")
+    where = (f"{report.index_dir}: {report.count} vectors, {report.index_type}{recall}")
+    if report.skipped:
+        return (f"nothing to merge: {report.index_dir} already holds this merge "
+                f"({report.skipped} files); {where}")
+    return (f"merged {report.copied} files (embeddings copied from the parts, none "
+            f"re-embedded; {report.broken_total} broken); {where}")
 
 
 @index_app.command("repair")

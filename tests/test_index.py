@@ -272,7 +272,16 @@ def test_sharded_build_and_merge_equal_a_single_build(built, encoder_file, tmp_p
     with Searcher(tmp_path / "merged") as searcher:
         assert searcher.search_image(images / "class0/img004.png", k=1)[0].relpath == \
             "class0/img004.png"
+    before = embeddings_by_path(tmp_path / "merged")
+    # the same merge run again (after it finished, or was killed at its very end): a no-op
     result = run_cli("index", "merge", str(parts), "--out", str(tmp_path / "merged"))
+    assert result.returncode == 0 and "nothing to merge" in result.stdout, result.stderr
+    again = embeddings_by_path(tmp_path / "merged")
+    assert again.keys() == before.keys()
+    assert all(np.array_equal(again[p], before[p]) for p in before)
+    assert_consistent(tmp_path / "merged")
+    # anything else into a finished index is refused
+    result = run_cli("index", "merge", str(single), "--out", str(tmp_path / "merged"))
     assert result.returncode == 1 and "already holds an index" in result.stderr
 
 

@@ -22,6 +22,7 @@ No torch here: embedding runs on ONNX Runtime (:class:`groco.encoder.runtime.Enc
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -73,6 +74,7 @@ class BuildReport:
     embedded: int = 0
     broken: int = 0
     skipped: int = 0
+    copied: int = 0
     changed: int = 0
     deleted: int = 0
     touched: int = 0
@@ -418,10 +420,23 @@ def _check_parts(dirs: list[Path], infos: list[dict[str, str]]) -> None:
         raise IndexDirError(f"unfinished part(s): {', '.join(unfinished)} (rerun their build)")
 
 
-def _prepare_merge_target(out: Path) -> None:
-    if (out / MANIFEST_NAME).exists():
-        raise IndexDirError(f"{out} already holds an index; merge into a new directory")
+def _merge_source(dirs: list[Path], rows: list[tuple[FileRow, int]]) -> str:
+    """A fingerprint of what a merge reads: each source directory and its row count."""
+    counts = np.bincount([part for _, part in rows], minlength=len(dirs)).tolist()
+    listing = [[str(d.resolve()), n] for d, n in zip(dirs, counts, strict=True)]
+    return hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()[:16]
+
+
+def _prepare_merge_target(out: Path, source: str) -> bool:
+    """Make ``out`` ready for a merge of ``source``; True when it already holds that merge
+    (a rerun after the merge finished, or was killed at its very end: nothing to copy)."""
     db = out / DB_NAME
+    if (out / MANIFEST_NAME).exists():
+        if db.exists():
+            with Store(db, readonly=True) as store:
+                if store.get_info("merge_source") == source:
+                    return True
+        raise IndexDirError(f"{out} already holds an index; merge into a new directory")
     if db.exists():
         with Store(db, readonly=True) as store:
             interrupted_merge = store.get_info("merged_from") is not None
@@ -433,6 +448,7 @@ def _prepare_merge_target(out: Path) -> None:
         for index_file in out.glob("index*.faiss"):  # INDEX_NAME or a versioned one
             index_file.unlink()
         shutil.rmtree(out / shards.SHARD_DIR, ignore_errors=True)
+    return False
 
 
 def merge_index_dirs(
@@ -451,7 +467,8 @@ def merge_index_dirs(
     Every file gets a new id by its relative path (``0..n-1`` in path order, the order
     of a single build), embeddings are copied (never recomputed) into new shards of
     ``shard_size``, metadata is merged, and the FAISS index is built as in
-    :func:`build_index_dir`. ``out_dir`` must be new (or an interrupted merge).
+    :func:`build_index_dir`. ``out_dir`` must be new, an interrupted merge (restarted)
+    or this same merge finished (nothing to copy; the index is checked and kept).
     """
     start = time.perf_counter()
     _check_settings(target_recall, 1, shard_size)
@@ -474,11 +491,17 @@ def merge_index_dirs(
     keep = ("images_root", "encoder_hash", "encoder_path", "encoder_backbone", "image_size",
             "dim")
     with writer_lock(out, "groco index merge"):
-        _prepare_merge_target(out)
+        source = _merge_source(dirs, rows)
+        done = _prepare_merge_target(out, source)
         with Store(out / DB_NAME) as store:
-            store.set_info({**{k: infos[0][k] for k in keep if k in infos[0]}, "slice": "",
-                            "merged_from": len(dirs)})
-            _copy_rows(out, store, dirs, rows, shard_size, progress)
+            if done:
+                report.skipped = len(rows)
+            else:
+                store.set_info({**{k: infos[0][k] for k in keep if k in infos[0]},
+                                "slice": "", "merged_from": len(dirs)})
+                _copy_rows(out, store, dirs, rows, shard_size, progress)
+                report.copied = len(rows)
+                store.set_info({"merge_source": source})
             _finish(report, store, out, index_type, memory_bytes, target_recall, None)
     report.seconds = time.perf_counter() - start
     return report
