@@ -3,11 +3,20 @@ loss's share of a resnet18 training step.
 
     python benchmarks/sorting.py                 # B=1024, n in 11 32 64 128, both networks
     python benchmarks/sorting.py --sizes 11 32   # a quicker subset
+    python benchmarks/sorting.py --quick         # tiny inputs (CI: it runs, prints its table)
 
 Both implementations get the same inputs and the same loss, ``sum(sorted_x) + sum(P * W)``,
-timed in the same process. diffsort keeps four (B, n, n/2) products per layer for its
+timed in the same process with :mod:`timing`: one warm-up call each (its cold cost is a
+column of its own, never in the ratio), then ``--runs`` interleaved rounds; each figure
+is the median with the min-max beside it, the speed-up is diffsort's median over groco's
+with the per-round range. diffsort keeps four (B, n, n/2) products per layer for its
 backward pass; where that would exceed ``--reference-memory-gb`` its batch is run in equal
 chunks one after another (its cost is linear in B, so the total is the same work).
+
+The step share times a full two-view GroCo training step of resnet18 and the GroCo loss's
+forward + backward on that step's projections, interleaved; by default at the step the
+Fashion-MNIST tables train (``benchmarks/fmnist_knn.py``: 32 px, batch 128, projector
+2048, ImageNet stem), with the small stem beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, header  # noqa: E402
+from _common import header  # noqa: E402
+from timing import LoadWatch, Side, interleaved, ratio_summary, speedup  # noqa: E402
 
 from groco.training.losses import GroCoLoss  # noqa: E402
 from groco.training.sorting import SortingNetwork  # noqa: E402
@@ -33,9 +43,9 @@ def diffsort_memory_bytes(kind: str, n: int, batch: int) -> float:
     return layers * 6 * batch * n * (n // 2 + 1) * 4
 
 
-def time_sorting(
-    kind: str, n: int, batch: int, repeats: int, memory_gb: float
-) -> tuple[float, float]:
+def time_sorting(kind: str, n: int, batch: int, runs: int, memory_gb: float
+                 ) -> tuple[Side, Side]:
+    """(groco, diffsort) timings of forward + backward on the same (batch, n) inputs."""
     import diffsort
 
     gen = torch.Generator().manual_seed(n)
@@ -51,27 +61,19 @@ def time_sorting(
             sorted_x, perm = module(xs)
             (sorted_x.sum() + (perm * ws).sum()).backward()
 
-    # Interleaved, best of each: on a shared machine a burst of load then hits both alike.
-    slow = n >= 64
-    t_ours = t_ref = float("inf")
-    run(ours, 1)
-    if not slow:
-        run(reference, chunks)
-    for i in range(repeats):
-        t_ours = min(t_ours, best_time(lambda: run(ours, 1), repeats=1, warmup=0))
-        if not slow or i == 0:
-            t_ref = min(t_ref, best_time(lambda: run(reference, chunks), repeats=1, warmup=0))
-    return t_ours, t_ref
+    result = interleaved({"diffsort": lambda: run(reference, chunks),
+                          "groco": lambda: run(ours, 1)}, runs=runs, warmup=1)
+    return result["groco"], result["diffsort"]
 
 
-def groco_share(batch: int, image_size: int, backbone: str, repeats: int) -> tuple[float, float]:
-    """(loss fwd+bwd seconds, full training step seconds) for a two-view GroCo step."""
+def groco_share(batch: int, image_size: int, small_stem: bool, runs: int) -> tuple[Side, Side]:
+    """(GroCo loss fwd+bwd, full two-view training step) timings of resnet18, interleaved."""
     from groco.training.models import build_model
 
     torch.manual_seed(0)
-    model = build_model({"backbone": backbone, "image_size": image_size, "small_stem": None,
-                         "projector_hidden": 2048, "projector_dim": 2048,
-                         "projector_layers": 3, "weights": None})
+    model = build_model({"backbone": "resnet18", "image_size": image_size,
+                         "small_stem": small_stem, "projector_hidden": 2048,
+                         "projector_dim": 2048, "projector_layers": 3, "weights": None})
     model = model.to(memory_format=torch.channels_last)
     loss_fn = GroCoLoss(topk_neg=10, steepness=1.0)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -91,9 +93,8 @@ def groco_share(batch: int, image_size: int, backbone: str, repeats: int) -> tup
         leaves = [p.detach().clone().requires_grad_() for p in projections]
         loss_fn(leaves).backward()
 
-    t_step = best_time(step, repeats=repeats)
-    t_loss = best_time(loss_only, repeats=repeats * 3)
-    return t_loss, t_step
+    result = interleaved({"step": step, "loss": loss_only}, runs=runs, warmup=1)
+    return result["loss"], result["step"]
 
 
 def main() -> None:
@@ -102,32 +103,57 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--sizes", type=int, nargs="+", default=[11, 32, 64, 128])
     parser.add_argument("--networks", nargs="+", default=["odd_even", "bitonic"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3, help="interleaved timed rounds")
     parser.add_argument("--reference-memory-gb", type=float, default=6.0)
-    parser.add_argument("--step-batch", type=int, default=256)
-    parser.add_argument("--step-image-size", type=int, default=64)
+    parser.add_argument("--step-batch", type=int, default=128)
+    parser.add_argument("--step-image-size", type=int, default=32)
+    parser.add_argument("--step-stems", nargs="+", choices=["imagenet", "small"],
+                        default=["imagenet", "small"])
     parser.add_argument("--skip-step", action="store_true", help="skip the training-step share")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny inputs: B=64, n in 11 16, a batch-16 step at 32 px, 2 runs")
     args = parser.parse_args()
+    if args.quick:
+        args.batch, args.sizes, args.runs = 64, [11, 16], 2
+        args.step_batch, args.step_image_size, args.step_stems = 16, 32, ["imagenet"]
 
-    print(header())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={args.batch}, "
-          "steepness 10, cauchy, loss sum(sorted_x) + sum(P*W), best of "
-          f"{args.repeats} (diffsort: 1 run at n >= 64)\n")
-    print("| network | n | groco fwd+bwd (ms) | diffsort fwd+bwd (ms) | speed-up |")
-    print("|---|---|---|---|---|")
+    load = LoadWatch()
+    rows = []
     for kind in args.networks:
         for n in args.sizes:
             started = time.perf_counter()
-            ours, ref = time_sorting(kind, n, args.batch, args.repeats, args.reference_memory_gb)
-            print(f"| {kind} | {n} | {ours * 1e3:.1f} | {ref * 1e3:.1f} | {ref / ours:.1f}x |",
+            ours, ref = time_sorting(kind, n, args.batch, args.runs, args.reference_memory_gb)
+            rows.append(f"| {kind} | {n} | {ours.summary()} | {ref.summary()} | "
+                        f"{ratio_summary(ref, ours, digits=1)} | {ours.cold * 1e3:.1f} | "
+                        f"{ref.cold * 1e3:.1f} |")
+            print(f"{rows[-1]}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
                   flush=True)
-            print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    shares = []
     if not args.skip_step:
-        t_loss, t_step = groco_share(args.step_batch, args.step_image_size, "resnet18",
-                                     args.repeats)
-        print(f"\nGroCo loss share of a resnet18 training step (batch {args.step_batch}, 2 views, "
-              f"{args.step_image_size} px, SGD, CPU): loss fwd+bwd {t_loss * 1e3:.1f} ms, "
-              f"step {t_step * 1e3:.0f} ms, share {100 * t_loss / t_step:.2f}%")
+        for stem in args.step_stems:
+            t_loss, t_step = groco_share(args.step_batch, args.step_image_size,
+                                         stem == "small", args.runs)
+            shares.append(f"| {stem} stem | {t_loss.summary()} | {t_step.summary(digits=0)} | "
+                          f"{100 / speedup(t_step, t_loss):.2f} % |")
+    print(header())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on both sides, "
+          f"B={args.batch}, steepness 10, cauchy, loss sum(sorted_x) + sum(P*W), forward + "
+          f"backward; one warm-up call each, then {args.runs} interleaved rounds: median "
+          "(min-max) ms; speed-up = diffsort median / groco median (per-round range); the "
+          "first (cold) call of each side is its own column, not in the speed-up.")
+    print(load.line() + "\n")
+    print("| network | n | groco ms | diffsort ms | speed-up vs diffsort | groco cold ms "
+          "| diffsort cold ms |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if shares:
+        print(f"\nGroCo loss share of a resnet18 training step (batch {args.step_batch}, 2 "
+              f"views, {args.step_image_size} px, projector 2048, SGD, CPU, channels_last), "
+              f"loss and step interleaved, {args.runs} rounds, median (min-max); the "
+              "Fashion-MNIST tables train the ImageNet stem (benchmarks/fmnist_knn.py):\n")
+        print("| stem | loss fwd+bwd ms | step ms | share (median loss / median step) |")
+        print("|---|---|---|---|")
+        print("\n".join(shares))
 
 
 if __name__ == "__main__":
