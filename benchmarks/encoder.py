@@ -9,10 +9,12 @@ checkpoint format) over a folder of generated images, exports it through the rea
 images), then times one batch of ``--batch-size`` preprocessed images per engine: PyTorch
 eager (``torch.inference_mode``, ``torch.set_num_threads(T)``) and each ONNX file in an
 :class:`groco.encoder.runtime.Encoder` with ``T`` intra-op threads, graph optimisation ALL.
-PyTorch runs twice: as trained (NCHW) and with channels_last weights and input (often
-faster on CPU); "vs PyTorch" divides by the faster of the two. The engines are
-interleaved: every round runs each engine once, so load from other processes hits them
-alike. Reported: best and median images/s over the rounds; ratios use the best.
+PyTorch runs twice: as trained (NCHW, "eager") and with channels_last weights and input
+(often faster on CPU); every engine gets a ratio against each of the two, both named.
+Timing is :mod:`timing`'s: one warm-up call per engine (its first, cold call is reported
+as a column of its own, never in a ratio), then ``--rounds`` interleaved rounds, every
+engine once per round in rotating order, on the same batch and threads. Reported: median
+images/s with the min-max beside it; ratios are ratios of the median times.
 Agreement is the export report's per-image cosine to the fp32 model, on images held out
 from int8 calibration.
 
@@ -22,14 +24,14 @@ same quantisation with full 8-bit weights, as groco wrote it before (built here 
 :func:`groco.encoder.quantize.to_int8` on the same calibration images, its agreement
 measured on the same held-out images), so the two rows give what the fix costs in speed.
 Targets: ORT fp32 >= 1.2x PyTorch eager; int8 >= 2x ORT fp32 for the CNN.
+
+    python benchmarks/encoder.py --quick    # resnet18 at 32 px, batch 4 (CI: it runs)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +47,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header  # noqa: E402
+from timing import LoadWatch, Side, interleaved, speedup  # noqa: E402
 
 from groco.encoder.export import (  # noqa: E402
     ExportReport,
@@ -112,18 +115,13 @@ def int8_full_range(run: Path, report: ExportReport, out: Path) -> tuple[Path, n
     return out, agreement
 
 
-def time_interleaved(engines: dict[str, Callable[[], object]], rounds: int) -> dict[str, list]:
-    """Seconds per call of each engine; one warm-up call each, then ``rounds`` rounds."""
-    for fn in engines.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for r in range(rounds):
-        for name, fn in engines.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
-    return times
+def time_interleaved(engines: dict[str, Callable[[], object]], rounds: int) -> dict[str, Side]:
+    """Each engine's timings: its own warm-up call (the cold one), then ``rounds`` rounds."""
+    def progress(r: int, sides: dict[str, Side]) -> None:
+        log(f"round {r + 1}/{rounds}: "
+            + ", ".join(f"{n} {s.times[-1]:.2f}s" for n, s in sides.items()))
+
+    return interleaved(engines, runs=rounds, warmup=1, on_round=progress)
 
 
 def bench_model(backbone: str, size: int, root: Path, data: Path, args) -> list[str]:
@@ -167,9 +165,8 @@ def bench_model(backbone: str, size: int, root: Path, data: Path, args) -> list[
     times = time_interleaved(engines, args.rounds)
 
     n = len(batch)
-    best = {name: n / min(t) for name, t in times.items()}
-    median = {name: n / statistics.median(t) for name, t in times.items()}
-    torch_best = max(best["PyTorch eager fp32"], best["PyTorch channels_last fp32"])
+    eager, channels_last, ort_fp32 = (times[k] for k in (
+        "PyTorch eager fp32", "PyTorch channels_last fp32", "ORT fp32"))
     rows = []
     for name in engines:
         precision = name.removeprefix("ORT ")
@@ -178,10 +175,11 @@ def bench_model(backbone: str, size: int, root: Path, data: Path, args) -> list[
                      f"{report.cosine_min:.4f} / {report.cosine_mean:.4f}")
         if precision == "int8 8-bit weights (before)":
             agreement = f"{before_cosines.min():.4f} / {before_cosines.mean():.4f}"
+        side = times[name]
         rows.append(
-            f"| {backbone} | {name} | {best[name]:.1f} | {median[name]:.1f} | "
-            f"{best[name] / torch_best:.2f}x | "
-            f"{best[name] / best['ORT fp32']:.2f}x | {agreement} |")
+            f"| {backbone} | {name} | {side.rate_summary(n)} | "
+            f"{speedup(eager, side):.2f}x | {speedup(channels_last, side):.2f}x | "
+            f"{speedup(ort_fp32, side):.2f}x | {side.cold:.2f} | {agreement} |")
     return rows
 
 
@@ -195,9 +193,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=64,
                         help="generated images (calibration and the timed batch)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny inputs: resnet18 at 32 px, batch 4, 16 images, 2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.image_size, args.batch_size = ["resnet18"], 32, 4
+        args.images, args.rounds = 16, 2
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    load = LoadWatch()
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="groco-bench-encoder-") as tmp:
@@ -210,12 +213,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, timm {timm.__version__}; "
           f"CPU only; {args.threads} threads for both engines (torch.set_num_threads = ORT "
           f"intra_op_num_threads); batch {args.batch_size} at {args.image_size} px; "
-          f"{args.rounds} interleaved rounds after a warm-up; random-init weights.")
-    print(f"Load average before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} "
-          "(the CPU is shared, so absolute figures are noisy; each ratio comes from one run).\n")
-    print("| model | engine | images/s (best) | images/s (median) | vs best PyTorch "
-          "| vs ORT fp32 | cosine to fp32 (min / mean) |")
-    print("|---|---|---|---|---|---|---|")
+          f"one warm-up call per engine, then {args.rounds} interleaved rounds (rotating "
+          "order); images/s median (min-max); each ratio is a ratio of median times in this "
+          "run; 'first batch' is each engine's cold first call, in no ratio; random-init "
+          "weights.")
+    print(load.line() + "\n")
+    print("| model | engine | images/s median (min-max) | vs PyTorch eager "
+          "| vs PyTorch channels_last | vs ORT fp32 | first batch s (cold) "
+          "| cosine to fp32 (min / mean) |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -14,12 +14,15 @@ Steps:
 4. ``build``: time ``build_index_dir`` on the folder into a fresh directory: the
    embedding rate is images / embedding-phase time (discovery to the last shard commit);
    the end-to-end rate also counts file discovery, the FAISS build, tuning and manifest;
-5. steps 3-4 alternate ``--repeats`` times; the best of each is reported, and the ratio
-   of the bests.
+5. steps 3-4 are timed with :mod:`timing`: one warm-up call each (its cold cost
+   reported apart, in no ratio), then ``--repeats`` interleaved rounds. Reported: the
+   median rate with the min-max beside it, the ratio of medians and the per-round
+   build/bare ratios (each from the same round).
 
 Run from the repository root:
-    .venv/bin/python benchmarks/index_throughput.py               # 2000 x 64 px, resnet18
-    .venv/bin/python benchmarks/index_throughput.py --n 500 --repeats 1
+    .venv/bin/python benchmarks/index_throughput.py               # 1000 x 64 px, resnet18
+    .venv/bin/python benchmarks/index_throughput.py --n 500 --repeats 2
+    .venv/bin/python benchmarks/index_throughput.py --quick       # tiny (CI: it runs)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header  # noqa: E402
+from timing import LoadWatch, Side, interleaved, round_ratios, speedup  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -72,18 +76,23 @@ def export(work: Path, backbone: str, image_size: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="images")
+    parser.add_argument("--n", type=int, default=1000, help="images")
     parser.add_argument("--size", type=int, default=64, help="side of the JPEGs")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64, help="encoder input size")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny inputs: 48 32-px images, encoder at 32 px, 2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.size, args.image_size, args.batch_size, args.repeats = 48, 32, 32, 16, 2
 
     from groco.encoder.runtime import Encoder
     from groco.images import find_images, load_image
     from groco.index.build import build_index_dir
 
+    load = LoadWatch()
     work = Path(tempfile.mkdtemp(prefix="groco-bench-"))
     try:
         images = work / "images"
@@ -96,40 +105,51 @@ def main() -> None:
         t0 = time.perf_counter()
         batch = np.stack([encoder.preprocess(load_image(f)) for f in files])
         decode_rate = len(files) / (time.perf_counter() - t0)
-        encoder.embed_arrays(batch[: args.batch_size])  # warm-up
-        bare, build, total, pairs = [], [], [], []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            encoder.embed_arrays(batch)
-            bare.append(len(batch) / (time.perf_counter() - t0))
-            log(f"repeat {r + 1}: bare embed_arrays {bare[-1]:.1f} images/s")
-            out = work / f"index{r}"
+        reports = []
+
+        def build() -> None:
+            out = work / f"index{len(reports)}"
             report = build_index_dir(images, encoder_path, out, batch_size=args.batch_size,
                                      progress=False)
             assert report.embedded == len(files), report
-            build.append(report.images_per_second)
-            total.append(report.embedded / report.seconds)
-            pairs.append(build[-1] / bare[-1])
-            log(f"repeat {r + 1}: index build {build[-1]:.1f} images/s embedding, "
-                f"{total[-1]:.1f} end to end ({report.index_type})")
+            reports.append(report)
             shutil.rmtree(out)
+
+        def progress(r: int, sides: dict[str, Side]) -> None:
+            log(f"round {r + 1}/{args.repeats}: bare {len(files) / sides['bare'].times[-1]:.1f}"
+                f" images/s, index build {reports[-1].images_per_second:.1f} embedding")
+
+        sides = interleaved({"bare": lambda: encoder.embed_arrays(batch), "build": build},
+                            runs=args.repeats, warmup=1, on_round=progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    n = len(files)
+    bare, total = sides["bare"], sides["build"]
+    # The build's embedding phase (discovery to the last shard commit), from its report;
+    # reports[0] is the warm-up build.
+    embedding = Side("embedding phase", cold=reports[0].embed_seconds,
+                     times=[r.embed_seconds for r in reports[1:]])
+    per_round = round_ratios(embedding, bare)
     print(header())
     print(f"{args.n} generated {args.size}x{args.size} JPEGs in 10 class folders; encoder "
           f"{args.backbone} (untrained) at {args.image_size} px on {encoder.provider}, "
-          f"{encoder.threads} intra-op threads, batch {args.batch_size}; best of "
-          f"{args.repeats}, alternating.\n")
-    print("| path | images/s | vs bare |")
-    print("|---|---:|---:|")
-    print(f"| decode + preprocess only (1 thread, no inference) | {decode_rate:.0f} | |")
-    print(f"| bare `Encoder.embed_arrays` on pre-decoded arrays | {max(bare):.1f} | 1.00x |")
+          f"{encoder.threads} intra-op threads, batch {args.batch_size} on both sides; one "
+          f"warm-up call each, then {args.repeats} interleaved rounds; images/s median "
+          "(min-max); ratios of medians.")
+    print(load.line() + "\n")
+    print("| path | images/s median (min-max) | vs bare | first call images/s (cold) |")
+    print("|---|---:|---:|---:|")
+    print(f"| decode + preprocess only (1 thread, no inference) | {decode_rate:.0f} | | |")
+    print(f"| bare `Encoder.embed_arrays` on pre-decoded arrays | {bare.rate_summary(n)} | "
+          f"1.00x | {n / bare.cold:.1f} |")
     print(f"| `index build`, embedding phase (read, hash, decode, embed, shards, SQLite) "
-          f"| {max(build):.1f} | {max(build) / max(bare):.2f}x |")
+          f"| {embedding.rate_summary(n)} | {speedup(bare, embedding):.2f}x | "
+          f"{n / embedding.cold:.1f} |")
     print(f"| `index build`, end to end (+ discovery, FAISS, tuning, manifest) "
-          f"| {max(total):.1f} | {max(total) / max(bare):.2f}x |")
-    print(f"\nPer-repeat build/bare ratios: {', '.join(f'{p:.2f}' for p in pairs)}")
+          f"| {total.rate_summary(n)} | {speedup(bare, total):.2f}x | {n / total.cold:.1f} |")
+    print(f"\nPer-round build (embedding phase) / bare rate ratios: "
+          f"{', '.join(f'{1 / p:.2f}' for p in per_round)}")
 
 
 if __name__ == "__main__":
