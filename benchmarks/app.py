@@ -21,15 +21,20 @@ the same query files:
   with thumbnail URLs).
 
 Both upload the same file and get the same results back. The server's own time per query
-(the JSON route's ``ms``) is reported beside them, and the load average before each row
-(the machine is shared). Target: p95 ≤ 150 ms sequential.
+(the JSON route's ``ms``) is reported beside them. Timing follows :mod:`timing`: the very
+first query on the fresh server (JSON route) is a row of its own (cold); then every row
+(API x clients) gets its own warm-up of ``--warmup`` queries, drawn apart from the timed
+ones and never timed again, and the rows run in ``--rounds`` interleaved rounds, each
+round sending the same slice of the ``--queries`` timed queries through every row, so
+every row times the same queries, the same count. The load average before and after is
+printed (the machine is shared). Target: p95 ≤ 150 ms sequential.
+
+    python benchmarks/app.py --quick      # 48 generated images, 8 queries (CI: it runs)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import socket
 import subprocess
 import sys
@@ -44,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header  # noqa: E402
 from fashion_mnist import write_folder  # noqa: E402
+from timing import LoadWatch, interleaved  # noqa: E402
 
 K = 12
 SERVER = """
@@ -163,21 +169,42 @@ def start_server(index: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start in 10 minutes")
 
 
+APIS = (("gradio_client `/search`", gradio_queries),
+        ("Gradio HTTP, lean client", gradio_http_queries),
+        ("JSON route `POST /groco/api/search`", json_queries))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=160, help="timed queries a row")
+    parser.add_argument("--warmup", type=int, default=8, help="warm-up queries a row")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--data-dir", type=Path, default=Path(".bench/fmnist"))
     parser.add_argument("--index-dir", type=Path, default=None,
                         help="Keep the index here (built when missing) [default: a temp dir].")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny: 48 generated images, 8 queries, 1 and 2 clients")
     args = parser.parse_args()
+    if args.quick:
+        args.queries, args.warmup, args.rounds, args.clients = 8, 2, 2, [1, 2]
+    if args.queries % args.rounds:
+        parser.error("--queries must be a multiple of --rounds")
 
     from groco.index.build import build_index_dir
 
-    images = write_folder(args.data_dir, "t10k")
+    load = LoadWatch()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:  # generated images: CI has no Fashion-MNIST
+            from index_throughput import write_images
+
+            images, collection = Path(tmp) / "images", "generated 28-px"
+            write_images(images, 48, 28)
+        else:
+            images, collection = write_folder(args.data_dir, "t10k"), "Fashion-MNIST"
         work = args.index_dir.parent if args.index_dir else Path(tmp)
         index = args.index_dir or work / "index"
         if not (index / "manifest.json").is_file():
@@ -185,43 +212,64 @@ def main() -> None:
             build_index_dir(images, encoder, index, progress=False)
         server, url = start_server(index, Path(tmp) / "server.log")
         try:
-            files = sorted(images.rglob("*.png"))
+            files = sorted(p for p in images.rglob("*") if p.suffix in (".png", ".jpg"))
             rng = np.random.default_rng(0)
-            queries = [files[i] for i in rng.choice(len(files), args.queries, replace=False)]
-            gradio_queries(url, queries[:10], 1)  # warm-up: sessions, first answers
-            json_queries(url, queries[:10], 1)
-            rows, server_ms = [], []
-            for clients in (1, 8):
-                for name, run in (("gradio_client `/search`", gradio_queries),
-                                  ("Gradio HTTP, lean client", gradio_http_queries),
-                                  ("JSON route `POST /groco/api/search`", json_queries)):
-                    load = os.getloadavg()[0]
-                    extra = {"server_ms": server_ms} if run is json_queries and clients == 1 else {}
-                    started = time.perf_counter()
-                    ms = run(url, queries, clients, **extra)
-                    rows.append((clients, name, load, ms, time.perf_counter() - started))
+            picked = [files[i] for i in rng.choice(
+                len(files), args.queries + args.warmup + 1, replace=len(files) <= args.queries)]
+            cold_query, warm, timed = picked[0], picked[1:args.warmup + 1], picked[args.warmup + 1:]
+            per_round = args.queries // args.rounds
+            cold_ms = json_queries(url, [cold_query], 1)[0]  # the fresh server's first query
+            latencies: dict[str, list[np.ndarray]] = {}
+            server_ms: list[float] = []
+
+            def side(name: str, run, clients: int):
+                calls = iter([warm] + [timed[r * per_round:(r + 1) * per_round]
+                                       for r in range(args.rounds)])
+
+                def call() -> None:
+                    batch = next(calls)
+                    first = batch is warm
+                    extra = ({"server_ms": server_ms}
+                             if run is json_queries and clients == 1 and not first else {})
+                    ms = run(url, batch, clients, **extra)
+                    if not first:
+                        latencies.setdefault(name, []).append(ms)
+                return call
+
+            rows = {f"{clients}|{name}": side(f"{clients}|{name}", run, clients)
+                    for clients in args.clients for name, run in APIS}
+            sides = interleaved(rows, runs=args.rounds, warmup=1)
         finally:
             server.terminate()
             server.wait(30)
 
     print(header())
-    print(f"Index of {len(files):,} Fashion-MNIST images, encoder {args.backbone} at "
+    print(f"Index of {len(files):,} {collection} images, encoder {args.backbone} at "
           f"{args.image_size} px (ONNX Runtime, CPU), k={K}; the server in its own process; "
-          f"each query sends a PNG and waits for the {K} results (thumbnail URLs); "
-          f"{args.queries} queries a row.\n")
-    print("| clients | API | load avg (1 min) | p50 ms | p95 ms | p99 ms | queries/s |")
-    print("|---|---|---|---|---|---|---|")
-    for clients, name, load, ms, wall in rows:
-        p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-        rate = len(ms) / wall
-        print(f"| {clients} | {name} | {load:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
-              f"{rate:.1f} |")
-    p50, p95 = np.percentile(server_ms, [50, 95])
-    gradio_1, json_1 = (np.percentile(rows[i][3], 95) for i in (0, 2))
-    print(f"\nServer time per JSON query (decode, embed, search, thumbnails): p50 {p50:.1f} ms, "
-          f"p95 {p95:.1f} ms. Sequential p95, gradio_client / JSON route: "
-          f"{gradio_1 / json_1:.1f}x.")
-    print(json.dumps({"load_after": os.getloadavg()}))
+          f"each query sends a PNG and waits for the {K} results (thumbnail URLs). Every row: "
+          f"its own {args.warmup} warm-up queries (not timed), then the same {args.queries} "
+          f"timed queries in {args.rounds} interleaved rounds of {per_round}; queries/s is "
+          "the round's queries over the round's median wall time.")
+    print(load.line() + "\n")
+    print("| clients | API | p50 ms | p95 ms | p99 ms | queries/s |")
+    print("|---|---|---|---|---|---|")
+    p95 = {}
+    for key, timing in sides.items():
+        clients, name = key.split("|", 1)
+        ms = np.concatenate(latencies[key])
+        p50, p95[key], p99 = np.percentile(ms, [50, 95, 99])
+        print(f"| {clients} | {name} | {p50:.0f} | {p95[key]:.0f} | {p99:.0f} | "
+              f"{timing.rate(per_round):.1f} |")
+    print(f"| 1 | first query on the fresh server (JSON route, cold) | {cold_ms:.0f} | | | |")
+    line = ""
+    if server_ms:
+        s50, s95 = np.percentile(server_ms, [50, 95])
+        line = (f"Server time per sequential JSON query (decode, embed, search, thumbnails): "
+                f"p50 {s50:.1f} ms, p95 {s95:.1f} ms.")
+    if 1 in args.clients:
+        ratio = p95[f"1|{APIS[0][0]}"] / p95[f"1|{APIS[2][0]}"]
+        line += f" Sequential p95, gradio_client / JSON route: {ratio:.1f}x."
+    print("\n" + line.strip())
 
 
 if __name__ == "__main__":

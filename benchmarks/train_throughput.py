@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                         help="[default: auto, the small stem at <= 64 px, as groco train]")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny: 32 images, batch 16, 32 px, ImageNet stem, no workers, 1 round")
+                        help="tiny: 32 generated images, batch 16, 32 px, ImageNet stem, 1 round")
     args = parser.parse_args()
     if args.quick:
         args.images, args.batch_size, args.image_size, args.workers, args.rounds = (
@@ -95,8 +95,14 @@ def main() -> None:
     from groco.training.trainer import Trainer
 
     load = LoadWatch()
-    data = write_folder(args.data_dir, "train", args.images)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:  # generated images: CI has no Fashion-MNIST
+            from index_throughput import write_images
+
+            data = Path(tmp) / "images"
+            write_images(data, args.images, 28)
+        else:
+            data = write_folder(args.data_dir, "train", args.images)
         trainers = {}
         for method in ("groco", "simclr"):
             config = TrainConfig(data=str(data), out=str(Path(tmp) / method), method=method,
@@ -115,9 +121,10 @@ def main() -> None:
                              "bare": bare_steps(trainers["groco"])},
                             runs=args.rounds, warmup=1)
     groco, simclr, bare = sides["groco"], sides["simclr"], sides["bare"]
+    collection = "generated 28-px" if args.quick else "Fashion-MNIST"
     print(header())
     print(f"{args.backbone} (small stem {small_stem}) at {args.image_size} px, batch "
-          f"{args.batch_size}, 2 views, {args.images} Fashion-MNIST images ({images} a call on "
+          f"{args.batch_size}, 2 views, {args.images} {collection} images ({images} a call on "
           f"every side), {args.workers} workers, device {args.device}, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads); one warm-up call each, "
           f"then {args.rounds} interleaved rounds; images/s median (min-max); ratios of "
