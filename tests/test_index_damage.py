@@ -157,3 +157,28 @@ def test_damaged_shard(copy) -> None:
     assert read_manifest(index)["count"] == 24 - in_shard
     assert cli("index", "update", index, "--no-progress").exit_code == 0
     assert answers(index, images) == before
+
+
+def test_flipped_bytes_in_a_shard_are_found_by_repair(copy) -> None:
+    """Bytes flipped inside a shard's vectors leave a file that still parses; repair finds
+    it by its checksum, drops its rows, and update embeds those images again."""
+    images, index = copy
+    clean = by_path(index)
+    with Store(index / DB_NAME, readonly=True) as store:
+        number = min(store.referenced_shards())
+        in_shard = sum(r.shard == number for r in store.iter_rows(EMBEDDED))
+    emb = shards.emb_path(index, number)
+    with open(emb, "r+b") as f:
+        f.seek(emb.stat().st_size - 64)
+        f.write(bytes(64))  # the last vector's tail zeroed: still a valid .npy
+    assert len(shards.load_vectors(index, number)) == in_shard
+    assert shards.checksum_problem(index, number) == f"{emb.name} does not match its checksum"
+    result = cli("index", "repair", index)
+    assert result.exit_code == 0, result.output
+    assert f"{in_shard} images are not recorded" in result.output
+    assert cli("index", "update", index, "--no-progress").exit_code == 0
+    restored = by_path(index)
+    assert restored.keys() == clean.keys()
+    for path, vector in clean.items():
+        np.testing.assert_allclose(restored[path], vector, atol=1e-6)
+    assert shards.checksum_problem(index, min(shards.shards_on_disk(index))) is None

@@ -10,8 +10,10 @@
    rows is kept. Facts the ``info`` table lost come from
    ``manifest.json``. A recovered row is kept only when it is sound: an embedded row
    whose shard's ids file does not hold its id at its row is dropped.
-2. **Shards.** :func:`groco.index.shards.reconcile`: rows stored in an unreadable shard are
-   dropped, shard files no row references are deleted.
+2. **Shards.** :func:`groco.index.shards.reconcile` with ``verify``: rows stored in an
+   unreadable shard, or in one whose bytes no longer match its checksums, are dropped
+   (``groco index update`` embeds those images again); shard files no row references
+   are deleted.
 3. **index.faiss and manifest.json** are rebuilt from the stored embeddings (never
    edited in place), with the settings of the old manifest where it is readable, and
    swapped in atomically (:mod:`groco.index.indexfile`).
@@ -274,7 +276,7 @@ def repair_index_dir(index_dir: str | Path) -> RepairReport:
             log.warning("%s", reason)
             _recover_database(index_dir, manifest, report)
         with Store(db) as store:
-            _, dropped = shards.reconcile(index_dir, store)
+            _, dropped = shards.reconcile(index_dir, store, verify=True)
             report.rows_dropped += dropped
             report.rows = store.count()
             info = store.info()

@@ -1,16 +1,23 @@
 """Embedding shard files of an index directory: ``shards/emb-00001.npy`` + ``ids-00001.npy``.
 
-Shard ``n`` holds ``emb-{n:05d}.npy`` (``(rows, dim)`` float32 unit vectors) and
-``ids-{n:05d}.npy`` (``(rows,)`` int64 ids, the same order). Both are written atomically
-(temporary file, fsync, rename), ids first: a shard exists when its ``emb`` file does. A
-shard becomes part of the index only when the metadata rows pointing to it are committed
-(:meth:`groco.index.store.Store.commit`); :func:`reconcile` removes the rest on start-up.
+Shard ``n`` holds ``emb-{n:05d}.npy`` (``(rows, dim)`` float32 unit vectors),
+``ids-{n:05d}.npy`` (``(rows,)`` int64 ids, the same order) and ``sum-{n:05d}.json`` (the
+CRC-32 of both files' bytes). All three are written atomically (temporary file, fsync,
+rename), the embeddings last: a shard exists when its ``emb`` file does. A shard becomes
+part of the index only when the metadata rows pointing to it are committed
+(:meth:`groco.index.store.Store.commit`); :func:`reconcile` removes the rest on start-up,
+and with ``verify`` (``groco index repair``) also drops shards whose bytes no longer match
+their checksums, the damage a file that still parses would otherwise hide. Shards written
+without a ``sum`` file are read as they are.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import re
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,7 +31,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
-_NAME = re.compile(r"^(emb|ids)-(\d+)\.npy$")
+_NAME = re.compile(r"^(emb-|ids-|sum-)(\d+)\.(npy|json)$")
+_CHUNK = 1 << 24
 
 
 def emb_path(index_dir: Path, number: int) -> Path:
@@ -35,17 +43,58 @@ def ids_path(index_dir: Path, number: int) -> Path:
     return Path(index_dir) / SHARD_DIR / f"ids-{number:05d}.npy"
 
 
+def sum_path(index_dir: Path, number: int) -> Path:
+    return Path(index_dir) / SHARD_DIR / f"sum-{number:05d}.json"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def write_shard(index_dir: Path, number: int, ids: np.ndarray, vectors: np.ndarray) -> None:
-    """Write shard ``number`` atomically (ids file first, then the embeddings)."""
+    """Write shard ``number`` atomically: the ids, the checksums, then the embeddings."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or ids.shape != (len(vectors),):
         raise ValueError(f"shard needs (n, dim) vectors and (n,) ids, got {vectors.shape} "
                          f"and {ids.shape}")
-    for path, array in ((ids_path(index_dir, number), ids),
-                        (emb_path(index_dir, number), vectors)):
+    ids_bytes, emb_bytes = _npy_bytes(ids), _npy_bytes(vectors)
+    sums = json.dumps({"ids_crc32": zlib.crc32(ids_bytes),
+                       "emb_crc32": zlib.crc32(emb_bytes)}).encode()
+    for path, data in ((ids_path(index_dir, number), ids_bytes),
+                       (sum_path(index_dir, number), sums),
+                       (emb_path(index_dir, number), emb_bytes)):
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, array)
+            f.write(data)
+
+
+def checksum_problem(index_dir: Path, number: int) -> str | None:
+    """Why shard ``number``'s files do not match its checksums, or None (they match, or
+    the shard was written without a ``sum`` file). Reads both files whole."""
+    try:
+        sums = json.loads(sum_path(index_dir, number).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"unreadable checksums ({error})"
+    for key, path in (("ids_crc32", ids_path(index_dir, number)),
+                      ("emb_crc32", emb_path(index_dir, number))):
+        try:
+            if _file_crc32(path) != sums.get(key):
+                return f"{path.name} does not match its checksum"
+        except OSError as error:
+            return f"{path.name}: {error}"
+    return None
 
 
 def damaged_shard(index_dir: Path, number: int, reason: object) -> DamagedFileError:
@@ -78,7 +127,7 @@ def load_ids(index_dir: Path, number: int) -> np.ndarray:
 
 
 def shards_on_disk(index_dir: Path) -> set[int]:
-    """Numbers of the shards with an ``emb`` or ``ids`` file in ``shards/``."""
+    """Numbers of the shards with an ``emb``, ``ids`` or ``sum`` file in ``shards/``."""
     folder = Path(index_dir) / SHARD_DIR
     if not folder.is_dir():
         return set()
@@ -93,25 +142,32 @@ def shards_on_disk(index_dir: Path) -> set[int]:
 def remove_shard(index_dir: Path, number: int) -> None:
     emb_path(index_dir, number).unlink(missing_ok=True)
     ids_path(index_dir, number).unlink(missing_ok=True)
+    sum_path(index_dir, number).unlink(missing_ok=True)
 
 
-def _shard_ok(index_dir: Path, number: int, rows: int) -> bool:
+def _shard_ok(index_dir: Path, number: int, rows: int, verify: bool) -> bool:
     try:
         vectors = load_vectors(index_dir, number)
         ids = load_ids(index_dir, number)
     except DamagedFileError:
         return False
-    return len(vectors) == len(ids) and len(ids) >= rows
+    if not (len(vectors) == len(ids) and len(ids) >= rows):
+        return False
+    problem = checksum_problem(index_dir, number) if verify else None
+    if problem is not None:
+        log.warning("%s: %s", emb_path(index_dir, number).parent, problem)
+    return problem is None
 
 
-def reconcile(index_dir: Path, store: Store) -> tuple[int, int]:
+def reconcile(index_dir: Path, store: Store, verify: bool = False) -> tuple[int, int]:
     """Make shard files and metadata agree after a crash; returns ``(files, rows)`` removed.
 
     - temporary files left by an interrupted atomic write (``.*.tmp``) are deleted;
     - shard files that no committed row references (written, then killed before the
       commit) are deleted: their images are not recorded and get embedded again;
-    - rows that reference a missing or unreadable shard (a damaged directory) are
-      deleted, so those images are embedded again too.
+    - rows that reference a missing or unreadable shard (a damaged directory), or with
+      ``verify`` one whose bytes do not match its checksums, are deleted, so those
+      images are embedded again too.
 
     Afterwards every embedded row points into a readable shard and every shard file is
     referenced: a rerun never has an image twice.
@@ -126,7 +182,8 @@ def reconcile(index_dir: Path, store: Store) -> tuple[int, int]:
     for number in sorted(shards_on_disk(index_dir) - set(referenced)):
         remove_shard(index_dir, number)
         files_removed += 1
-    bad = [n for n, rows in referenced.items() if not _shard_ok(index_dir, n, rows)]
+    bad = [n for n, rows in referenced.items()
+           if not _shard_ok(index_dir, n, rows, verify)]
     rows_removed = store.delete_shards(bad)
     for number in bad:
         remove_shard(index_dir, number)
