@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--step-stems", nargs="+", choices=["imagenet", "small"],
                         default=["imagenet", "small"])
     parser.add_argument("--skip-step", action="store_true", help="skip the training-step share")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both sides [default: torch's own]")
     parser.add_argument("--quick", action="store_true",
                         help="tiny inputs: B=64, n in 11 16, a batch-16 step at 32 px, 2 runs")
     args = parser.parse_args()
@@ -117,6 +119,8 @@ def main() -> None:
         args.batch, args.sizes, args.runs = 64, [11, 16], 2
         args.step_batch, args.step_image_size, args.step_stems = 16, 32, ["imagenet"]
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load = LoadWatch()
     rows = []
     for kind in args.networks:
