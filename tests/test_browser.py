@@ -1,7 +1,8 @@
 """A real browser: headless Chromium loads the page, uploads an image and sees the gallery
 fill; opens on the collection and clicks a thumbnail for more like it; opens the Duplicates
-tab and sees the groups and their downloads; opens the Map tab and clicks a point into a
-search. Runs in CI (which installs Debian's chromium
+tab and sees the groups and their downloads; opens the Map tab, clicks a point into a
+search, hovers over a point for its thumbnail and drags a box that lists exactly the items
+inside it. Runs in CI (which installs Debian's chromium
 and chromium-driver); elsewhere it skips when no browser is installed."""
 
 from __future__ import annotations
@@ -126,37 +127,137 @@ def served_map(tmp_path_factory):
     app.close()
 
 
-def test_map_tab_draws_the_map_and_a_click_on_a_point_searches_from_it(served_map, browser):
+def _isolated_point(view) -> int:
+    """Row of the drawn point farthest from any other, so a pointer a pixel off still
+    lands on it."""
     import numpy as np
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
 
-    from groco.app.map_tab import HEIGHT, WIDTH, MapView
-    from groco.index.layout import read_map
-    from groco.index.search import Searcher
-
-    index, url = served_map
-    view = MapView(read_map(index))
-    # the point farthest from any other, so a click a pixel off still lands on it
     gaps = ((view.pixels[:, None] - view.pixels[None]) ** 2).sum(-1)
     np.fill_diagonal(gaps, np.inf)
-    target = int(gaps.min(axis=1).argmax())
-    with Searcher(index) as searcher:
-        path = searcher.row(int(view.data.ids[target])).path
+    return int(gaps.min(axis=1).argmax())
+
+
+def _open_map(browser, url):
+    """Open the Map tab; returns the map picture's <img>, scrolled into view."""
+    from selenium.webdriver.common.by import By
 
     browser.get(url)
     wait = _wait(browser)
     wait.until(lambda d: _tab(d, "Map")).click()
     wait.until(lambda d: "items" in _text(d, "map-status"))
     picture = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#map-image img"))
-    wait.until(lambda d: picture.size["width"] > 0)
+    wait.until(lambda d: picture.size["width"] > 0 and d.execute_script(
+        "return arguments[0].naturalWidth", picture) > 0)
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
-    x, y = view.pixels[target]
-    scale_x, scale_y = picture.size["width"] / WIDTH, picture.size["height"] / HEIGHT
+    return picture
+
+
+def _offset(picture, x: float, y: float) -> tuple[int, int]:
+    """Selenium's offset from the <img>'s centre of the picture pixel (x, y)."""
+    from groco.app.map_tab import HEIGHT, WIDTH
+
+    width, height = picture.size["width"], picture.size["height"]
+    return (round(x * width / WIDTH - width / 2), round(y * height / HEIGHT - height / 2))
+
+
+def test_map_tab_draws_the_map_and_a_click_on_a_point_searches_from_it(served_map, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from groco.app.map_tab import MapView
+    from groco.index.layout import read_map
+    from groco.index.search import Searcher
+
+    index, url = served_map
+    view = MapView(read_map(index))
+    target = _isolated_point(view)
+    with Searcher(index) as searcher:
+        path = searcher.row(int(view.data.ids[target])).path
+
+    picture = _open_map(browser, url)
+    wait = _wait(browser)
     ActionChains(browser).move_to_element_with_offset(
-        picture, int(x * scale_x - picture.size["width"] / 2),
-        int(y * scale_y - picture.size["height"] / 2)).click().perform()
+        picture, *_offset(picture, *view.pixels[target])).click().perform()
     wait.until(lambda d: "neighbours of" in _text(d, "map-result-status"))
     assert path in _text(browser, "map-result-status")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-gallery img")) >= 5)
     assert path in browser.find_element(By.ID, "map-gallery").text
+
+
+def _clear_box(view, min_items: int = 3, max_items: int = 20, margin: float = 6.0):
+    """Picture-pixel corners of a box holding ``min_items..max_items`` items, none of them
+    within ``margin`` pixels of its edges (so the pointer's rounding cannot change which
+    are inside), and the rows inside."""
+    import numpy as np
+
+    from groco.app.map_tab import HEIGHT, WIDTH
+
+    px, py = view.pixels[:, 0], view.pixels[:, 1]
+    xs, ys = np.sort(px), np.sort(py)
+    # edges halfway between neighbouring points, where the gap is wide enough
+    cuts_x = ((xs[1:] + xs[:-1]) / 2)[np.diff(xs) > 2 * margin].tolist()
+    cuts_y = ((ys[1:] + ys[:-1]) / 2)[np.diff(ys) > 2 * margin].tolist()
+    cuts_x = [max(1.0, xs[0] - margin - 4), *cuts_x, min(WIDTH - 2.0, xs[-1] + margin + 4)]
+    cuts_y = [max(1.0, ys[0] - margin - 4), *cuts_y, min(HEIGHT - 2.0, ys[-1] + margin + 4)]
+    best = None
+    for i, x0 in enumerate(cuts_x):
+        for x1 in cuts_x[i + 1:]:
+            for j, y0 in enumerate(cuts_y):
+                for y1 in cuts_y[j + 1:]:
+                    inside = np.flatnonzero((px > x0) & (px < x1) & (py > y0) & (py < y1))
+                    if min_items <= len(inside) <= max_items and (
+                            best is None or x1 - x0 > best[0][2] - best[0][0]):
+                        best = ((x0, y0, x1, y1), inside)
+    assert best is not None, "no box with clear edges on this map"
+    return best
+
+
+def test_map_hover_shows_a_thumbnail_and_a_box_lists_the_items_inside(served_map, browser):
+    import re
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from groco.app.map_tab import MapView
+    from groco.index.layout import read_map
+    from groco.index.search import Searcher
+
+    index, url = served_map
+    view = MapView(read_map(index))
+    target = _isolated_point(view)
+    (x0, y0, x1, y1), inside = _clear_box(view)
+    with Searcher(index) as searcher:
+        path = searcher.row(int(view.data.ids[target])).path
+        expected = sorted(searcher.row(int(view.data.ids[r])).path for r in inside)
+
+    picture = _open_map(browser, url)
+    wait = _wait(browser, 30)
+    # hover: the item's cached thumbnail (served from the cache folder) and its path
+    ActionChains(browser).move_to_element_with_offset(
+        picture, *_offset(picture, *view.pixels[target])).perform()
+    tip = browser.find_element(By.ID, "map-tip")
+    wait.until(lambda d: tip.is_displayed() and path in _text(d, "map-tip-caption"))
+    thumb = browser.find_element(By.ID, "map-tip-img")
+    wait.until(lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", thumb) > 0)
+    cache = quote(str((index / "thumbnails").resolve()))
+    assert f"/gradio_api/file={cache}/" in thumb.get_attribute("src")  # the cache, only
+    assert tip.get_attribute("data-item") == str(int(view.data.ids[target]))
+    # away from every point: no thumbnail
+    ActionChains(browser).move_to_element_with_offset(picture, *_offset(picture, 2, 2)
+                                                      ).perform()
+    wait.until(lambda d: not tip.is_displayed())
+    # a box: exactly the items inside it, and no "more like this" from the release
+    ActionChains(browser).move_to_element_with_offset(
+        picture, *_offset(picture, x0, y0)).click_and_hold().move_to_element_with_offset(
+        picture, *_offset(picture, (x0 + x1) / 2, (y0 + y1) / 2)).move_to_element_with_offset(
+        picture, *_offset(picture, x1, y1)).release().perform()
+    wait.until(lambda d: "in the box" in _text(d, "map-result-status"))
+    assert f"{len(expected)} items in the box" in _text(browser, "map-result-status")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-gallery img"))
+               == len(expected))
+    shown = sorted(re.findall(r"class\d+/img\d+\.png",
+                              browser.find_element(By.ID, "map-gallery").text))
+    assert shown == expected
+    assert "neighbours of" not in _text(browser, "map-result-status")

@@ -1,12 +1,17 @@
 """The "Map" tab: the collection's embedding map (``groco index map``) as one picture,
-coloured by cluster or by folder; click anywhere on it for the items most like the one
-under the pointer; pick a cluster to see its representatives and a sample of it.
+coloured by cluster or by folder; hover over it for the thumbnail of the item under the
+pointer, click for the items most like it, drag a box to list the items inside it; pick
+a cluster to see its representatives and a sample of it.
 
-The map is drawn on the server into a PNG (every point, however many: a million points
-cost the browser one image, not a million SVG nodes), redrawn only when the colouring
-changes. A click is turned back into map coordinates and the nearest mapped item is
-found by exact 2D search; "more like this" then runs like everywhere in the app. The tab
-reads the stored map (:func:`groco.index.layout.read_map`) and thumbnails only.
+The map is drawn on the server into a PNG, redrawn only when the colouring changes: the
+browser gets one image whatever the map's size, never the points, so it has nothing to
+draw point by point. Up to :data:`MAX_DRAWN` points are drawn; past that a uniform
+sample of them (the server's drawing time grows with the points: about 0.8 s at 1M on
+one core), and the page says so. A pointer position (hover, click) is turned back into
+picture pixels and the nearest *drawn* item is found by a 2D tree search; a box
+selects *every* item inside it, drawn or not. "More like this" then runs like
+everywhere in the app. The browser side is :mod:`groco.app.map_js`. The tab reads the
+stored map (:func:`groco.index.layout.read_map`) and thumbnails only.
 
 Named API endpoint ``/map_points`` (``gradio_client``): ``(max_points, seed) ->
 {"count", "shown", "sampled", "clusters", "points": [{"id", "relpath", "x", "y",
@@ -23,7 +28,10 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy.spatial import cKDTree
 
+from groco.app.api import file_url
+from groco.app.map_js import MAP_CSS, MAP_HTML, MAP_JS
 from groco.app.state import AppState
 from groco.app.uploads import UploadError
 from groco.index.layout import MapData, has_map, iter_map_items, read_map
@@ -33,6 +41,12 @@ MAX_API_POINTS = 200_000
 """The most points one ``/map_points`` answer carries (a uniform sample beyond)."""
 CLUSTER_SAMPLE = 24
 """Items of a cluster shown after its representatives."""
+MAX_DRAWN = 1_000_000
+"""The most points drawn in the picture (a uniform sample beyond, said on the page)."""
+HOVER_PX = 8.0
+"""How near (picture pixels) the pointer must be to a drawn point to show its thumbnail."""
+BOX_SHOWN = 96
+"""The most items of a box shown in the gallery (a uniform sample of them beyond)."""
 PALETTE = np.array([
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
@@ -50,14 +64,25 @@ def dot_size(n: int) -> int:
 class MapView:
     """A stored map and how it is drawn: pixel <-> map coordinates, the nearest item."""
 
-    def __init__(self, data: MapData) -> None:
+    def __init__(self, data: MapData, max_drawn: int | None = None) -> None:
         self.data = data
         lo, hi = data.xy.min(axis=0), data.xy.max(axis=0)
         span = np.maximum(hi - lo, 1e-6)
         self.lo = lo
         self.scale = float(min((WIDTH - 2 * PAD) / span[0], (HEIGHT - 2 * PAD) / span[1]))
         self.pixels = self.to_pixels(data.xy)
+        limit = MAX_DRAWN if max_drawn is None else max_drawn
+        n = len(data.ids)
+        self.drawn = (np.arange(n) if n <= limit else
+                      np.sort(np.random.default_rng(0).choice(n, limit, replace=False)))
+        """Rows drawn in the picture: every row, or a uniform sample of ``MAX_DRAWN``."""
+        self._tree: cKDTree | None = None
+        self._tree_lock = threading.Lock()
         self._draw = lru_cache(maxsize=len(COLOUR_BY))(self._render)
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.drawn) < len(self.data.ids)
 
     def to_pixels(self, xy: np.ndarray) -> np.ndarray:
         """Image coordinates (x right, y down) of map points."""
@@ -65,10 +90,21 @@ class MapView:
         py = HEIGHT - PAD - (xy[:, 1] - self.lo[1]) * self.scale
         return np.stack([px, py], axis=1)
 
-    def nearest(self, px: float, py: float) -> int:
-        """Row of the item drawn nearest the image pixel ``(px, py)``."""
-        d = ((self.pixels - np.array([px, py], dtype=np.float64)) ** 2).sum(axis=1)
-        return int(d.argmin())
+    def nearest(self, px: float, py: float, within: float = np.inf) -> int | None:
+        """Row of the drawn item nearest the image pixel ``(px, py)``; ``None`` when none
+        is within ``within`` pixels."""
+        with self._tree_lock:
+            if self._tree is None:  # built on the first pointer event, not on load
+                self._tree = cKDTree(self.pixels[self.drawn])
+        distance, k = self._tree.query([px, py], distance_upper_bound=within)
+        return None if not np.isfinite(distance) else int(self.drawn[k])
+
+    def in_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Rows of every item (drawn or not) whose pixel lies in the box, corners
+        included, in id order."""
+        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))
+        px, py = self.pixels[:, 0], self.pixels[:, 1]
+        return np.flatnonzero((px >= x0) & (px <= x1) & (py >= y0) & (py <= y1))
 
     def image(self, colour_by: str) -> Image.Image:
         return self._draw(colour_by if colour_by in COLOUR_BY else "cluster")
@@ -79,8 +115,9 @@ class MapView:
                            np.uint8(90))
         canvas = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
         px = np.clip(self.pixels.round().astype(np.int64), 0, [WIDTH - 1, HEIGHT - 1])
-        order = np.random.default_rng(0).permutation(len(px))  # no class drawn on top
-        side = dot_size(len(px))
+        # the drawn rows in a shuffled order: no class drawn on top of the others
+        order = self.drawn[np.random.default_rng(0).permutation(len(self.drawn))]
+        side = dot_size(len(order))
         for dx, dy in ((dx, dy) for dx in range(side) for dy in range(side)):
             x = np.clip(px[order, 0] + dx - side // 2, 0, WIDTH - 1)
             y = np.clip(px[order, 1] + dy - side // 2, 0, HEIGHT - 1)
@@ -136,9 +173,13 @@ class MapHandlers:
         placed = (f", {info['placed']} placed on it since its layout"
                   if info.get("placed") else "")
         advice = " (a recompute would be better)" if info.get("recompute_advised") else ""
+        drawn = (f"**a uniform sample of {len(view.drawn):,} drawn** (more would slow the "
+                 "drawing; a box still selects every item in it)" if view.sampled
+                 else "every item drawn")
         return (f"**{len(view.data.ids):,} items** in {len(view.data.centroids)} clusters, "
-                f"every item drawn; laid out {info.get('computed_at', '?')}{placed}{advice}. "
-                "Click a point for more like it.")
+                f"{drawn}; laid out {info.get('computed_at', '?')}{placed}{advice}. "
+                "Hover over a point for its thumbnail, click it for more like it, drag a "
+                "box to list the items inside.")
 
     def cluster_choices(self, view: MapView | None) -> list[tuple[str, int]]:
         if view is None:
@@ -180,6 +221,57 @@ class MapHandlers:
         thumb = self.thumbnail(row)
         origin = [] if thumb is None else [(str(thumb), f"clicked · {row.path}")]
         return origin + self.state.gallery(results), status, [item] + [r.id for r in results]
+
+    def hover(self, px: float, py: float) -> dict[str, Any] | None:
+        """The drawn item within :data:`HOVER_PX` of the picture pixel ``(px, py)``:
+        ``{"id", "relpath", "caption", "thumbnail"}`` (a URL this server serves from the
+        thumbnail cache; ``None`` when it cannot be decoded), or ``None`` for no item."""
+        view = self.view()
+        try:
+            x, y = float(px), float(py)
+        except (TypeError, ValueError):
+            return None
+        if view is None or not (np.isfinite(x) and np.isfinite(y)):
+            return None
+        p = view.nearest(x, y, within=HOVER_PX)
+        if p is None:
+            return None
+        row = self.state.searcher.row(int(view.data.ids[p]))
+        thumb = self.thumbnail(row)
+        label = f"{row.label} · " if row.label else ""
+        return {"id": row.id, "relpath": row.path,
+                "caption": f"{label}cluster {int(view.data.cluster[p])} · {row.path}",
+                "thumbnail": None if thumb is None else file_url(thumb)}
+
+    def box(self, evt: gr.EventData):
+        """(gallery, status, ids) of the items inside a box dragged on the picture
+        (``evt.box``: ``[x0, y0, x1, y1]`` in picture pixels), at most
+        :data:`BOX_SHOWN` of them (a uniform sample beyond)."""
+        view = self.view()
+        try:
+            x0, y0, x1, y1 = (float(v) for v in evt.box)
+        except (AttributeError, TypeError, ValueError):
+            raise gr.Error("A box needs four corners.") from None
+        if view is None:
+            raise gr.Error("No map to select on.")
+        rows = view.in_box(x0, y0, x1, y1)
+        shown = rows
+        if len(rows) > BOX_SHOWN:
+            rng = np.random.default_rng(len(rows))
+            shown = np.sort(rng.choice(rows, BOX_SHOWN, replace=False))
+        ids = [int(i) for i in view.data.ids[shown]]
+        items = []
+        for item in ids:
+            row = self.state.searcher.row(item)
+            thumb = self.thumbnail(row)
+            if thumb is not None:
+                label = f"{row.label} · " if row.label else ""
+                items.append((str(thumb), f"{label}{row.path}"))
+        which = (f"a uniform sample of {len(shown)} shown" if len(shown) < len(rows)
+                 else "all shown")
+        status = (f"{len(rows):,} items in the box ({which}); click one of them on the map "
+                  "for more like it" if len(rows) else "no item in the box")
+        return items, status, ids
 
     def cluster(self, cluster: int | None):
         """(gallery, status, ids): a cluster's representatives, then a sample of it."""
@@ -240,6 +332,18 @@ def map_tab(tab: gr.Tab, state: AppState) -> MapHandlers:
     summary = gr.Markdown("", elem_id="map-status")
     picture = gr.Image(label="Map", interactive=False, show_label=False, type="pil",
                        elem_id="map-image", format="png")
+    def hover(point: list[float]) -> dict[str, Any] | None:
+        """``server.hover([x, y])`` from the page: Gradio hands a server function its
+        arguments as one list (and marks it by an attribute, so no bound method)."""
+        try:
+            px, py = point
+        except (TypeError, ValueError):
+            return None
+        return handlers.hover(px, py)
+
+    overlay = gr.HTML(MAP_HTML, html_template="${value}", css_template=MAP_CSS,
+                      js_on_load=MAP_JS, server_functions=[hover], elem_id="map-overlay",
+                      container=False, padding=False)
     status = gr.Markdown("", elem_id="map-result-status")
     gallery = gr.Gallery(label="Items", columns=8, height="auto", object_fit="contain",
                          allow_preview=False, elem_id="map-gallery")
@@ -248,6 +352,7 @@ def map_tab(tab: gr.Tab, state: AppState) -> MapHandlers:
     colour_by.change(handlers.redraw, colour_by, picture, api_name=False)
     picture.select(handlers.click, k, [gallery, status, ids], api_name=False)
     cluster.change(handlers.cluster, cluster, [gallery, status, ids], api_name=False)
+    overlay.submit(handlers.box, None, [gallery, status, ids], api_name=False)
     gr.api(handlers.points, api_name="map_points")
     return handlers
 
