@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -283,6 +284,15 @@ def test_sharded_build_and_merge_equal_a_single_build(built, encoder_file, tmp_p
     # anything else into a finished index is refused
     result = run_cli("index", "merge", str(single), "--out", str(tmp_path / "merged"))
     assert result.returncode == 1 and "already holds an index" in result.stderr
+    # a merge killed while it created its database (no tables yet, or the tables and
+    # nothing in them) is restarted on rerun, not taken for a damaged or foreign index
+    for name, make in (("no-tables", lambda db: sqlite3.connect(db).close()),
+                       ("schema-only", lambda db: Store(db).close())):
+        out = tmp_path / name
+        out.mkdir()
+        make(out / DB_NAME)
+        report = merge_index_dirs([parts], out, shard_size=8, progress=False)
+        assert report.copied == 38 and embeddings_by_path(out).keys() == before.keys()
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -27,8 +27,10 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from .indexfile import finish_switch, index_is_current, write_index
 from .lock import writer_lock
 from .manifest import (
     MANIFEST_NAME,
+    DamagedFileError,
     IndexDirError,
     IndexMismatchError,
     check_encoder_hash,
@@ -427,6 +430,20 @@ def _merge_source(dirs: list[Path], rows: list[tuple[FileRow, int]]) -> str:
     return hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()[:16]
 
 
+def _nothing_stored(db: Path) -> bool:
+    """True when ``db`` holds nothing a build or merge wrote: a process killed while it
+    created the database left it without its tables, or without any info or row."""
+    try:
+        with Store(db, readonly=True) as store:
+            return not store.info() and store.count() == 0
+    except DamagedFileError:
+        try:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+                return connection.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+        except sqlite3.Error:
+            return False
+
+
 def _prepare_merge_target(out: Path, source: str) -> bool:
     """Make ``out`` ready for a merge of ``source``; True when it already holds that merge
     (a rerun after the merge finished, or was killed at its very end: nothing to copy)."""
@@ -438,8 +455,10 @@ def _prepare_merge_target(out: Path, source: str) -> bool:
                     return True
         raise IndexDirError(f"{out} already holds an index; merge into a new directory")
     if db.exists():
-        with Store(db, readonly=True) as store:
-            interrupted_merge = store.get_info("merged_from") is not None
+        interrupted_merge = _nothing_stored(db)
+        if not interrupted_merge:
+            with Store(db, readonly=True) as store:
+                interrupted_merge = store.get_info("merged_from") is not None
         if not interrupted_merge:
             raise IndexDirError(f"{out} holds an unfinished build; merge into a new directory")
         log.info("%s: restarting an interrupted merge", out)
