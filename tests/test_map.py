@@ -303,3 +303,60 @@ def test_map_points_named_endpoint(mapped, tmp_path) -> None:
     finally:
         app.close()
         state.close()
+
+
+def test_map_tab_hover_box_and_a_uniform_sample_past_max_drawn(mapped, tmp_path,
+                                                               monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from groco.app import map_tab
+    from groco.app.api import file_url
+    from groco.app.state import AppState
+
+    _, index, _ = mapped
+    state = AppState.open(index, thumbnails_dir=tmp_path / "thumbs")
+    try:
+        handlers = map_tab.MapHandlers(state)
+        view = handlers.view()
+        assert not view.sampled and "every item drawn" in handlers.load("cluster")[1]
+        # hover: the item under the pointer, its thumbnail from the cache; nothing far away
+        p = 40
+        hit = handlers.hover(*view.pixels[p])
+        row = state.searcher.row(int(view.data.ids[p]))
+        assert hit["id"] == row.id and row.path in hit["caption"]
+        assert hit["thumbnail"] == file_url(state.thumbnails.path_for(
+            state.searcher.root / row.path, row.hash))
+        assert hit["thumbnail"].startswith(file_url(tmp_path / "thumbs"))
+        gaps = np.sqrt(((view.pixels - [1.0, 1.0]) ** 2).sum(1)).min()
+        assert gaps > map_tab.HOVER_PX and handlers.hover(1.0, 1.0) is None
+        assert handlers.hover("x", None) is None
+        # a box: exactly the items whose pixels are inside, every one shown up to BOX_SHOWN
+        (x0, y0), (x1, y1) = view.pixels[p] - 25, view.pixels[p] + 25
+        inside = ((view.pixels >= [x0, y0]) & (view.pixels <= [x1, y1])).all(1)
+        gallery, status, ids = handlers.box(SimpleNamespace(box=[x1, y1, x0, y0]))
+        want = sorted(view.data.ids[inside].tolist())
+        assert 0 < len(want) <= map_tab.BOX_SHOWN and sorted(ids) == want
+        assert f"{len(want)} items in the box (all shown)" in status and len(gallery) == len(ids)
+        gallery, status, ids = handlers.box(SimpleNamespace(box=[0, 0, 5, 5]))
+        assert ids == [] and status == "no item in the box"
+        # past MAX_DRAWN: a uniform sample drawn, and the page says so; hover and click find
+        # drawn items only; a box still selects every item
+        monkeypatch.setattr(map_tab, "MAX_DRAWN", 100)
+        handlers = map_tab.MapHandlers(state)
+        _, summary, _ = handlers.load("folder")
+        view = handlers.view()
+        assert view.sampled and len(np.unique(view.drawn)) == 100
+        assert "240 items" in summary and "a uniform sample of 100 drawn" in summary
+        drawn = set(view.drawn.tolist())
+        for q in np.random.default_rng(0).uniform([0, 0], [map_tab.WIDTH, map_tab.HEIGHT],
+                                                  (50, 2)):
+            assert view.nearest(*q) in drawn
+        hidden = next(r for r in range(240) if r not in drawn)
+        hit = handlers.hover(*view.pixels[hidden])
+        assert hit is None or hit["id"] != int(view.data.ids[hidden])
+        _, status, ids = handlers.box(SimpleNamespace(box=[0, 0, map_tab.WIDTH,
+                                                           map_tab.HEIGHT]))
+        assert "240 items in the box" in status and "a uniform sample of 96 shown" in status
+        assert len(set(ids)) == map_tab.BOX_SHOWN
+    finally:
+        state.close()
