@@ -196,15 +196,17 @@ def _claim(store: Store, index_dir: Path, root: Path, encoder: Encoder,
 
 
 def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
-            memory: int | None, target_recall: float, stats: EmbedStats | None) -> BuildReport:
+            memory: int | None, target_recall: float, stats: EmbedStats | None,
+            on_disk: bool | None = False) -> BuildReport:
     if stats is not None:
         report.add(stats)
-    if index_is_current(index_dir, store, index_type, memory, target_recall):
+    if index_is_current(index_dir, store, index_type, memory, target_recall, on_disk):
         manifest = read_manifest(index_dir)
         finish_switch(index_dir, store, manifest)  # in case a kill stopped it
         log.info("%s is up to date", index_dir)
     else:
-        manifest = write_index(index_dir, store, index_type, memory, target_recall)
+        manifest = write_index(index_dir, store, index_type, memory, target_recall,
+                               on_disk=on_disk)
     report.count = manifest["count"]
     report.broken_total = manifest["broken"]
     report.index_type = manifest["index_type"]
@@ -236,6 +238,7 @@ def build_index_dir(
     shard_size: int = DEFAULT_SHARD_SIZE,
     workers: int | None = None,
     progress: bool = True,
+    on_disk: bool = False,
 ) -> BuildReport:
     """Embed every image under ``images_root`` into ``out_dir`` and build its FAISS index.
 
@@ -250,6 +253,9 @@ def build_index_dir(
       FAISS index is built there (see :func:`merge_index_dirs`).
     - ``batch_size``: images per ONNX Runtime call; ``shard_size``: images per shard file;
       ``workers``: decoding threads.
+    - ``on_disk``: an IVF index whose inverted lists live in a memory-mapped ``.ivfdata``
+      file (:mod:`groco.index.ondisk`); the index is always trained on a sample and
+      filled shard by shard from the stored embeddings, so no step holds every vector.
 
     Broken images are recorded, counted, logged and listed in the report; they never stop
     the build. ``FileNotFoundError``/``NotADirectoryError`` for a bad ``images_root``,
@@ -283,7 +289,8 @@ def build_index_dir(
             report.add(stats)
             report.count, report.broken_total = store.count(EMBEDDED), store.count(BROKEN)
         else:
-            _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats)
+            _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
+                    on_disk)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -347,7 +354,8 @@ def update_index_dir(
         stats = embed_files(index_dir, store, root, tasks, encoder, shard_size, workers,
                             progress, desc="updating")
         report.touched, report.changed = stats.unchanged, stats.replaced
-        _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats)
+        _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
+                None)  # on disk or in RAM: as built
         report.embedded -= stats.replaced  # new files and changed ones apart
     log.info("update: %d new, %d changed, %d deleted, %d touched, %d broken",
              report.embedded, report.changed, report.deleted, report.touched, report.broken)
@@ -464,8 +472,8 @@ def _prepare_merge_target(out: Path, source: str) -> bool:
         log.info("%s: restarting an interrupted merge", out)
         for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
             (out / name).unlink(missing_ok=True)
-        for index_file in out.glob("index*.faiss"):  # INDEX_NAME or a versioned one
-            index_file.unlink()
+        for index_file in (*out.glob("index*.faiss"), *out.glob("index*.ivfdata")):
+            index_file.unlink()  # INDEX_NAME or a versioned one, and on-disk lists
         shutil.rmtree(out / shards.SHARD_DIR, ignore_errors=True)
     return False
 
@@ -478,6 +486,7 @@ def merge_index_dirs(
     target_recall: float = 0.95,
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
+    on_disk: bool = False,
 ) -> BuildReport:
     """Join the parts of a sharded build (or index dirs of one folder) into one index.
 
@@ -486,8 +495,8 @@ def merge_index_dirs(
     Every file gets a new id by its relative path (``0..n-1`` in path order, the order
     of a single build), embeddings are copied (never recomputed) into new shards of
     ``shard_size``, metadata is merged, and the FAISS index is built as in
-    :func:`build_index_dir`. ``out_dir`` must be new, an interrupted merge (restarted)
-    or this same merge finished (nothing to copy; the index is checked and kept).
+    :func:`build_index_dir` (``on_disk`` too). ``out_dir`` must be new, an interrupted
+    merge (restarted) or this same merge finished (nothing to copy; the index is checked and kept).
     """
     start = time.perf_counter()
     _check_settings(target_recall, 1, shard_size)
@@ -521,7 +530,8 @@ def merge_index_dirs(
                 _copy_rows(out, store, dirs, rows, shard_size, progress)
                 report.copied = len(rows)
                 store.set_info({"merge_source": source})
-            _finish(report, store, out, index_type, memory_bytes, target_recall, None)
+            _finish(report, store, out, index_type, memory_bytes, target_recall, None,
+                    on_disk)
     report.seconds = time.perf_counter() - start
     return report
 

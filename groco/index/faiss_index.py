@@ -34,12 +34,15 @@ only (search servers stay small).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -140,7 +143,8 @@ def _ivf_pq_bytes(n: int, dim: int, k: int, m: int) -> float:
     return MEMORY_SLACK * (n * (m + 8) + quantizer + tables)
 
 
-def choose_index_type(n: int, dim: int, memory_bytes: int | None = None) -> str:
+def choose_index_type(n: int, dim: int, memory_bytes: int | None = None,
+                      on_disk: bool = False) -> str:
     """FAISS factory string for ``n`` cosine vectors of ``dim`` within ``memory_bytes``.
 
     Rules, after FAISS's "Guidelines to choose an index"
@@ -165,15 +169,20 @@ def choose_index_type(n: int, dim: int, memory_bytes: int | None = None) -> str:
     ``memory_bytes=None`` means :func:`default_memory_budget` (half the RAM available
     now, or no limit where that cannot be read); with an explicit budget the function is
     pure. Raises ``ValueError`` on ``n < 1`` or ``dim < 1``.
+
+    ``on_disk``: the index's inverted lists will live on disk (:mod:`groco.index.ondisk`),
+    so it must be an IVF: rules 1 and 2 are skipped, and the budget says whether the
+    uncompressed lists (rule 3) fit in memory to be cached there, or compressed ones
+    (rule 4) are needed.
     """
     if n < 1 or dim < 1:
         raise ValueError(f"need n >= 1 and dim >= 1, got n={n}, dim={dim}")
-    if n < FLAT_MAX_N:
+    if n < FLAT_MAX_N and not on_disk:
         return "Flat"
     budget = default_memory_budget() if memory_bytes is None else memory_bytes
     if budget is None:
         budget = math.inf
-    if _hnsw_bytes(n, dim) <= budget:
+    if _hnsw_bytes(n, dim) <= budget and not on_disk:
         return f"HNSW{HNSW_M}"
     k = ivf_centroids(n)
     hnsw_quantizer = n >= IVF_HNSW_QUANTIZER_MIN_N
@@ -282,22 +291,100 @@ def _omp_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
+# ----------------------------------------------------------------------------- sources
+
+
+class VectorSource(Protocol):
+    """Unit vectors under ids, read a chunk at a time: what an index is built from.
+
+    Position ``i`` (``0 <= i < count``) is one vector. :meth:`chunks` yields every
+    position once, in order, as ``(ids, vectors)``: C-contiguous int64 ``(m,)`` and float32
+    unit rows ``(m, dim)``. :meth:`take` reads the ``(ids, vectors)`` at sorted positions;
+    :meth:`subset` is the source of the positions where ``keep`` is true. A build from a
+    source holds one chunk at a time (plus a training sample), never every vector:
+    :class:`ArraySource` is one array in memory, :class:`groco.index.stored.ShardSource`
+    the shards of an index directory.
+    """
+
+    count: int
+    dim: int
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def subset(self, keep: np.ndarray) -> VectorSource: ...
+
+
+class ArraySource:
+    """A :class:`VectorSource` over unit ``vectors`` and ``ids`` in memory (one chunk)."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.vectors, self.ids = vectors, ids
+        self.count, self.dim = vectors.shape
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        yield self.ids, self.vectors
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.ids[positions], self.vectors[positions]
+
+    def subset(self, keep: np.ndarray) -> ArraySource:
+        return ArraySource(self.vectors[keep], self.ids[keep])
+
+
+class MaskedSource:
+    """The positions of ``source`` where ``keep`` is true, as a :class:`VectorSource`."""
+
+    def __init__(self, source: VectorSource, keep: np.ndarray) -> None:
+        self.source, self.keep = source, np.asarray(keep, dtype=bool)
+        if self.keep.shape != (source.count,):
+            raise ValueError(f"keep must have shape ({source.count},), got {self.keep.shape}")
+        self.positions = np.flatnonzero(self.keep)
+        self.count, self.dim = len(self.positions), source.dim
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        start = 0
+        for ids, vectors in self.source.chunks():
+            mask = self.keep[start:start + len(ids)]
+            start += len(ids)
+            if mask.all():
+                yield ids, vectors
+            elif mask.any():
+                yield ids[mask], np.ascontiguousarray(vectors[mask])
+
+    def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.source.take(self.positions[positions])
+
+    def subset(self, keep: np.ndarray) -> MaskedSource:
+        mask = np.zeros(self.source.count, dtype=bool)
+        mask[self.positions[np.asarray(keep, dtype=bool)]] = True
+        return MaskedSource(self.source, mask)
+
+
+def _sample_positions(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted positions of a uniform sample of ``size`` of ``n`` (all of them if fewer)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 # ----------------------------------------------------------------------------- building
 
 
-def _train(index: faiss.Index, x: np.ndarray, train_size: int | None, gpu: bool,
+def _train(index: faiss.Index, source: VectorSource, train_size: int | None, gpu: bool,
            seed: int) -> None:
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and len(x) < ivf.nlist:
-        raise ValueError(f"{ivf.nlist} IVF lists need at least that many vectors, got {len(x)}")
+    if ivf is not None and source.count < ivf.nlist:
+        raise ValueError(f"{ivf.nlist} IVF lists need at least that many vectors, got "
+                         f"{source.count}")
     if train_size is None:
         nlist = ivf.nlist if ivf is not None else 0
         train_size = max(TRAIN_POINTS_PER_CENTROID * nlist, MIN_TRAIN_SIZE)
-    if len(x) > train_size:
-        rows = np.sort(np.random.default_rng(seed).choice(len(x), train_size, replace=False))
-        sample = x[rows]
+    if isinstance(source, ArraySource) and source.count <= train_size:
+        sample = source.vectors  # no copy
     else:
-        sample = x
+        sample = source.take(_sample_positions(source.count, train_size, seed))[1]
     clustering_index = None
     if ivf is not None:
         # k-means assigns with an exact flat index (on the GPU when there is one) rather
@@ -321,6 +408,58 @@ def _train(index: faiss.Index, x: np.ndarray, train_size: int | None, gpu: bool,
         if ivf is not None:
             ivf.clustering_index = None
     log.info("trained on %d vectors in %.1f s", len(sample), time.perf_counter() - t0)
+
+
+def trained_empty_index(
+    source: VectorSource,
+    factory: str,
+    use_gpu: bool | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+) -> faiss.Index:
+    """An empty index of ``factory`` (not ``"auto"``), trained on a sample of ``source``.
+
+    The sample is ``train_size`` positions drawn uniformly with ``seed`` (default
+    ``max(64 * K, 65536)`` for ``K`` IVF lists, inside the guideline's 30..256 a list),
+    read from the source without loading the rest. Indices without native ids are
+    wrapped in ``IndexIDMap2``. Fill it with :func:`fill_index` (or, for on-disk lists,
+    :mod:`groco.index.ondisk`).
+    """
+    gpu = _use_gpu(use_gpu)
+    index = _make_index(source.dim, factory)
+    if not index.is_trained:
+        _train(index, source, train_size, gpu, seed)
+    top = faiss.downcast_index(index)
+    native_ids = faiss.try_extract_index_ivf(index) is not None or isinstance(
+        top, (faiss.IndexIDMap, faiss.IndexIDMap2)
+    )
+    return index if native_ids else faiss.IndexIDMap2(index)
+
+
+def fill_index(index: faiss.Index, source: VectorSource) -> faiss.Index:
+    """Add every vector of ``source`` to ``index`` under its id, one chunk at a time."""
+    t0 = time.perf_counter()
+    for ids, vectors in source.chunks():
+        index.add_with_ids(vectors, ids)
+    log.info("added %d vectors in %.1f s", source.count, time.perf_counter() - t0)
+    return index
+
+
+def build_index_from(
+    source: VectorSource,
+    factory: str = "auto",
+    memory_bytes: int | None = None,
+    use_gpu: bool | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+) -> faiss.Index:
+    """:func:`build_index` streaming from a :class:`VectorSource`: trained on a sample,
+    then filled chunk by chunk, so memory is the index plus one chunk."""
+    if factory == "auto":
+        factory = choose_index_type(source.count, source.dim, memory_bytes)
+        log.info("auto index for n=%d, dim=%d: %s", source.count, source.dim, factory)
+    index = trained_empty_index(source, factory, use_gpu, train_size, seed)
+    return fill_index(index, source)
 
 
 def build_index(
@@ -351,24 +490,12 @@ def build_index(
         A trained CPU index with every vector added: IVF-based indices carry the ids
         natively, others are wrapped in ``IndexIDMap2`` (unless the factory already
         starts with ``IDMap``). Search parameters are FAISS's defaults: call
-        :func:`tune_search_params` next.
+        :func:`tune_search_params` next. :func:`build_index_from` is the same from a
+        :class:`VectorSource` (streaming).
     """
     x, ids, factory = _inputs(vectors, ids, factory, memory_bytes)
-    n, dim = x.shape
-    gpu = _use_gpu(use_gpu)
-    index = _make_index(dim, factory)
-    if not index.is_trained:
-        _train(index, x, train_size, gpu, seed)
-    top = faiss.downcast_index(index)
-    native_ids = faiss.try_extract_index_ivf(index) is not None or isinstance(
-        top, (faiss.IndexIDMap, faiss.IndexIDMap2)
-    )
-    if not native_ids:
-        index = faiss.IndexIDMap2(index)
-    t0 = time.perf_counter()
-    index.add_with_ids(x, ids)
-    log.info("added %d vectors in %.1f s", n, time.perf_counter() - t0)
-    return index
+    return build_index_from(ArraySource(x, ids), factory, use_gpu=use_gpu,
+                            train_size=train_size, seed=seed)
 
 
 # ----------------------------------------------------------------------------- tuning
@@ -402,6 +529,29 @@ def _exact_knn(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarra
     return faiss.knn(queries, base, k, metric=_METRIC)
 
 
+def exact_knn_source(queries: np.ndarray, source: VectorSource,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of ``queries`` over every vector of ``source``:
+    ``(scores, ids)`` (the source's ids), one chunk at a time. On a tie the earlier
+    chunk wins, so a one-chunk source gives exactly :func:`faiss.knn`'s answer."""
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    first = True
+    for ids, vectors in source.chunks():
+        kk = min(k, len(vectors))
+        sims, rows = _exact_knn(queries, vectors, kk)
+        found = np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
+        if first:
+            best_s[:, :kk], best_i[:, :kk] = sims, found
+            first = False
+            continue
+        s = np.concatenate([best_s, sims], axis=1)
+        i = np.concatenate([best_i, found], axis=1)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+    return best_s, best_i
+
+
 def _query_recalls(approx: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
     a, e = approx[:, :k], exact[:, :k]
     hits = ((a[:, :, None] == e[:, None, :]) & (a[:, :, None] >= 0)).any(axis=2)
@@ -424,12 +574,17 @@ def tuning_queries(vectors: np.ndarray, n_queries: int, seed: int) -> np.ndarray
     benchmarks/index.py's generator (50k x 384, 2000 clusters, intrinsic dim 32, spread
     1.5; HNSW32 at efSearch 16/24/32/48/64): fresh queries 0.906/0.961/0.983/0.989/0.994,
     this estimate 0.849/0.916/0.948/0.974/0.983, leave-one-out 0.987/0.993/0.995/0.996/
-    0.997.
+    0.997. :func:`tuning_queries_from` is the same over a :class:`VectorSource`.
     """
+    return tuning_queries_from(ArraySource(vectors, np.arange(len(vectors))), n_queries, seed)
+
+
+def tuning_queries_from(source: VectorSource, n_queries: int, seed: int) -> np.ndarray:
+    """:func:`tuning_queries` over a :class:`VectorSource` (streamed exact search)."""
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(vectors), min(n_queries, len(vectors)), replace=False)
-    v = vectors[np.sort(rows)]
-    sims = _exact_knn(v, vectors, 2)[0][:, 1]  # column 0 is v itself (or a duplicate)
+    rows = rng.choice(source.count, min(n_queries, source.count), replace=False)
+    v = np.ascontiguousarray(source.take(np.sort(rows))[1])
+    sims = exact_knn_source(v, source, 2)[0][:, 1]  # column 0 is v itself (or a duplicate)
     r = np.sqrt(np.clip(2.0 - 2.0 * sims, 0.0, None)).astype(np.float32)
     g = rng.standard_normal(v.shape, dtype=np.float32)
     faiss.normalize_L2(g)
@@ -485,26 +640,46 @@ def tune_search_params(
         The parameters and the measured recall, e.g. ``{"efSearch": 64,
         "recall@10": 0.97}`` or ``{"nprobe": 16, "recall@10": 0.96}``; exact indices
         (Flat) give ``{"recall@10": 1.0}`` without measuring; others without a knob
-        give their measured recall alone.
+        give their measured recall alone. :func:`tune_search_params_from` is the same
+        over a :class:`VectorSource` (the ground truth streamed chunk by chunk).
     """
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    if isinstance(_unwrap(index), faiss.IndexFlat):
+        return {f"recall@{k}": 1.0}
+    x = as_unit_vectors(vectors)
+    return tune_search_params_from(index, ArraySource(x, check_ids(ids, len(x))),
+                                   queries=queries, target_recall=target_recall, k=k,
+                                   n_queries=n_queries, seed=seed)
+
+
+def tune_search_params_from(
+    index: faiss.Index,
+    source: VectorSource,
+    *,
+    queries: np.ndarray | None = None,
+    target_recall: float = 0.95,
+    k: int = 10,
+    n_queries: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """:func:`tune_search_params` with the indexed vectors given as a :class:`VectorSource`."""
     if not 0 < target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
     key = f"recall@{k}"
     inner = _unwrap(index)
     if isinstance(inner, faiss.IndexFlat):
         return {key: 1.0}
-    x = as_unit_vectors(vectors)
-    n = len(x)
-    ids = check_ids(ids, n)
+    n = source.count
     if n <= k:
         raise ValueError(f"need more than k={k} vectors to tune, got {n}")
     if index.ntotal != n:
         raise ValueError(f"the index holds {index.ntotal} vectors, vectors has {n}")
     if queries is None:
-        queries = tuning_queries(x, n_queries, seed)
+        queries = tuning_queries_from(source, n_queries, seed)
     else:
         queries = as_unit_vectors(queries, "queries")
-    exact = ids[_exact_knn(queries, x, k)[1]]
+    exact = exact_knn_source(queries, source, k)[1]
 
     def measure(params: dict[str, float]) -> tuple[float, float]:
         apply_search_params(index, params)
@@ -539,6 +714,22 @@ def tune_search_params(
     return result
 
 
+def holdout_mask(n: int, n_queries: int, k: int, seed: int) -> np.ndarray | None:
+    """Which of ``n`` positions :func:`build_tuned_index` holds out as tuning queries:
+    ``min(n_queries, n // 10)`` drawn with ``seed``, or ``None`` when that is ``<= k``."""
+    m = min(n_queries, n // 10)
+    if m <= k:
+        return None
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).choice(n, m, replace=False)] = True
+    return held
+
+
+def is_exact(factory: str, dim: int) -> bool:
+    """True when ``factory`` makes an exact (Flat) index, which needs no tuning."""
+    return isinstance(_unwrap(_make_index(dim, factory)), faiss.IndexFlat)
+
+
 def build_tuned_index(
     vectors: np.ndarray,
     ids: np.ndarray | None,
@@ -559,33 +750,53 @@ def build_tuned_index(
     queries, and they are added last: the result holds every vector under its id, with
     the tuned parameters applied. The held-out queries are members of the collection
     the index has not seen, so the recall estimate is unbiased; adding them back grows
-    the index by at most a tenth. Costs one extra copy of the vectors while building.
+    the index by at most a tenth. Costs one extra copy of the vectors while building
+    (:func:`build_tuned_index_from` streams from a source and does not).
     Exact indices skip the hold-out and give ``{"recall@k": 1.0}``; collections too small
     to hold out 11+ queries are tuned with :func:`tuning_queries`, and an approximate
     index of ``k`` vectors or fewer is left untuned with ``{"recall@k": nan}``.
     """
     x, ids, factory = _inputs(vectors, ids, factory, memory_bytes)
-    n, dim = x.shape
+    return build_tuned_index_from(ArraySource(x, ids), factory, use_gpu=use_gpu,
+                                  train_size=train_size, target_recall=target_recall, k=k,
+                                  n_queries=n_queries, seed=seed)
+
+
+def build_tuned_index_from(
+    source: VectorSource,
+    factory: str = "auto",
+    memory_bytes: int | None = None,
+    use_gpu: bool | None = None,
+    train_size: int | None = None,
+    target_recall: float = 0.95,
+    k: int = 10,
+    n_queries: int = 1000,
+    seed: int = 0,
+) -> tuple[faiss.Index, dict[str, float]]:
+    """:func:`build_tuned_index` streaming from a :class:`VectorSource`: the same index and
+    parameters, with memory the index plus one chunk and the training sample."""
+    n, dim = source.count, source.dim
+    if factory == "auto":
+        factory = choose_index_type(n, dim, memory_bytes)
+        log.info("auto index for n=%d, dim=%d: %s", n, dim, factory)
     options = {"use_gpu": use_gpu, "train_size": train_size, "seed": seed}
-    m = min(n_queries, n // 10)
-    probe = _make_index(dim, factory)
-    if isinstance(_unwrap(probe), faiss.IndexFlat) or m <= k:
-        index = build_index(x, ids, factory, **options)
-        if n <= k and not isinstance(_unwrap(probe), faiss.IndexFlat):
+    exact = is_exact(factory, dim)
+    held = None if exact else holdout_mask(n, n_queries, k, seed)
+    if held is None:
+        index = build_index_from(source, factory, **options)
+        if n <= k and not exact:
             log.info("%d vectors: too few to measure recall@%d, search parameters untuned",
                      n, k)
             return index, {f"recall@{k}": math.nan}
-        params = tune_search_params(index, x, ids=ids, target_recall=target_recall, k=k,
-                                    n_queries=n_queries, seed=seed)
+        params = tune_search_params_from(index, source, target_recall=target_recall, k=k,
+                                         n_queries=n_queries, seed=seed)
         return index, params
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng(seed).choice(n, m, replace=False)] = True
-    rest = x[~held]
-    index = build_index(rest, ids[~held], factory, **options)
-    params = tune_search_params(index, rest, ids=ids[~held], queries=x[held],
-                                target_recall=target_recall, k=k)
-    del rest
-    index.add_with_ids(x[held], ids[held])
+    rest = source.subset(~held)
+    held_ids, held_x = source.take(np.flatnonzero(held))
+    index = build_index_from(rest, factory, **options)
+    params = tune_search_params_from(index, rest, queries=held_x,
+                                     target_recall=target_recall, k=k)
+    index.add_with_ids(np.ascontiguousarray(held_x), held_ids)
     return index, params
 
 
@@ -603,19 +814,49 @@ def save_index(index: faiss.Index, path: str | os.PathLike[str]) -> None:
 
 
 def load_index(
-    path: str | os.PathLike[str], params: Mapping[str, float] | None = None
+    path: str | os.PathLike[str], params: Mapping[str, float] | None = None,
+    read_only: bool = False,
 ) -> faiss.Index:
     """Read a CPU index written by :func:`save_index` and apply ``params`` to it.
 
     ``params`` is what :func:`tune_search_params` returned (FAISS also stores efSearch
-    and nprobe in the file; applying them again makes the recorded values win).
+    and nprobe in the file; applying them again makes the recorded values win). An
+    index with on-disk inverted lists (:mod:`groco.index.ondisk`) finds its ``.ivfdata``
+    file beside ``path`` (``IO_FLAG_ONDISK_SAME_DIR``: the name stored in the index is a
+    bare file name) and memory-maps it rather than reading it; ``read_only`` maps it
+    read-only (``IO_FLAG_READ_ONLY``), as searchers do.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no index file at {path}")
-    index = faiss.read_index(str(path))
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (faiss.IO_FLAG_READ_ONLY if read_only else 0)
+    with quiet_stdout():  # FAISS prints the .ivfdata path it switched to on stdout
+        index = faiss.read_index(str(path), flags)
     apply_search_params(index, params)
     return index
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Silence what FAISS's C++ code ``printf``s (on-disk lists print file names and
+    sizes) by pointing file descriptor 1 at ``/dev/null`` meanwhile; C's and Python's
+    buffers are flushed on both sides, so nothing of it reaches ``--json`` output later."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 # ----------------------------------------------------------------------------- searching

@@ -19,6 +19,18 @@ leaves one of the two states current, never neither. The state before the previo
 (its index file, retired rows and the shards only they used) is deleted after the
 switch (:func:`finish_switch`); one previous state stays for readers that opened it
 just before. No torch here.
+
+**Streaming (issue 12).** Neither path holds every vector: the stored embeddings are read
+through :class:`groco.index.stored.ShardSource`, the index is trained on a sample and
+filled shard by shard, and recall is tuned against an exact search streamed shard by
+shard, so peak memory is the index plus one shard.
+
+**On disk.** With ``on_disk`` the index is an IVF whose inverted lists are a second file,
+``index-NNNNNN.ivfdata``, beside ``index-NNNNNN.faiss`` (:mod:`groco.index.ondisk`). It
+follows its index file: written under a new number before the manifest switch, named in
+the manifest (``ivfdata_file``, ``ivfdata_bytes``), opened memory-mapped and read-only by
+readers (:func:`open_index`), deleted with its index file. It is never edited in place
+(an update writes a new pair), so a reader of the previous state keeps a valid mapping.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import datetime as dt
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +50,11 @@ import groco
 
 from . import shards
 from .faiss_index import (
-    build_tuned_index,
+    build_tuned_index_from,
     choose_index_type,
     load_index,
     save_index,
-    tune_search_params,
+    tune_search_params_from,
 )
 from .manifest import (
     FORMAT,
@@ -52,12 +65,15 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
+from .ondisk import IVFDATA_SUFFIX, build_ondisk_index, ivfdata_name
 from .store import BROKEN, Store
+from .stored import ShardSource
 
 log = logging.getLogger(__name__)
 
 RECALL_K = 10
 _VERSIONED = re.compile(r"^index-(\d{6,})\.faiss$")
+_NUMBERED = re.compile(r"^index-(\d{6,})\.(faiss|ivfdata)$")
 OPEN_ATTEMPTS = 3
 """How often :func:`open_current` rereads a manifest that a writer switched meanwhile."""
 
@@ -76,20 +92,22 @@ def index_ids(index: faiss.Index) -> np.ndarray | None:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-def _update_in_place(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> bool:
-    """Make ``index`` hold exactly ``ids``; False (index untouched) if it cannot remove."""
+def _update_in_place(index: faiss.Index, source: ShardSource) -> bool:
+    """Make ``index`` hold exactly the source's ids; False (index untouched) if it cannot
+    remove. Only the vectors to add are read."""
     present = index_ids(index)
     if present is None:
         return False
-    remove = np.setdiff1d(present, ids)
-    add = ~np.isin(ids, present)
+    remove = np.setdiff1d(present, source.ids)
+    add = ~np.isin(source.ids, present)
     if len(remove):
         try:
             index.remove_ids(remove)
         except RuntimeError:  # e.g. HNSW: FAISS refuses before changing anything
             return False
     if add.any():
-        index.add_with_ids(np.ascontiguousarray(vectors[add]), ids[add])
+        ids, vectors = source.take(np.flatnonzero(add))
+        index.add_with_ids(vectors, ids)
     log.info("index updated in place: %d removed, %d added", len(remove), int(add.sum()))
     return True
 
@@ -108,8 +126,12 @@ def open_index(index_dir: str | Path, manifest: dict[str, Any]) -> faiss.Index:
     path = index_path(index_dir, manifest)
     if not path.is_file():
         raise damaged(path, "missing", index_dir)
+    data = manifest.get("ivfdata_file")
+    if data and not (Path(index_dir) / data).is_file():
+        raise damaged(Path(index_dir) / data, "missing", index_dir)
     try:
-        index = load_index(path, manifest.get("search_params") or None)
+        index = load_index(path, manifest.get("search_params") or None,
+                           read_only=bool(data))
     except (RuntimeError, OSError, ValueError) as error:
         reason = (str(error).strip().splitlines() or ["unreadable"])[-1]
         raise damaged(path, f"FAISS cannot read it: {reason}", index_dir) from error
@@ -138,15 +160,20 @@ def open_current(index_dir: str | Path) -> tuple[dict[str, Any], faiss.Index]:
     raise AssertionError("unreachable")
 
 
-def wanted_type(index_type: str, n: int, dim: int, memory_bytes: int | None) -> str:
+def wanted_type(index_type: str, n: int, dim: int, memory_bytes: int | None,
+                on_disk: bool = False) -> str:
     """The factory string to use: ``index_type``, or the auto choice for ``n`` x ``dim``."""
-    return choose_index_type(n, dim, memory_bytes) if index_type == "auto" else index_type
+    if index_type == "auto":
+        return choose_index_type(n, dim, memory_bytes, on_disk=on_disk)
+    return index_type
 
 
 def index_is_current(index_dir: Path, store: Store, index_type: str,
-                     memory_bytes: int | None, target_recall: float) -> bool:
+                     memory_bytes: int | None, target_recall: float,
+                     on_disk: bool | None = None) -> bool:
     """True when the manifest was written from this metadata with these settings, and its
-    index file is there with the size it was written with."""
+    index file (and ``.ivfdata``) is there with the size it was written with.
+    ``on_disk=None``: either kind."""
     try:
         manifest = read_manifest(index_dir)
     except IndexDirError:
@@ -155,7 +182,8 @@ def index_is_current(index_dir: Path, store: Store, index_type: str,
             and _intact(index_dir, manifest)
             and manifest.get("index_type_requested") == index_type
             and manifest.get("memory_bytes") == memory_bytes
-            and manifest.get("target_recall") == target_recall)
+            and manifest.get("target_recall") == target_recall
+            and (on_disk is None or bool(manifest.get("on_disk")) == on_disk))
 
 
 def write_index(
@@ -165,6 +193,7 @@ def write_index(
     memory_bytes: int | None = None,
     target_recall: float = 0.95,
     rebuild: bool = False,
+    on_disk: bool | None = None,
 ) -> dict[str, Any]:
     """Write a new index state from the stored embeddings and make it current (module
     docstring): a new index file, then the manifest, then :func:`finish_switch`.
@@ -172,8 +201,11 @@ def write_index(
     ``index_type``: ``"auto"`` (:func:`~groco.index.faiss_index.choose_index_type` with
     ``memory_bytes``) or any FAISS factory string. Search parameters are tuned to
     ``target_recall`` at recall@10. ``rebuild``: never edit the current index in place
-    (repair). The encoder facts come from ``store``'s info. Returns the manifest
-    written. Raises :class:`IndexDirError` when no image is embedded.
+    (repair). ``on_disk``: an IVF with its lists in ``index-NNNNNN.ivfdata``
+    (:mod:`groco.index.ondisk`; never edited in place); ``None`` keeps what the current
+    manifest has (in RAM when there is none). The encoder facts come from ``store``'s
+    info. Returns the manifest written. Raises :class:`IndexDirError` when no image is
+    embedded.
     """
     index_dir = Path(index_dir)
     info = store.info()
@@ -181,35 +213,44 @@ def write_index(
     if len(ids) == 0:
         raise IndexDirError(f"{index_dir}: no image could be embedded "
                             f"({store.count(BROKEN)} broken files); nothing to index")
-    vectors = shards.gather(index_dir, shard_numbers, rows)
-    n, dim = vectors.shape
-    factory = wanted_type(index_type, n, dim, memory_bytes)
-    index = None
+    source = ShardSource(index_dir, ids, shard_numbers, rows)
+    n, dim = source.count, source.dim
     try:
         old = read_manifest(index_dir)
     except IndexDirError:
         old = None
-    if old is not None and old.get("index_type") == factory and not rebuild:
+    if on_disk is None:
+        on_disk = bool(old is not None and old.get("on_disk"))
+    factory = wanted_type(index_type, n, dim, memory_bytes, on_disk)
+    index = None
+    if (old is not None and old.get("index_type") == factory and not rebuild
+            and not on_disk and not old.get("on_disk")):
         try:
             candidate = open_index(index_dir, old)
         except DamagedFileError as error:
             log.warning("rebuilding the index from the stored embeddings: %s", error)
         else:
-            if candidate.d == dim and _update_in_place(candidate, ids, vectors):
+            if candidate.d == dim and _update_in_place(candidate, source):
                 index = candidate
     key = f"recall@{RECALL_K}"
+    path = index_dir / _new_index_name(index_dir, old)
     if index is not None:
-        tuned = (tune_search_params(index, vectors, ids=ids, target_recall=target_recall,
-                                    k=RECALL_K) if n > RECALL_K else {key: math.nan})
+        tuned = (tune_search_params_from(index, source, target_recall=target_recall,
+                                         k=RECALL_K) if n > RECALL_K else {key: math.nan})
+    elif on_disk:
+        log.info("building a %s index of %d vectors (dim %d), lists on disk", factory, n,
+                 dim)
+        index, tuned = build_ondisk_index(index_dir, source, factory, path.name,
+                                          target_recall=target_recall, k=RECALL_K)
     else:
         log.info("building a %s index of %d vectors (dim %d)", factory, n, dim)
-        index, tuned = build_tuned_index(vectors, ids, factory=factory,
-                                         memory_bytes=memory_bytes,
-                                         target_recall=target_recall, k=RECALL_K)
+        index, tuned = build_tuned_index_from(source, factory=factory,
+                                              memory_bytes=memory_bytes,
+                                              target_recall=target_recall, k=RECALL_K)
     recall = tuned.pop(key)
     kept = old is not None and _intact(index_dir, old)
-    path = index_dir / _new_index_name(index_dir, old)
     save_index(index, path)
+    data = index_dir / ivfdata_name(path.name) if on_disk else None
     manifest = {
         "format": FORMAT,
         "groco_version": groco.__version__,
@@ -232,26 +273,38 @@ def write_index(
         "generation": store.generation,
         "index_file": path.name,
         "index_bytes": path.stat().st_size,
+        "on_disk": on_disk,
+        "ivfdata_file": data.name if data is not None else None,
+        "ivfdata_bytes": data.stat().st_size if data is not None else None,
         # the previous state stays for its readers, unless its index file is damaged
         "previous_index_file": old.get("index_file", INDEX_NAME) if kept else None,
         "previous_generation": old.get("generation") if kept else None,
     }
+    del index  # unmaps the .ivfdata before the switch may delete older files
     write_manifest(index_dir, manifest)  # the switch: from here on the new state is current
     finish_switch(index_dir, store, manifest)
     return manifest
 
 
 def _intact(index_dir: Path, manifest: dict[str, Any]) -> bool:
-    """The manifest's index file is there with the size it was written with."""
+    """The manifest's index file (and ``.ivfdata``) is there with the size it was written
+    with."""
     path = index_path(index_dir, manifest)
-    return path.is_file() and manifest.get("index_bytes", path.stat().st_size) == \
-        path.stat().st_size
+    if not (path.is_file() and manifest.get("index_bytes", path.stat().st_size) ==
+            path.stat().st_size):
+        return False
+    data = manifest.get("ivfdata_file")
+    if not data:
+        return True
+    data_path = Path(index_dir) / data
+    return data_path.is_file() and manifest.get("ivfdata_bytes") == data_path.stat().st_size
 
 
 def _new_index_name(index_dir: Path, old: dict[str, Any] | None) -> str:
-    """``index-NNNNNN.faiss`` with a number above every index file there and the manifest's."""
+    """``index-NNNNNN.faiss`` with a number above every index (or ``.ivfdata``) file there
+    and the manifest's."""
     numbers = [int(m.group(1)) for f in index_dir.iterdir()
-               if (m := _VERSIONED.match(f.name))]
+               if (m := _NUMBERED.match(f.name))]
     if old is not None and (m := _VERSIONED.match(old.get("index_file", ""))):
         numbers.append(int(m.group(1)))
     return f"index-{max(numbers, default=0) + 1:06d}.faiss"
@@ -259,13 +312,21 @@ def _new_index_name(index_dir: Path, old: dict[str, Any] | None) -> str:
 
 def finish_switch(index_dir: str | Path, store: Store, manifest: dict[str, Any]) -> None:
     """Delete what only the states before the previous one used (idempotent: run again by
-    the next writer when a kill stopped it): index files other than the current and the
-    previous one, retired rows from before the previous state, the shards only they used."""
+    the next writer when a kill stopped it): index files (with their ``.ivfdata``) other
+    than the current and the previous one, what killed writes left (``.*.tmp`` files and
+    folders), retired rows from before the previous state, the shards only they used."""
     index_dir = Path(index_dir)
     keep = {manifest.get("index_file", INDEX_NAME), manifest.get("previous_index_file")}
+    keep_data = {ivfdata_name(name) for name in keep if name}
     for f in index_dir.iterdir():
         old_index = (_VERSIONED.match(f.name) or f.name == INDEX_NAME) and f.name not in keep
-        if old_index or (f.name.startswith(".") and f.name.endswith(".tmp")):  # killed writes
+        old_data = f.name.endswith(IVFDATA_SUFFIX) and f.name not in keep_data
+        if f.name.startswith(".") and f.name.endswith(".tmp"):  # killed writes
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+        elif old_index or old_data:
             f.unlink(missing_ok=True)
     previous = manifest.get("previous_generation")
     store.purge_retired(manifest["generation"] if previous is None else int(previous))
