@@ -296,6 +296,13 @@ def _summary(report, action: str) -> str:
 
 _INDEX_TYPE_HELP = "auto (by collection size and --memory) or any FAISS factory string."
 _MEMORY_HELP = "Memory budget for --index-type auto, e.g. 8G [default: half the free RAM]."
+_ON_DISK_HELP = ("IVF index with its inverted lists in a memory-mapped .ivfdata file "
+                 "(IVF-Flat, or OPQ+IVF-PQ when --memory says so); search and serve map it "
+                 "instead of loading it.")
+_RAY_HELP = ("Embed on Ray Data: 'local' (Ray on this machine) or a cluster address "
+             "('auto', ray://HEAD:10001); ONNX Runtime actors write the parts of a "
+             "sharded build under OUT/parts, merged into OUT. Needs `pip install "
+             "'groco\\[ray]'`.")
 
 
 @index_app.command("build")
@@ -314,8 +321,13 @@ def index_build(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call."),
     shard_size: int = typer.Option(10_000, "--shard-size",
                                    help="Images per embedding file (the resume granularity)."),
-    workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]."),
+    workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]; "
+                                                        "with --ray, Ray workers [default: "
+                                                        "one per CPU]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS", help=_RAY_HELP),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray worker (0: CPU)."),
 ) -> None:
     """Embed IMAGES and build a FAISS index; rerun to resume an interrupted build."""
     _index_logging()
@@ -325,7 +337,8 @@ def index_build(
         report = build_index_dir(images, encoder, out, index_type=index_type, memory=memory,
                                  target_recall=target_recall, shard=shard,
                                  num_shards=num_shards, batch_size=batch_size,
-                                 shard_size=shard_size, workers=workers, progress=progress)
+                                 shard_size=shard_size, workers=workers, progress=progress,
+                                 on_disk=on_disk, ray_address=ray, ray_gpus=ray_gpus)
     except _INDEX_ERRORS as error:
         _fail(error)
     typer.echo(_summary(report, "embedded"))
@@ -379,6 +392,7 @@ def index_merge(
     target_recall: float = typer.Option(0.95, "--target-recall", help="recall@10 target."),
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
 ) -> None:
     """Merge the parts of a sharded `index build` into one index (ids by path)."""
     _index_logging()
@@ -387,7 +401,7 @@ def index_merge(
     try:
         report = merge_index_dirs(parts, out, index_type=index_type, memory=memory,
                                   target_recall=target_recall, shard_size=shard_size,
-                                  progress=progress)
+                                  progress=progress, on_disk=on_disk)
     except _INDEX_ERRORS as error:
         _fail(error)
     typer.echo(_merge_summary(report))

@@ -239,6 +239,8 @@ def build_index_dir(
     workers: int | None = None,
     progress: bool = True,
     on_disk: bool = False,
+    ray_address: str | None = None,
+    ray_gpus: float = 0.0,
 ) -> BuildReport:
     """Embed every image under ``images_root`` into ``out_dir`` and build its FAISS index.
 
@@ -256,6 +258,10 @@ def build_index_dir(
     - ``on_disk``: an IVF index whose inverted lists live in a memory-mapped ``.ivfdata``
       file (:mod:`groco.index.ondisk`); the index is always trained on a sample and
       filled shard by shard from the stored embeddings, so no step holds every vector.
+    - ``ray_address`` (``"local"`` or a Ray address): embed on Ray Data, ``workers``
+      ONNX Runtime actors (``ray_gpus`` GPUs each), into the parts of a sharded build
+      under ``out_dir/parts``, then merge them into ``out_dir``
+      (:mod:`groco.index.ray_embed`; needs ``groco[ray]``).
 
     Broken images are recorded, counted, logged and listed in the report; they never stop
     the build. ``FileNotFoundError``/``NotADirectoryError`` for a bad ``images_root``,
@@ -268,6 +274,12 @@ def build_index_dir(
     relpaths = _relpaths(root)
     part = resolve_slice(shard, num_shards)
     index_dir = Path(out_dir)
+    if ray_address is not None:
+        if part is not None:
+            raise ValueError("--ray embeds every slice itself: leave out --shard/--num-shards")
+        return _build_on_ray(root, relpaths, encoder_path, index_dir, index_type, memory,
+                             target_recall, batch_size, shard_size, workers, progress,
+                             on_disk, ray_address, ray_gpus, start)
     if part is not None:
         index_dir = part_dir(out_dir, *part)
         relpaths = [p for p in relpaths if slice_of(p, part[1]) == part[0]]
@@ -291,6 +303,24 @@ def build_index_dir(
         else:
             _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
                     on_disk)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _build_on_ray(root: Path, relpaths: list[str], encoder_path: str | Path, out: Path,
+                  index_type: str, memory: int | str | None, target_recall: float,
+                  batch_size: int, shard_size: int, workers: int | None, progress: bool,
+                  on_disk: bool, address: str, gpus: float, start: float) -> BuildReport:
+    from .ray_embed import default_workers, embed_on_ray
+
+    stats, skipped, parts = embed_on_ray(root, encoder_path, out, relpaths, address,
+                                         workers or default_workers(), batch_size,
+                                         shard_size, gpus, progress)
+    report = merge_index_dirs([parts], out, index_type=index_type, memory=memory,
+                              target_recall=target_recall, shard_size=shard_size,
+                              progress=progress, on_disk=on_disk)
+    report.skipped, report.copied = skipped, 0
+    report.add(stats)
     report.seconds = time.perf_counter() - start
     return report
 
