@@ -99,6 +99,17 @@ def test_map_files_points_and_clusters(mapped) -> None:
     assert leave_one_out_1nn(data.xy, labels) > 0.95
 
 
+def test_graph_search_caps_a_high_efsearch_only() -> None:
+    cap = layout.GRAPH_EF_SEARCH
+    assert layout.graph_search_params({"search_params": {"efSearch": 2048.0,
+                                                         "recall@10": 0.92}}) == {
+        "efSearch": float(cap)}
+    assert layout.graph_search_params({"search_params": {"efSearch": float(cap)}}) == {}
+    assert layout.graph_search_params({"search_params": {"nprobe": 64.0}}) == {}
+    assert layout.graph_search_params({"search_params": None}) == {}
+    assert layout.graph_search_params({}) == {}
+
+
 def test_map_is_up_to_date_on_rerun(mapped) -> None:
     _, index, _ = mapped
     points = json.loads((index / "map.json").read_text())["points_file"]
