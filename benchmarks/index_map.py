@@ -204,7 +204,10 @@ import json, sys, time
 from groco.index.layout import compute_map
 r = compute_map(sys.argv[1], progress=True, force=True)
 import resource
+from groco.index.layout import read_map
+graph = read_map(sys.argv[1]).info.get("graph_search", {})
 print(json.dumps({"seconds": r.seconds, "timings": r.timings, "cpu": r.cpu,
+                  "graph_search": {k: v for k, v in graph.items() if "recall" not in k},
                   "clusters": r.clusters, "load": __import__("os").getloadavg(),
                   "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
@@ -236,7 +239,9 @@ def scale(args: argparse.Namespace) -> None:
         vec_gb = n * args.dim * 4 / 2**30
         t, c = result["timings"], result["cpu"]
         cpu = " / ".join(f"{c[key]:.0f}" for key in ("k-NN graph", "clusters", "layout"))
-        lines.append(f"| {n:,} | {args.dim} | {facts['index_type']} | {t['k-NN graph']:.0f} "
+        search = ", ".join(f"{k} {v:g}" for k, v in result["graph_search"].items())
+        index_type = f"{facts['index_type']} ({search or 'exact'})"
+        lines.append(f"| {n:,} | {args.dim} | {index_type} | {t['k-NN graph']:.0f} "
                      f"| {t['clusters']:.0f} | {t['layout']:.0f} | {result['seconds']:.0f} "
                      f"| {cpu} | {result['load'][0]:.1f} | {peak_gb:.2f} | {vec_gb:.2f} "
                      f"| {peak_gb / vec_gb:.2f} "
