@@ -824,7 +824,8 @@ def load_index(
     index with on-disk inverted lists (:mod:`groco.index.ondisk`) finds its ``.ivfdata``
     file beside ``path`` (``IO_FLAG_ONDISK_SAME_DIR``: the name stored in the index is a
     bare file name) and memory-maps it rather than reading it; ``read_only`` maps it
-    read-only (``IO_FLAG_READ_ONLY``), as searchers do.
+    read-only (``IO_FLAG_READ_ONLY``), as searchers do. Its lists are paged in by the
+    searches themselves (FAISS's prefetch threads are turned off).
     """
     path = Path(path)
     if not path.is_file():
@@ -832,6 +833,13 @@ def load_index(
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR | (faiss.IO_FLAG_READ_ONLY if read_only else 0)
     with quiet_stdout():  # FAISS prints the .ivfdata path it switched to on stdout
         index = faiss.read_index(str(path), flags)
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if isinstance(lists, faiss.OnDiskInvertedLists):
+        # FAISS starts ONDISK_PREFETCH_THREADS (32) threads a search to page the probed
+        # lists in; page faults serve a query faster (20k x 64, IVF512 nprobe=64 on 2
+        # cores: p50 7.7 ms with the threads, in-RAM speed without).
+        lists.prefetch_nthread = 0
     apply_search_params(index, params)
     return index
 
