@@ -1,15 +1,22 @@
 """Fashion-MNIST (Debian package ``dataset-fashion-mnist``) written out as image folders,
-so benchmarks go through the same folder path as users' collections."""
+so benchmarks go through the same folder path as users' collections.
+
+``GROCO_FMNIST_DIR`` points the benchmarks at another folder of the same four IDX files;
+:func:`write_stand_in` writes one from scikit-learn's digits (ten classes of 28 px grey
+images, the same format), which ``python -m benchmarks --quick`` uses where Fashion-MNIST
+is not installed (CI). Its figures say nothing about Fashion-MNIST.
+"""
 
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_DIR = Path(os.environ.get("GROCO_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
            "bag", "ankle-boot"]
 
@@ -24,6 +31,29 @@ def read_idx(split: str) -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(IDX_DIR / f"{split}-labels-idx1-ubyte.gz") as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     return images, labels
+
+
+def write_stand_in(folder: Path, test_every: int = 3) -> Path:
+    """The four IDX files of a Fashion-MNIST stand-in in ``folder``: scikit-learn's 1,797
+    digits upscaled to 28 px, every ``test_every``-th image in ``t10k``; written once."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "t10k-labels-idx1-ubyte.gz").exists():
+        return folder
+    digits = load_digits()
+    grey = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    images = np.stack([np.asarray(Image.fromarray(g).resize((28, 28), Image.Resampling.BICUBIC))
+                       for g in grey])
+    labels = digits.target.astype(np.uint8)
+    test = np.arange(len(labels)) % test_every == 0
+    for split, keep in (("train", ~test), ("t10k", test)):
+        count = int(keep.sum())
+        with gzip.open(folder / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(np.array([2051, count, 28, 28], ">i4").tobytes() + images[keep].tobytes())
+        with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(np.array([2049, count], ">i4").tobytes() + labels[keep].tobytes())
+    return folder
 
 
 def balanced_subset(labels: np.ndarray, count: int | None, seed: int = 0) -> np.ndarray:

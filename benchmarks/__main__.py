@@ -1,0 +1,229 @@
+"""Run every benchmark and write their tables to one file, with the machine, command and date.
+
+    python -m benchmarks                   # every table of BENCHMARKS.md (hours on 2 cores)
+    python -m benchmarks --quick           # each script on tiny inputs (CI runs this)
+    python -m benchmarks --only sorting encoder --out .bench/tables.md
+    python -m benchmarks --list
+
+Each script runs in its own process (``python benchmarks/NAME.py ARGS``), one after
+another, so no two timings share the CPU. A script has passed when it exits 0 and prints a
+Markdown table; its output goes under its own heading in ``--out``.
+
+``--quick`` gives every script the tiny inputs of :data:`SCRIPTS`; its figures check that
+the scripts run, and say nothing about speed or quality. On every machine alike, it points
+the scripts at a Fashion-MNIST stand-in made of scikit-learn's digits
+(``fashion_mnist.write_stand_in``) and gives them a randomly initialised EfficientNet-Lite0
+file for the ImageNet weights. Full runs skip a script whose data or weights are missing,
+and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _common import machine  # noqa: E402
+
+LITE0 = REPO / ".bench" / "lite0.safetensors"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+WEIGHTS = "{weights}"
+WORK = "{work}"
+
+
+@dataclass(frozen=True)
+class Script:
+    """One benchmark: its file, the arguments of the documented run and of the quick run
+    (``None``: not in the quick mode, with ``why``), and what it needs. In the arguments
+    ``{weights}`` is the ImageNet weight file and ``{work}`` a scratch folder of its own."""
+
+    name: str
+    file: str
+    full: tuple[str, ...] = ()
+    quick: tuple[str, ...] | None = ("--quick",)
+    needs_fmnist: bool = False
+    needs_weights: bool = False
+    why: str = ""
+
+    def argv(self, quick: bool, weights: Path, work: Path) -> list[str]:
+        args = self.quick if quick else self.full
+        assert args is not None
+        filled = [a.replace(WEIGHTS, str(weights)).replace(WORK, str(work / self.name))
+                  for a in args]
+        return [sys.executable, str(HERE / self.file), *filled]
+
+
+TINY_TRAIN = ("--epochs", "1", "--image-size", "32", "--batch-size", "32", "--workers", "0")
+
+SCRIPTS: tuple[Script, ...] = (
+    Script("sorting", "sorting.py"),
+    Script("train_throughput", "train_throughput.py"),
+    Script("encoder", "encoder.py"),
+    Script("index_throughput", "index_throughput.py"),
+    Script("app", "app.py"),
+    Script("index", "index.py",
+           quick=("--n", "3000", "--clusters", "30", "--queries", "50", "--flat-single", "10",
+                  "--warmup", "5", "--no-hnsw")),
+    Script("dupes_scale", "dupes.py", full=("scale", "--n", "100000"),
+           quick=("scale", "--n", "2000", "--work", WORK)),
+    Script("dupes_quality", "dupes.py",
+           full=("quality", "--size", "112", "--weights", WEIGHTS),
+           quick=("quality", "--count", "200", "--copies", "5", "--weights", WEIGHTS,
+                  "--work", WORK),
+           needs_fmnist=True, needs_weights=True),
+    Script("raw_pixels", "raw_pixels.py", quick=("--fmnist-bank", "500"), needs_fmnist=True),
+    Script("pretrained_start", "pretrained_start.py",
+           full=("--weights", WEIGHTS, "--bank", "10000", "--queries", "2000",
+                 "--collections", "fmnist", "digits", "--sizes", "32", "64", "96", "128", "224"),
+           quick=("--weights", WEIGHTS, "--bank", "300", "--queries", "100",
+                  "--collections", "fmnist", "--sizes", "32", "--stride1"),
+           needs_fmnist=True, needs_weights=True),
+    Script("fmnist_knn", "fmnist_knn.py",
+           quick=("--methods", "groco", "--seeds", "0", "--train-images", "200",
+                  "--projector-dim", "64", "--data-dir", WORK, *TINY_TRAIN),
+           needs_fmnist=True),
+    Script("quality", "quality.py",
+           full=("--collection", "fmnist", "--bank", "4000", "--queries", "1000",
+                 "--image-size", "64", "--small-stem", "off", "--epochs", "4",
+                 "--scratch-epochs", "4", "--collapse-lr", "200", "--weights", WEIGHTS),
+           quick=("--collection", "fmnist", "--bank", "200", "--queries", "50",
+                  "--rows", "raw", "groco", "--weights", WEIGHTS,
+                  "--max-steps-per-epoch", "2", "--data-dir", WORK, "--out", WORK + "-out",
+                  *TINY_TRAIN),
+           needs_fmnist=True, needs_weights=True),
+    Script("app_hostile", "app_hostile.py", quick=None, needs_fmnist=True,
+           why="two servers and 121-megapixel uploads at any size (minutes, GBs of RAM); "
+               "its limits are tested by tests/test_app.py"),
+    Script("faults", "faults.py", quick=None,
+           why="hundreds of killed runs (about 10 min); its machinery is tested by "
+               "tests/test_faults.py"),
+)
+
+
+def has_table(output: str) -> bool:
+    """True when ``output`` holds a Markdown table: a ``|`` row followed by ``|---``."""
+    lines = [line.strip() for line in output.splitlines()]
+    return any(a.startswith("|") and b.startswith("|-")
+               for a, b in zip(lines, lines[1:], strict=False))
+
+
+def random_lite0(path: Path) -> Path:
+    """A randomly initialised EfficientNet-Lite0 in the layout of ImageNet weight files."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def missing(script: Script, quick: bool, weights: Path | None) -> str | None:
+    """Why ``script`` cannot run in this mode here, or None."""
+    if quick:
+        return None if script.quick is not None else f"not in the quick mode: {script.why}"
+    if script.needs_fmnist and not Path(os.environ.get("GROCO_FMNIST_DIR", FMNIST)).is_dir():
+        return f"{FMNIST} not found: apt-get install dataset-fashion-mnist"
+    if script.needs_weights and weights is None:
+        return f"{LITE0} not found: python benchmarks/pretrained_weights.py --out {LITE0}"
+    return None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def run_all(scripts: list[Script], quick: bool, out: Path, timeout: float | None) -> int:
+    """Run ``scripts`` one after another into ``out``; returns the number that failed."""
+    command = " ".join(["python -m benchmarks", *sys.argv[1:]])
+    sections = [f"# Benchmark tables\n\nMachine: {machine()}\nCommand: `{command}`\n"
+                f"Date: {datetime.date.today().isoformat()}\n"]
+    failed, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="groco-bench-") as tmp:
+        work = Path(tmp)
+        env = dict(os.environ)
+        weights: Path | None = LITE0 if LITE0.is_file() else None
+        if quick:  # the same tiny inputs on every machine, data and weights installed or not
+            from fashion_mnist import write_stand_in
+
+            env["GROCO_FMNIST_DIR"] = str(write_stand_in(work / "fmnist-stand-in"))
+            weights = random_lite0(work / "lite0-random.safetensors")
+        for n, script in enumerate(scripts, 1):
+            elapsed = time.perf_counter() - started
+            eta = "" if n == 1 else f", ETA {_duration(elapsed / (n - 1) * (len(scripts) - n + 1))}"
+            reason = missing(script, quick, weights)
+            if reason:
+                print(f"[{n}/{len(scripts)}] {script.name}: skipped ({reason})", flush=True)
+                sections.append(f"## {script.name}\n\nSkipped: {reason}.\n")
+                continue
+            argv = script.argv(quick, weights or LITE0, work)
+            shown = " ".join(["python", str(Path(argv[1]).relative_to(REPO)), *argv[2:]])
+            print(f"[{n}/{len(scripts)}] {script.name}: {shown}{eta}", flush=True)
+            begin = time.perf_counter()
+            try:
+                done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
+                                      timeout=timeout)
+                code, output = done.returncode, done.stdout
+                problem = done.stderr.strip().splitlines()[-1:] if done.returncode else []
+            except subprocess.TimeoutExpired as error:
+                partial = error.stdout or ""
+                code, problem = -1, [f"timed out after {timeout:.0f} s"]
+                output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+            seconds = time.perf_counter() - begin
+            ok = code == 0 and has_table(output)
+            if not ok:
+                why = problem[0] if problem else "no Markdown table in its output"
+                failed.append(f"{script.name}: {why}")
+            status = "ok" if ok else "FAILED"
+            print(f"    {status} in {_duration(seconds)}", flush=True)
+            sections.append(f"## {script.name}\n\n`{shown}` ({status}, {seconds:.0f} s)\n\n"
+                            f"{output.strip()}\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(sections))
+    total = time.perf_counter() - started
+    print(f"wrote {out} ({len(scripts) - len(failed)} of {len(scripts)} scripts passed or "
+          f"skipped, {_duration(total)})")
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    return len(failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny inputs: checks that every script runs and prints its table")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="run these scripts only (names from --list)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the tables go [default: .bench/tables.md, "
+                             ".bench/tables-quick.md with --quick]")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per script [default: none; 300 with --quick]")
+    parser.add_argument("--list", action="store_true", help="list the scripts and exit")
+    args = parser.parse_args(argv)
+    by_name = {s.name: s for s in SCRIPTS}
+    if args.list:
+        for s in SCRIPTS:
+            quick = "quick" if s.quick is not None else "full only"
+            print(f"{s.name:18} benchmarks/{s.file} ({quick})")
+        return 0
+    unknown = sorted(set(args.only or []) - set(by_name))
+    if unknown:
+        parser.error(f"unknown script(s) {', '.join(unknown)}; see --list")
+    scripts = [by_name[n] for n in args.only] if args.only else list(SCRIPTS)
+    out = args.out or REPO / ".bench" / ("tables-quick.md" if args.quick else "tables.md")
+    timeout = args.timeout if args.timeout is not None else (300.0 if args.quick else None)
+    return 1 if run_all(scripts, args.quick, out, timeout) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

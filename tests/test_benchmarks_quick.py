@@ -1,0 +1,35 @@
+"""`python -m benchmarks --quick`: every benchmark script runs on tiny inputs and prints its
+table, so none rots between the runs that fill BENCHMARKS.md. Nothing about speed."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.__main__ import SCRIPTS, has_table  # noqa: E402
+
+
+def test_has_table_needs_a_header_and_a_separator() -> None:
+    assert has_table("text\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert not has_table("| a | b |\n")
+    assert not has_table("a | b\n---\n")
+
+
+def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) -> None:
+    out = tmp_path / "tables.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmark tables") and "Machine: " in text and "Date: " in text
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    assert list(sections) == [s.name for s in SCRIPTS]
+    for script in SCRIPTS:
+        body = sections[script.name]
+        if script.quick is None:
+            assert body.strip().startswith("Skipped: not in the quick mode"), body
+        else:
+            assert "(ok, " in body and has_table(body), f"{script.name}:\n{body[:2000]}"
