@@ -33,8 +33,8 @@ MAP_HTML = (
 MAP_CSS = """
 .groco-map-tip { position: fixed; z-index: 1000; pointer-events: none; background: white;
   border: 1px solid #888; border-radius: 4px; padding: 4px; box-shadow: 0 2px 8px #0004;
-  max-width: 180px; }
-.groco-map-tip img { display: block; max-width: 170px; max-height: 170px; }
+  max-width: 140px; }
+.groco-map-tip img { display: block; width: 128px; height: 128px; object-fit: contain; }
 .groco-map-tip-caption { font-size: 11px; color: #222; word-break: break-all; }
 .groco-map-box { position: fixed; z-index: 999; pointer-events: none;
   border: 1px dashed #d62728; background: #d6272822; }
@@ -68,8 +68,8 @@ if (!window.__grocoMapInstalled) {
     part('map-tip-img').src = hit.thumbnail || '';
     part('map-tip-caption').textContent = hit.caption;
     tip.dataset.item = String(hit.id);
-    tip.style.left = Math.min(p.cx + 14, window.innerWidth - 190) + 'px';
-    tip.style.top = Math.min(p.cy + 14, window.innerHeight - 200) + 'px';
+    tip.style.left = Math.min(p.cx + 14, window.innerWidth - 150) + 'px';
+    tip.style.top = Math.min(p.cy + 14, window.innerHeight - 180) + 'px';
     tip.style.display = 'block';
   };
   const hover = async () => {
