@@ -14,13 +14,15 @@ shard). Then every row builds an index *in its own child process*, so its peak R
   ``merge_ondisk`` into an ``.ivfdata``), IVF-Flat and, with ``--memory`` a quarter of the
   vectors' size, the OPQ+IVF-PQ that :func:`choose_index_type` picks for it.
 
-Each row reports wall time, peak RSS, the index's size on disk (``.faiss`` + ``.ivfdata``),
-the tuned parameters (target recall@10 0.95 on held-out vectors), and, from a fresh
-*server* child that opens the index as ``groco search``/``serve`` do (on-disk lists
-memory-mapped read-only): the time from starting that process to its first answer,
-recall@10 on the fresh queries against the exact top-10, single-query p50/p99 latency
-(after warm-up queries), and its RSS split into anonymous memory (what the process holds)
-and file-backed pages (the mapped lists it touched: page cache, evictable).
+Each row reports wall time, peak RSS (``ru_maxrss``, which counts mapped file pages too)
+and peak anonymous RSS (sampled: what the build holds, without page cache), the index's
+size on disk (``.faiss`` + ``.ivfdata``), the tuned parameters (target recall@10 0.95 on
+held-out vectors), and, from a fresh *server* child that opens the index as ``groco
+search``/``serve`` do (on-disk lists memory-mapped read-only): the time from starting that
+process to its first answer, recall@10 on the fresh queries against the exact top-10,
+single-query p50/p99 latency (after warm-up queries), and its RSS split into anonymous
+memory (what the process holds) and file-backed pages (the mapped lists it touched: page
+cache, evictable).
 
 Run from the repository root:
     .venv/bin/python benchmarks/index_scale.py --quick          # seconds
@@ -72,6 +74,32 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class PeakSampler:
+    """The largest RssAnon and RssFile of this process, sampled every ``interval`` s on a
+    thread: ``ru_maxrss`` also counts file pages the process maps (shards read through
+    ``np.load(mmap_mode="r")``, the lists ``merge_ondisk`` writes through a mapping),
+    which are page cache the kernel can evict, not memory the build holds."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+
+        self.anon = self.file = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            now = rss_status()
+            self.anon = max(self.anon, now["RssAnon"])
+            self.file = max(self.file, now["RssFile"])
+            self._stop.wait(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # ----------------------------------------------------------------------------- jobs (children)
 
 
@@ -119,6 +147,17 @@ def job_build(work: str, n: int, shard_size: int, mode: str, factory: str, on_di
     out_dir.mkdir(parents=True, exist_ok=True)
     ids, numbers, rows = layout(n, shard_size)
     name = "index-000001.faiss"
+    import logging
+
+    phases: list[str] = []  # groco's own "trained on ... in s", "added ... in s" lines
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            phases.append(f"{time.perf_counter() - t0:.0f} s: {record.getMessage()}")
+
+    logging.getLogger("groco").addHandler(Keep())
+    logging.getLogger("groco").setLevel(logging.INFO)
+    sampler = PeakSampler()
     t0 = time.perf_counter()
     if mode == "inram":  # before issue 12: gather everything, then build
         vectors = shards.gather(Path(work), numbers, rows)
@@ -133,10 +172,13 @@ def job_build(work: str, n: int, shard_size: int, mode: str, factory: str, on_di
             index, params = fi.build_tuned_index_from(source, factory, train_size=train_size)
     fi.save_index(index, out_dir / name)
     wall = time.perf_counter() - t0
+    sampler.stop()
     size = (out_dir / name).stat().st_size
     data = out_dir / ivfdata_name(name)
     size += data.stat().st_size if data.exists() else 0
-    return {"build_s": wall, "peak_rss": peak_rss(), "disk_bytes": size, "params": params}
+    return {"build_s": wall, "peak_rss": peak_rss(), "peak_anon": sampler.anon,
+            "peak_file": sampler.file, "disk_bytes": size, "params": params,
+            "phases": phases}
 
 
 def job_serve(out: str, params: dict, work: str, warmup: int) -> None:
@@ -274,19 +316,24 @@ def main() -> None:
           f"target recall@10 0.95 on held-out vectors")
     print(load.line())
     print()
-    print("| row | index | build s | peak RSS MiB (% of vectors) | on disk MiB | tuned "
-          "| recall@10 | p50 ms | p99 ms | start to 1st answer s | server RSS anon / file "
-          "MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| row | index | build s | peak RSS MiB (% of vectors) | peak anon MiB (%) | on "
+          "disk MiB | tuned | recall@10 | p50 ms | p99 ms | start to 1st answer s | server "
+          "RSS anon / file MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, factory, built, params, tuned_recall, served in results:
         tuned = " ".join(f"{k}={v}" for k, v in params.items())
         end = served["rss_end"]
         print(f"| {label} | {factory} | {built['build_s']:.0f} | "
               f"{built['peak_rss'] / mib:,.0f} ({100 * built['peak_rss'] / vector_bytes:.0f} %)"
+              f" | {built['peak_anon'] / mib:,.0f} "
+              f"({100 * built['peak_anon'] / vector_bytes:.0f} %)"
               f" | {built['disk_bytes'] / mib:,.0f} | {tuned} ({tuned_recall:.3f}) | "
               f"{served['recall']:.3f} | {served['p50_ms']:.2f} | {served['p99_ms']:.2f} | "
               f"{served['first_answer_s']:.2f} | {end['RssAnon'] / mib:,.0f} / "
               f"{end['RssFile'] / mib:,.0f} |")
+    print()
+    for label, _, built, *_ in results:
+        print(f"- {label}: " + "; ".join(built.get("phases", [])))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

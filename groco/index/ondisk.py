@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import faiss
@@ -94,11 +95,14 @@ def _fill_parts(index: faiss.Index, source: VectorSource, work: Path, first: int
             names.append(name)
             index.reset()
 
+    t0 = time.perf_counter()
     for ids, vectors in source.chunks():
         index.add_with_ids(vectors, ids)
         if index.ntotal * per_vector >= FILL_BYTES:
             flush()
     flush()
+    log.info("filled %d vectors into %d parts in %.1f s", source.count, len(names),
+             time.perf_counter() - t0)
     return names
 
 
@@ -162,8 +166,10 @@ def build_ondisk_index(
             del view, keep_alive
             part_files += _fill_parts(index, source.subset(held), work, len(part_files))
         log.info("merging %d parts into %s", len(part_files), ivfdata_name(index_file))
+        t0 = time.perf_counter()
         with quiet_stdout():  # the on-disk lists printf their resizes
             merge_ondisk(index, part_files, str(data_tmp))
+        log.info("merged in %.1f s", time.perf_counter() - t0)
         _fsync(data_tmp)
         final = index_dir / ivfdata_name(index_file)
         os.replace(data_tmp, final)
