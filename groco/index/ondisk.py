@@ -53,7 +53,7 @@ from .faiss_index import (
 
 log = logging.getLogger(__name__)
 
-FILL_BYTES = 256 << 20
+FILL_BYTES = 64 << 20
 """A fill part is written once its codes and ids reach this many bytes (or at the end)."""
 IVFDATA_SUFFIX = ".ivfdata"
 
