@@ -73,6 +73,7 @@ SCRIPTS: tuple[Script, ...] = (
     Script("index", "index.py",
            quick=("--n", "3000", "--clusters", "30", "--queries", "50", "--flat-single", "10",
                   "--warmup", "5", "--no-hnsw")),
+    Script("index_scale", "index_scale.py"),
     Script("dupes_scale", "dupes.py", full=("scale", "--n", "100000"),
            quick=("scale", "--n", "2000", "--work", WORK)),
     Script("dupes_quality", "dupes.py",
@@ -100,6 +101,9 @@ SCRIPTS: tuple[Script, ...] = (
                   "--max-steps-per-epoch", "2", "--data-dir", WORK, "--out", WORK + "-out",
                   *TINY_TRAIN),
            needs_fmnist=True, needs_weights=True),
+    Script("map_page", "map_page.py", quick=None,
+           why="a headless Chromium and a served map (about a minute at its smallest); "
+               "the Map tab is tested by tests/test_browser.py"),
     Script("app_hostile", "app_hostile.py", quick=None, needs_fmnist=True,
            why="two servers and 121-megapixel uploads at any size (minutes, GBs of RAM); "
                "its limits are tested by tests/test_app.py"),
