@@ -25,7 +25,7 @@ def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmark tables") and "Machine: " in text and "Date: " in text
-    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, re.M | re.S))
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## \w+\n|\Z)", text, re.M | re.S))
     assert list(sections) == [s.name for s in SCRIPTS]
     for script in SCRIPTS:
         body = sections[script.name]
