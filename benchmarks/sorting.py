@@ -11,7 +11,10 @@ column of its own, never in the ratio), then ``--runs`` interleaved rounds; each
 is the median with the min-max beside it, the speed-up is diffsort's median over groco's
 with the per-round range. diffsort keeps four (B, n, n/2) products per layer for its
 backward pass; where that would exceed ``--reference-memory-gb`` its batch is run in equal
-chunks one after another (its cost is linear in B, so the total is the same work).
+chunks one after another (its cost is linear in B, so the total is the same work). Each
+(network, n) row runs in a fresh process of its own: both sides allocate GBs per call at
+n >= 64, and what earlier rows left in the allocator's heap moved diffsort's time at n = 64
+by 2x between runs when all rows shared one process.
 
 The step share times a full two-view GroCo training step of resnet18 and the GroCo loss's
 forward + backward on that step's projections, interleaved; by default at the step the
@@ -22,7 +25,9 @@ Fashion-MNIST tables train (``benchmarks/fmnist_knn.py``: 32 px, batch 128, proj
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +71,21 @@ def time_sorting(kind: str, n: int, batch: int, runs: int, memory_gb: float
     return result["groco"], result["diffsort"]
 
 
+def time_sorting_in_child(kind: str, n: int, batch: int, runs: int, memory_gb: float,
+                          threads: int | None) -> tuple[Side, Side]:
+    """:func:`time_sorting` in a fresh Python process (the same threads), so no row inherits
+    another's heap."""
+    command = [sys.executable, __file__, "--one-row", kind, str(n), "--batch", str(batch),
+               "--runs", str(runs), "--reference-memory-gb", str(memory_gb)]
+    if threads:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} n={n} failed:\n{done.stderr[-3000:]}")
+    sides = json.loads(done.stdout.strip().splitlines()[-1])
+    return Side(**sides["groco"]), Side(**sides["diffsort"])
+
+
 def groco_share(batch: int, image_size: int, small_stem: bool, runs: int) -> tuple[Side, Side]:
     """(GroCo loss fwd+bwd, full two-view training step) timings of resnet18, interleaved."""
     from groco.training.models import build_model
@@ -103,7 +123,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--sizes", type=int, nargs="+", default=[11, 32, 64, 128])
     parser.add_argument("--networks", nargs="+", default=["odd_even", "bitonic"])
-    parser.add_argument("--runs", type=int, default=3, help="interleaved timed rounds")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--reference-memory-gb", type=float, default=6.0)
     parser.add_argument("--step-batch", type=int, default=128)
     parser.add_argument("--step-image-size", type=int, default=32)
@@ -114,6 +134,8 @@ def main() -> None:
                         help="torch threads for both sides [default: torch's own]")
     parser.add_argument("--quick", action="store_true",
                         help="tiny inputs: B=64, n in 11 16, a batch-16 step at 32 px, 2 runs")
+    parser.add_argument("--one-row", nargs=2, metavar=("NETWORK", "N"),
+                        help=argparse.SUPPRESS)  # one row in this process, JSON on stdout
     args = parser.parse_args()
     if args.quick:
         args.batch, args.sizes, args.runs = 64, [11, 16], 2
@@ -121,12 +143,18 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.one_row:
+        kind, n = args.one_row[0], int(args.one_row[1])
+        ours, ref = time_sorting(kind, n, args.batch, args.runs, args.reference_memory_gb)
+        print(json.dumps({side.name: vars(side) for side in (ours, ref)}))
+        return
     load = LoadWatch()
     rows = []
     for kind in args.networks:
         for n in args.sizes:
             started = time.perf_counter()
-            ours, ref = time_sorting(kind, n, args.batch, args.runs, args.reference_memory_gb)
+            ours, ref = time_sorting_in_child(kind, n, args.batch, args.runs,
+                                              args.reference_memory_gb, args.threads)
             rows.append(f"| {kind} | {n} | {ours.summary()} | {ref.summary()} | "
                         f"{ratio_summary(ref, ours, digits=1)} | {ours.cold * 1e3:.1f} | "
                         f"{ref.cold * 1e3:.1f} |")
@@ -142,9 +170,10 @@ def main() -> None:
     print(header())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on both sides, "
           f"B={args.batch}, steepness 10, cauchy, loss sum(sorted_x) + sum(P*W), forward + "
-          f"backward; one warm-up call each, then {args.runs} interleaved rounds: median "
-          "(min-max) ms; speed-up = diffsort median / groco median (per-round range); the "
-          "first (cold) call of each side is its own column, not in the speed-up.")
+          f"backward; each row in a fresh process; one warm-up call each, then {args.runs} "
+          "interleaved rounds: median (min-max) ms; speed-up = diffsort median / groco median "
+          "(per-round range); the first (cold) call of each side is its own column, not in "
+          "the speed-up.")
     print(load.line() + "\n")
     print("| network | n | groco ms | diffsort ms | speed-up vs diffsort | groco cold ms "
           "| diffsort cold ms |")
