@@ -153,8 +153,12 @@ def main() -> None:
     for kind in args.networks:
         for n in args.sizes:
             started = time.perf_counter()
-            ours, ref = time_sorting_in_child(kind, n, args.batch, args.runs,
-                                              args.reference_memory_gb, args.threads)
+            if args.quick:  # KBs per call: no heap to inherit, and no second torch import
+                ours, ref = time_sorting(kind, n, args.batch, args.runs,
+                                         args.reference_memory_gb)
+            else:
+                ours, ref = time_sorting_in_child(kind, n, args.batch, args.runs,
+                                                  args.reference_memory_gb, args.threads)
             rows.append(f"| {kind} | {n} | {ours.summary()} | {ref.summary()} | "
                         f"{ratio_summary(ref, ours, digits=1)} | {ours.cold * 1e3:.1f} | "
                         f"{ref.cold * 1e3:.1f} |")
@@ -168,9 +172,10 @@ def main() -> None:
             shares.append(f"| {stem} stem | {t_loss.summary()} | {t_step.summary(digits=0)} | "
                           f"{100 / speedup(t_step, t_loss):.2f} % |")
     print(header())
+    where = "one process (quick)" if args.quick else "a fresh process each"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on both sides, "
           f"B={args.batch}, steepness 10, cauchy, loss sum(sorted_x) + sum(P*W), forward + "
-          f"backward; each row in a fresh process; one warm-up call each, then {args.runs} "
+          f"backward; rows in {where}; one warm-up call each, then {args.runs} "
           "interleaved rounds: median (min-max) ms; speed-up = diffsort median / groco median "
           "(per-round range); the first (cold) call of each side is its own column, not in "
           "the speed-up.")
