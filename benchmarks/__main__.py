@@ -1,12 +1,13 @@
 """Run every benchmark and write their tables to one file, with the machine, command and date.
 
     python -m benchmarks                   # every table of BENCHMARKS.md (hours on 2 cores)
-    python -m benchmarks --quick           # each script on tiny inputs (CI runs this)
+    python -m benchmarks --quick --jobs 2  # each script on tiny inputs (CI runs this)
     python -m benchmarks --only sorting encoder --out .bench/tables.md
     python -m benchmarks --list
 
 Each script runs in its own process (``python benchmarks/NAME.py ARGS``), one after
-another, so no two timings share the CPU. A script has passed when it exits 0 and prints a
+another, so no two timings share the CPU (``--quick --jobs 2`` runs two at a time: its
+timings mean nothing anyway). A script has passed when it exits 0 and prints a
 Markdown table; its output goes under its own heading in ``--out``.
 
 ``--quick`` gives every script the tiny inputs of :data:`SCRIPTS`; its figures check that
@@ -145,8 +146,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def run_all(scripts: list[Script], quick: bool, out: Path, timeout: float | None) -> int:
-    """Run ``scripts`` one after another into ``out``; returns the number that failed."""
+def run_one(script: Script, quick: bool, weights: Path | None, work: Path,
+            env: dict[str, str], timeout: float | None) -> tuple[str, str | None, str]:
+    """Run one script: ``(its section of the tables file, why it failed or None, the
+    command shown)``."""
+    reason = missing(script, quick, weights)
+    if reason:
+        return f"## {script.name}\n\nSkipped: {reason}.\n", None, f"skipped ({reason})"
+    argv = script.argv(quick, weights or LITE0, work)
+    shown = " ".join(["python", str(Path(argv[1]).relative_to(REPO)), *argv[2:]])
+    begin = time.perf_counter()
+    try:
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        code, output = done.returncode, done.stdout
+        problem = done.stderr.strip().splitlines()[-1:] if done.returncode else []
+    except subprocess.TimeoutExpired as error:
+        partial = error.stdout or ""
+        code, problem = -1, [f"timed out after {timeout:.0f} s"]
+        output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+    seconds = time.perf_counter() - begin
+    ok = code == 0 and has_table(output)
+    why = None if ok else (problem[0] if problem else "no Markdown table in its output")
+    status = "ok" if ok else "FAILED"
+    section = (f"## {script.name}\n\n`{shown}` ({status}, {seconds:.0f} s)\n\n"
+               f"{output.strip()}\n")
+    return section, why, f"{shown}: {status} in {_duration(seconds)}"
+
+
+def run_all(scripts: list[Script], quick: bool, out: Path, timeout: float | None,
+            jobs: int = 1) -> int:
+    """Run ``scripts`` into ``out``, ``jobs`` at a time (1: one after another, so no two
+    timings share the CPU); returns the number that failed. Sections keep the order of
+    ``scripts`` whatever order they finish in."""
+    from concurrent.futures import ThreadPoolExecutor
+
     command = " ".join(["python -m benchmarks", *sys.argv[1:]])
     sections = [f"# Benchmark tables\n\nMachine: {machine()}\nCommand: `{command}`\n"
                 f"Date: {datetime.date.today().isoformat()}\n"]
@@ -160,36 +194,18 @@ def run_all(scripts: list[Script], quick: bool, out: Path, timeout: float | None
 
             env["GROCO_FMNIST_DIR"] = str(write_stand_in(work / "fmnist-stand-in"))
             weights = random_lite0(work / "lite0-random.safetensors")
-        for n, script in enumerate(scripts, 1):
-            elapsed = time.perf_counter() - started
-            eta = "" if n == 1 else f", ETA {_duration(elapsed / (n - 1) * (len(scripts) - n + 1))}"
-            reason = missing(script, quick, weights)
-            if reason:
-                print(f"[{n}/{len(scripts)}] {script.name}: skipped ({reason})", flush=True)
-                sections.append(f"## {script.name}\n\nSkipped: {reason}.\n")
-                continue
-            argv = script.argv(quick, weights or LITE0, work)
-            shown = " ".join(["python", str(Path(argv[1]).relative_to(REPO)), *argv[2:]])
-            print(f"[{n}/{len(scripts)}] {script.name}: {shown}{eta}", flush=True)
-            begin = time.perf_counter()
-            try:
-                done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
-                                      timeout=timeout)
-                code, output = done.returncode, done.stdout
-                problem = done.stderr.strip().splitlines()[-1:] if done.returncode else []
-            except subprocess.TimeoutExpired as error:
-                partial = error.stdout or ""
-                code, problem = -1, [f"timed out after {timeout:.0f} s"]
-                output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
-            seconds = time.perf_counter() - begin
-            ok = code == 0 and has_table(output)
-            if not ok:
-                why = problem[0] if problem else "no Markdown table in its output"
-                failed.append(f"{script.name}: {why}")
-            status = "ok" if ok else "FAILED"
-            print(f"    {status} in {_duration(seconds)}", flush=True)
-            sections.append(f"## {script.name}\n\n`{shown}` ({status}, {seconds:.0f} s)\n\n"
-                            f"{output.strip()}\n")
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = [pool.submit(run_one, script, quick, weights, work, env, timeout)
+                       for script in scripts]
+            for n, (script, future) in enumerate(zip(scripts, futures, strict=True), 1):
+                section, why, shown = future.result()
+                elapsed = time.perf_counter() - started
+                eta = ("" if n == len(scripts) else
+                       f", ETA {_duration(elapsed / n * (len(scripts) - n))}")
+                print(f"[{n}/{len(scripts)}] {script.name}: {shown}{eta}", flush=True)
+                sections.append(section)
+                if why is not None:
+                    failed.append(f"{script.name}: {why}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(sections))
     total = time.perf_counter() - started
@@ -212,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                              ".bench/tables-quick.md with --quick]")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per script [default: none; 300 with --quick]")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="scripts run at a time [default: 1, so no two timings share "
+                             "the CPU; only with --quick may it be more]")
     parser.add_argument("--list", action="store_true", help="list the scripts and exit")
     args = parser.parse_args(argv)
     by_name = {s.name: s for s in SCRIPTS}
@@ -220,13 +239,15 @@ def main(argv: list[str] | None = None) -> int:
             quick = "quick" if s.quick is not None else "full only"
             print(f"{s.name:18} benchmarks/{s.file} ({quick})")
         return 0
+    if args.jobs > 1 and not args.quick:
+        parser.error("--jobs > 1 shares the CPU between timings: only with --quick")
     unknown = sorted(set(args.only or []) - set(by_name))
     if unknown:
         parser.error(f"unknown script(s) {', '.join(unknown)}; see --list")
     scripts = [by_name[n] for n in args.only] if args.only else list(SCRIPTS)
     out = args.out or REPO / ".bench" / ("tables-quick.md" if args.quick else "tables.md")
     timeout = args.timeout if args.timeout is not None else (300.0 if args.quick else None)
-    return 1 if run_all(scripts, args.quick, out, timeout) else 0
+    return 1 if run_all(scripts, args.quick, out, timeout, args.jobs) else 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def test_has_table_needs_a_header_and_a_separator() -> None:
 
 def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) -> None:
     out = tmp_path / "tables.md"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--jobs", "2",
+                           "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
@@ -33,3 +34,14 @@ def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) ->
             assert body.strip().startswith("Skipped: not in the quick mode"), body
         else:
             assert "(ok, " in body and has_table(body), f"{script.name}:\n{body[:2000]}"
+
+
+def test_timed_runs_refuse_to_share_the_cpu() -> None:
+    from benchmarks.__main__ import main
+
+    try:
+        main(["--jobs", "2", "--only", "sorting"])
+    except SystemExit as refused:
+        assert refused.code == 2
+    else:
+        raise AssertionError("--jobs 2 without --quick ran")
