@@ -10,9 +10,9 @@ A ratio is a table cell whose figure is followed by ``x`` (``8.8x (5.6–9.1)`` 
 a cell of a column named ``share`` (``3.33 %``), or a sentence of the form
 ``...: 16.5x.``. Cells are matched by the script's section (``## name`` of the runner),
 the table's header, the row's label (its cells up to the first measured figure, one with a
-decimal point) and the column's
-header. The change is ``b / a − 1``; a ratio is reproduced when ``|b / a − 1| ≤ tolerance``.
-Exits 1 when a ratio is not reproduced or is missing from either file.
+decimal point) and the column's header. The change is ``b / a − 1``; a ratio is
+reproduced when ``|b / a − 1| ≤ tolerance``. Exits 1 when a ratio is not reproduced or is
+missing from either file.
 """
 
 from __future__ import annotations

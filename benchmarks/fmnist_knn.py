@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,23 +119,20 @@ def learning_rates(args: argparse.Namespace, index: int, method: str) -> list[fl
 def summary_table(scores: dict[tuple[str, float], list[float]], pixels: float) -> str:
     """Mean and range of k-NN top-1 over seeds per (method, LR); the best mean per method
     in bold."""
-    best = {}
-    for (method, lr), values in scores.items():
-        if method not in best or mean(values) > mean(scores[method, best[method]]):
+    means = {key: statistics.mean(values) for key, values in scores.items()}
+    best: dict[str, float] = {}
+    for (method, lr), value in means.items():
+        if method not in best or value > means[method, best[method]]:
             best[method] = lr
     lines = ["| method | base LR | seeds | k-NN top-1 mean | min – max | vs raw pixels |",
              "|---|---|---|---|---|---|"]
     for (method, lr), values in scores.items():
-        cell = f"{mean(values):.2f}%"
+        cell = f"{means[method, lr]:.2f}%"
         if best[method] == lr:
             cell = f"**{cell}**"
         lines.append(f"| {method} | {lr:g} | {len(values)} | {cell} | {min(values):.2f} – "
-                     f"{max(values):.2f} | {mean(values) - pixels:+.2f} |")
+                     f"{max(values):.2f} | {means[method, lr] - pixels:+.2f} |")
     return "\n".join(lines)
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def one_run(common: dict, method: str, seed: int, lr: float | None) -> dict:
