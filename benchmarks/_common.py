@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -28,16 +28,15 @@ def header() -> str:
     return f"Machine: {machine()}\nCommand: `{command}`\nDate: {today}\n"
 
 
-def best_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """Best wall time of ``repeats`` calls after ``warmup`` calls, in seconds."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def json_from_child(args: list[str], what: str) -> dict:
+    """Run ``python SCRIPT ARGS`` (``args[0]`` the script) in a fresh process and return the
+    JSON object on the last line of its standard output; ``SystemExit`` naming ``what``, with
+    the end of its standard error, when it fails. Benchmarks run one measurement a process
+    this way, so that its timing and peak memory are its own."""
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header  # noqa: E402
+from _common import header, json_from_child  # noqa: E402
 from fashion_mnist import pixel_knn_floor, write_folder  # noqa: E402
 
 
@@ -157,12 +156,8 @@ def one_run(common: dict, method: str, seed: int, lr: float | None) -> dict:
 def run_child(args: argparse.Namespace, method: str, seed: int,
               lr: float | None) -> tuple[float, str, str, str]:
     """(k-NN top-1, images/s, peak MB, minutes) of one run in a child process."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--one", method, str(seed),
-               "-" if lr is None else str(lr)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{method} seed {seed} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json_from_child([__file__, *sys.argv[1:], "--one", method, str(seed),
+                              "-" if lr is None else str(lr)], f"{method} seed {seed}")
     return result["knn"], result["speed"], result["memory"], result["minutes"]
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header  # noqa: E402
+from _common import header, json_from_child  # noqa: E402
 from timing import LoadWatch, Side, interleaved, ratio_summary, speedup  # noqa: E402
 
 from groco.training.losses import GroCoLoss  # noqa: E402
@@ -75,14 +74,11 @@ def time_sorting_in_child(kind: str, n: int, batch: int, runs: int, memory_gb: f
                           threads: int | None) -> tuple[Side, Side]:
     """:func:`time_sorting` in a fresh Python process (the same threads), so no row inherits
     another's heap."""
-    command = [sys.executable, __file__, "--one-row", kind, str(n), "--batch", str(batch),
+    command = [__file__, "--one-row", kind, str(n), "--batch", str(batch),
                "--runs", str(runs), "--reference-memory-gb", str(memory_gb)]
     if threads:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} n={n} failed:\n{done.stderr[-3000:]}")
-    sides = json.loads(done.stdout.strip().splitlines()[-1])
+    sides = json_from_child(command, f"{kind} n={n}")
     return Side(**sides["groco"]), Side(**sides["diffsort"])
 
 

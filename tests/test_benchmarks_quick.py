@@ -45,3 +45,28 @@ def test_timed_runs_refuse_to_share_the_cpu() -> None:
         assert refused.code == 2
     else:
         raise AssertionError("--jobs 2 without --quick ran")
+
+
+def test_a_preloaded_fork_runs_a_script_as_its_own_process(tmp_path: Path) -> None:
+    from benchmarks.preloaded import PreloadedRunner
+
+    script = tmp_path / "echo.py"
+    script.write_text("import os, sys\n"
+                      "print(sys.argv[1:], os.environ['GROCO_X'], os.getcwd())\n"
+                      "print('bad input', file=sys.stderr)\n"
+                      "sys.exit(3)\n")
+    runner = PreloadedRunner(preload=("json",))
+    code, out, err = runner.run([sys.executable, str(script), "--n", "2"],
+                                {"GROCO_X": "seen"}, tmp_path, tmp_path / "logs", timeout=60)
+    assert (code, out.strip(), err.strip()) == (3, f"['--n', '2'] seen {tmp_path}",
+                                               "bad input")
+
+    crash = tmp_path / "crash.py"
+    crash.write_text("raise ValueError('corrupt table')\n")
+    code, _, err = runner.run([sys.executable, str(crash)], {}, tmp_path, tmp_path / "c", 60)
+    assert code == 1 and err.strip().endswith("ValueError: corrupt table")
+
+    hang = tmp_path / "hang.py"
+    hang.write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    code, out, _ = runner.run([sys.executable, str(hang)], {}, tmp_path, tmp_path / "h", 1.0)
+    assert code == -1 and out.strip() == "started"
