@@ -24,7 +24,11 @@ pruned to sizes that are not a power of two by dropping the top wires), but each
 applied as the pairwise mix it is, on strided views of the wires, in O(B·n²) per layer
 instead of diffsort's dense (B, n, n) products in O(B·n³) per layer. ``P`` is built by a
 custom autograd function that keeps only each layer's wire differences for the backward
-pass. Everything is computed in float32, also under autocast.
+pass; where those would take more than ``max_saved_bytes`` (1 GiB by default: odd-even at
+n = 128 and B = 1024 would keep 4 GiB), it keeps a copy of the permutation every
+``√(2·layers)`` layers instead and recomputes each segment's differences during the
+backward pass (one more forward pass of ``P``'s layers, about a quarter of the memory).
+Everything is computed in float32, also under autocast.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 NETWORKS = ("odd_even", "bitonic")
+MAX_SAVED_BYTES = 2**30
 RELAXATIONS = ("cauchy", "logistic", "logistic_phi", "reciprocal", "optimal", "gaussian")
 
 
@@ -127,14 +132,16 @@ def relaxed_swap_probability(
     raise ValueError(f"unknown relaxation {relaxation!r}; choose one of {', '.join(RELAXATIONS)}")
 
 
-def _mix_(pairs: Tensor, alpha: Tensor) -> Tensor:
-    """In place: ``(x0, x1) ← (α·x0 + (1−α)·x1, (1−α)·x0 + α·x1)``; returns ``x0 − x1``.
+def _mix_(pairs: Tensor, alpha: Tensor, buffer: Tensor | None = None) -> Tensor:
+    """In place: ``(x0, x1) ← (α·x0 + (1−α)·x1, (1−α)·x0 + α·x1)``; returns ``x0 − x1``
+    (written into the start of the flat ``buffer`` when one is given).
 
     ``pairs`` is a view ``(B, groups, 2, width, m)`` and ``alpha`` ``(B, groups, 1, width, 1)``.
     The mixing matrix is symmetric, so the same update carries gradients backwards.
     """
     x0, x1 = pairs[:, :, 0:1], pairs[:, :, 1:2]
-    diff = x0 - x1
+    diff = (x0 - x1 if buffer is None
+            else torch.sub(x0, x1, out=buffer[: x0.numel()].view(x0.shape)))
     torch.addcmul(x1, alpha, diff, out=x0)
     x1.addcmul_(1 - alpha, diff)
     return diff
@@ -145,49 +152,102 @@ class _SoftPermutation(torch.autograd.Function):
 
     Forward keeps ``Xᵀ`` (wires × inputs, the padded wires carrying virtual inputs of their
     own) in one buffer and mixes it layer by layer in place; it saves each layer's
-    ``x0 − x1`` (the only thing ``∂P/∂α`` needs). Backward runs the layers in reverse on the
-    gradient, ``∂L/∂α = Σ (g0 − g1)·(x0 − x1)``. While the layers only mix wires within
-    aligned blocks (bitonic stages), ``Xᵀ`` is block-diagonal and only its diagonal blocks
+    ``x0 − x1`` (the only thing ``∂P/∂α`` needs), or with ``segment > 0`` a copy of ``Xᵀ``
+    before every ``segment``-th layer, from which backward recomputes the differences one
+    segment at a time. Backward runs the layers in reverse on the gradient,
+    ``∂L/∂α = Σ (g0 − g1)·(x0 − x1)``. While the layers only mix wires within aligned blocks
+    (bitonic stages), ``Xᵀ`` is block-diagonal and only its diagonal blocks
     ``(B, blocks, size, size)`` are stored and mixed.
     """
 
     @staticmethod
-    def forward(ctx, layers: list[Layer], padded: int, n: int, *alphas: Tensor) -> Tensor:
+    def forward(ctx, layers: list[Layer], padded: int, n: int, segment: int,
+                *alphas: Tensor) -> Tensor:
         batch, ref = alphas[0].shape[0], alphas[0]
         size = layers[0].block or padded
         xt = torch.eye(size, dtype=ref.dtype, device=ref.device).repeat(
             batch, padded // size, 1, 1)
-        diffs = []
-        for layer, alpha in zip(layers, alphas, strict=True):
+        scratch = _difference_buffer(xt, padded) if segment else None
+        saved = []  # each layer's differences, or each segment's starting Xᵀ
+        for t, (layer, alpha) in enumerate(zip(layers, alphas, strict=True)):
             if (layer.block or padded) != xt.shape[-1]:
                 xt = _grow_blocks(xt)
-            rows = xt.view(batch, padded, xt.shape[-1])[:, layer.start : layer.stop]
-            pairs = rows.view(batch, layer.groups, 2, layer.width, xt.shape[-1])
-            diffs.append(_mix_(pairs, alpha.view(batch, layer.groups, 1, layer.width, 1)))
-        ctx.layers, ctx.padded, ctx.n = layers, padded, n
-        ctx.save_for_backward(*diffs, *alphas)
+            if segment and t % segment == 0:
+                saved.append(xt.clone())
+            diff = _mix_(_pairs(xt, layer, padded), alpha.view(batch, layer.groups, 1,
+                                                               layer.width, 1), scratch)
+            if not segment:
+                saved.append(diff)
+        ctx.layers, ctx.padded, ctx.n, ctx.segment = layers, padded, n, segment
+        ctx.saved_count = len(saved)
+        ctx.save_for_backward(*saved, *alphas)
         offset = padded - n
         return xt.view(batch, padded, padded)[:, offset:, offset:].transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad_p: Tensor):
-        layers, padded, n = ctx.layers, ctx.padded, ctx.n
-        saved = ctx.saved_tensors
-        diffs, alphas = saved[: len(layers)], saved[len(layers) :]
+        layers, padded, n, segment = ctx.layers, ctx.padded, ctx.n, ctx.segment
+        tensors = ctx.saved_tensors
+        saved, alphas = tensors[: ctx.saved_count], tensors[ctx.saved_count :]
         batch, offset = grad_p.shape[0], padded - n
         grad = grad_p.new_zeros(batch, 1, padded, padded)
         grad[:, 0, offset:, offset:].copy_(grad_p.transpose(1, 2))
         grad_alphas: list[Tensor] = [None] * len(layers)  # type: ignore[list-item]
+        diffs: dict[int, Tensor] = dict(enumerate(saved)) if not segment else {}
+        buffers = ([_difference_buffer(grad, padded) for _ in range(segment)]
+                   if segment else [])
+        scratch = _difference_buffer(grad, padded)
         for t in range(len(layers) - 1, -1, -1):
+            if segment and t not in diffs:
+                diffs = _replay(saved[t // segment], layers, alphas, t // segment * segment,
+                                min(len(layers), (t // segment + 1) * segment), padded,
+                                buffers)
             layer, alpha = layers[t], alphas[t]
             while (layer.block or padded) != grad.shape[-1]:
                 grad = _diagonal_blocks(grad)
-            rows = grad.view(batch, padded, grad.shape[-1])[:, layer.start : layer.stop]
-            pairs = rows.view(batch, layer.groups, 2, layer.width, grad.shape[-1])
-            g_diff = _mix_(pairs, alpha.view(batch, layer.groups, 1, layer.width, 1))
-            if ctx.needs_input_grad[3 + t]:
+            g_diff = _mix_(_pairs(grad, layer, padded),
+                           alpha.view(batch, layer.groups, 1, layer.width, 1), scratch)
+            if ctx.needs_input_grad[4 + t]:
                 grad_alphas[t] = torch.linalg.vecdot(g_diff, diffs[t]).view_as(alpha)
-        return (None, None, None, *grad_alphas)
+        return (None, None, None, None, *grad_alphas)
+
+
+def _pairs(blocks: Tensor, layer: Layer, padded: int) -> Tensor:
+    """The ``(B, groups, 2, width, m)`` view of the wires ``layer`` compares."""
+    batch, m = blocks.shape[0], blocks.shape[-1]
+    rows = blocks.view(batch, padded, m)[:, layer.start : layer.stop]
+    return rows.view(batch, layer.groups, 2, layer.width, m)
+
+
+def _difference_buffer(like: Tensor, padded: int) -> Tensor:
+    """A flat buffer that holds one layer's ``x0 − x1`` at the largest block size."""
+    return like.new_empty(like.shape[0] * (padded // 2) * padded)
+
+
+def _replay(start_xt: Tensor, layers: list[Layer], alphas: tuple[Tensor, ...], first: int,
+            stop: int, padded: int, buffers: list[Tensor]) -> dict[int, Tensor]:
+    """Layers ``first .. stop − 1`` again from the ``Xᵀ`` saved before ``first``: their
+    differences ``{layer index: x0 − x1}``, written into ``buffers`` (one a layer)."""
+    xt, batch, diffs = start_xt.clone(), start_xt.shape[0], {}
+    for t in range(first, stop):
+        layer = layers[t]
+        if (layer.block or padded) != xt.shape[-1]:
+            xt = _grow_blocks(xt)
+        diffs[t] = _mix_(_pairs(xt, layer, padded),
+                         alphas[t].view(batch, layer.groups, 1, layer.width, 1),
+                         buffers[t - first])
+    return diffs
+
+
+def _segment_length(layers: list[Layer], batch: int, padded: int, itemsize: int,
+                    max_saved_bytes: float) -> int:
+    """0 (keep every layer's differences) when they fit in ``max_saved_bytes``, else the
+    segment length ``round(√(2·layers))`` that minimises checkpoints + one segment's
+    differences."""
+    saved = sum(batch * (padded // 2) * (layer.block or padded) for layer in layers) * itemsize
+    if saved <= max_saved_bytes:
+        return 0
+    return max(1, round(math.sqrt(2 * len(layers))))
 
 
 def _grow_blocks(blocks: Tensor) -> Tensor:
@@ -219,6 +279,9 @@ class SortingNetwork(nn.Module):
         relaxation: one of ``cauchy`` (default), ``logistic``, ``logistic_phi`` (ART),
             ``reciprocal``, ``optimal``, ``gaussian``.
         art_lambda: the exponent of ``logistic_phi``.
+        max_saved_bytes: above this much memory kept for the backward pass, ``P``'s
+            backward recomputes its layers a segment at a time instead (the same
+            gradients, one more forward pass of ``P``).
 
     ``x`` is ``(B, size)``; ``sorted_x`` is ascending ``(B, size)`` and ``P`` is
     ``(B, size, size)``, doubly stochastic, ``P[b, i, j]`` the probability that input ``i``
@@ -233,6 +296,7 @@ class SortingNetwork(nn.Module):
         steepness: float = 10.0,
         relaxation: str = "cauchy",
         art_lambda: float = 0.25,
+        max_saved_bytes: float = MAX_SAVED_BYTES,
     ) -> None:
         super().__init__()
         if kind not in NETWORKS:
@@ -243,6 +307,7 @@ class SortingNetwork(nn.Module):
             raise ValueError(f"a sorting network needs size >= 1, got {size}")
         self.kind, self.size = kind, size
         self.steepness, self.relaxation, self.art_lambda = float(steepness), relaxation, art_lambda
+        self.max_saved_bytes = max_saved_bytes
         if kind == "odd_even":
             self.layers, masks, self.padded = odd_even_layers(size), {}, size
         else:
@@ -280,5 +345,7 @@ class SortingNetwork(nn.Module):
                 [values[:, : layer.start], mixed.reshape(batch, -1), values[:, layer.stop :]], 1
             )
             alphas.append(alpha.contiguous())
-        perm = _SoftPermutation.apply(self.layers, self.padded, self.size, *alphas)
+        segment = _segment_length(self.layers, batch, self.padded, x.element_size(),
+                                  self.max_saved_bytes)
+        perm = _SoftPermutation.apply(self.layers, self.padded, self.size, segment, *alphas)
         return values[:, offset:], perm
