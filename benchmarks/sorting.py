@@ -7,7 +7,9 @@ loss's share of a resnet18 training step.
 
 Both implementations get the same inputs and the same loss, ``sum(sorted_x) + sum(P * W)``,
 timed in the same process with :mod:`timing`: one warm-up call each (its cold cost is a
-column of its own, never in the ratio), then ``--runs`` interleaved rounds; each figure
+column of its own, never in the ratio), then ``--runs`` interleaved rounds, more (up to
+4x) until a row's timed rounds add up to ``--min-seconds`` (20 s: the median of a
+millisecond row settles, a row of seconds keeps 5 rounds); each figure
 is the median with the min-max beside it, the speed-up is diffsort's median over groco's
 with the per-round range. diffsort keeps four (B, n, n/2) products per layer for its
 backward pass; where that would exceed ``--reference-memory-gb`` its batch is run in equal
@@ -47,8 +49,8 @@ def diffsort_memory_bytes(kind: str, n: int, batch: int) -> float:
     return layers * 6 * batch * n * (n // 2 + 1) * 4
 
 
-def time_sorting(kind: str, n: int, batch: int, runs: int, memory_gb: float
-                 ) -> tuple[Side, Side]:
+def time_sorting(kind: str, n: int, batch: int, runs: int, memory_gb: float,
+                 min_seconds: float = 0.0) -> tuple[Side, Side]:
     """(groco, diffsort) timings of forward + backward on the same (batch, n) inputs."""
     import diffsort
 
@@ -66,23 +68,26 @@ def time_sorting(kind: str, n: int, batch: int, runs: int, memory_gb: float
             (sorted_x.sum() + (perm * ws).sum()).backward()
 
     result = interleaved({"diffsort": lambda: run(reference, chunks),
-                          "groco": lambda: run(ours, 1)}, runs=runs, warmup=1)
+                          "groco": lambda: run(ours, 1)}, runs=runs, warmup=1,
+                         min_seconds=min_seconds)
     return result["groco"], result["diffsort"]
 
 
 def time_sorting_in_child(kind: str, n: int, batch: int, runs: int, memory_gb: float,
-                          threads: int | None) -> tuple[Side, Side]:
+                          threads: int | None, min_seconds: float) -> tuple[Side, Side]:
     """:func:`time_sorting` in a fresh Python process (the same threads), so no row inherits
     another's heap."""
     command = [__file__, "--one-row", kind, str(n), "--batch", str(batch),
-               "--runs", str(runs), "--reference-memory-gb", str(memory_gb)]
+               "--runs", str(runs), "--reference-memory-gb", str(memory_gb),
+               "--min-seconds", str(min_seconds)]
     if threads:
         command += ["--threads", str(threads)]
     sides = json_from_child(command, f"{kind} n={n}")
     return Side(**sides["groco"]), Side(**sides["diffsort"])
 
 
-def groco_share(batch: int, image_size: int, small_stem: bool, runs: int) -> tuple[Side, Side]:
+def groco_share(batch: int, image_size: int, small_stem: bool, runs: int,
+                min_seconds: float = 0.0) -> tuple[Side, Side]:
     """(GroCo loss fwd+bwd, full two-view training step) timings of resnet18, interleaved."""
     from groco.training.models import build_model
 
@@ -109,7 +114,8 @@ def groco_share(batch: int, image_size: int, small_stem: bool, runs: int) -> tup
         leaves = [p.detach().clone().requires_grad_() for p in projections]
         loss_fn(leaves).backward()
 
-    result = interleaved({"step": step, "loss": loss_only}, runs=runs, warmup=1)
+    result = interleaved({"step": step, "loss": loss_only}, runs=runs, warmup=1,
+                         min_seconds=min_seconds)
     return result["loss"], result["step"]
 
 
@@ -120,6 +126,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[11, 32, 64, 128])
     parser.add_argument("--networks", nargs="+", default=["odd_even", "bitonic"])
     parser.add_argument("--runs", type=int, default=5, help="interleaved timed rounds")
+    parser.add_argument("--min-seconds", type=float, default=20.0,
+                        help="more rounds (up to 4x --runs) until a row's timed rounds "
+                             "add up to this [0 with --quick]")
     parser.add_argument("--reference-memory-gb", type=float, default=6.0)
     parser.add_argument("--step-batch", type=int, default=128)
     parser.add_argument("--step-image-size", type=int, default=32)
@@ -134,14 +143,15 @@ def main() -> None:
                         help=argparse.SUPPRESS)  # one row in this process, JSON on stdout
     args = parser.parse_args()
     if args.quick:
-        args.batch, args.sizes, args.runs = 64, [11, 16], 2
+        args.batch, args.sizes, args.runs, args.min_seconds = 64, [11, 16], 2, 0.0
         args.step_batch, args.step_image_size, args.step_stems = 16, 32, ["imagenet"]
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one_row:
         kind, n = args.one_row[0], int(args.one_row[1])
-        ours, ref = time_sorting(kind, n, args.batch, args.runs, args.reference_memory_gb)
+        ours, ref = time_sorting(kind, n, args.batch, args.runs, args.reference_memory_gb,
+                                 args.min_seconds)
         print(json.dumps({side.name: vars(side) for side in (ours, ref)}))
         return
     load = LoadWatch()
@@ -151,42 +161,46 @@ def main() -> None:
             started = time.perf_counter()
             if args.quick:  # KBs per call: no heap to inherit, and no second torch import
                 ours, ref = time_sorting(kind, n, args.batch, args.runs,
-                                         args.reference_memory_gb)
+                                         args.reference_memory_gb, args.min_seconds)
             else:
                 ours, ref = time_sorting_in_child(kind, n, args.batch, args.runs,
-                                                  args.reference_memory_gb, args.threads)
+                                                  args.reference_memory_gb, args.threads,
+                                                  args.min_seconds)
             rows.append(f"| {kind} | {n} | {ours.summary()} | {ref.summary()} | "
                         f"{ratio_summary(ref, ours, digits=1)} | {ours.cold * 1e3:.1f} | "
-                        f"{ref.cold * 1e3:.1f} |")
+                        f"{ref.cold * 1e3:.1f} | {len(ours.times)} |")
             print(f"{rows[-1]}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
                   flush=True)
     shares = []
     if not args.skip_step:
         for stem in args.step_stems:
             t_loss, t_step = groco_share(args.step_batch, args.step_image_size,
-                                         stem == "small", args.runs)
+                                         stem == "small", args.runs, args.min_seconds)
             shares.append(f"| {stem} stem | {t_loss.summary()} | {t_step.summary(digits=0)} | "
-                          f"{100 / speedup(t_step, t_loss):.2f} % |")
+                          f"{100 / speedup(t_step, t_loss):.2f} % | {len(t_step.times)} |")
     print(header())
     where = "one process (quick)" if args.quick else "a fresh process each"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on both sides, "
           f"B={args.batch}, steepness 10, cauchy, loss sum(sorted_x) + sum(P*W), forward + "
-          f"backward; rows in {where}; one warm-up call each, then {args.runs} "
-          "interleaved rounds: median (min-max) ms; speed-up = diffsort median / groco median "
+          f"backward; rows in {where}; one warm-up call each, then at least {args.runs} "
+          f"interleaved rounds, more (up to {4 * args.runs}) until a row's timed rounds add up "
+          f"to {args.min_seconds:g} s (the rounds column): median (min-max) ms; speed-up = "
+          "diffsort median / groco median "
           "(per-round range); the first (cold) call of each side is its own column, not in "
           "the speed-up.")
     print(load.line() + "\n")
     print("| network | n | groco ms | diffsort ms | speed-up vs diffsort | groco cold ms "
-          "| diffsort cold ms |")
-    print("|---|---|---|---|---|---|---|")
+          "| diffsort cold ms | rounds |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if shares:
         print(f"\nGroCo loss share of a resnet18 training step (batch {args.step_batch}, 2 "
               f"views, {args.step_image_size} px, projector 2048, SGD, CPU, channels_last), "
-              f"loss and step interleaved, {args.runs} rounds, median (min-max); the "
+              f"loss and step interleaved, rounds as above, median (min-max); the "
               "Fashion-MNIST tables train the ImageNet stem (benchmarks/fmnist_knn.py):\n")
-        print("| stem | loss fwd+bwd ms | step ms | share (median loss / median step) |")
-        print("|---|---|---|---|")
+        print("| stem | loss fwd+bwd ms | step ms | share (median loss / median step) "
+              "| rounds |")
+        print("|---|---|---|---|---|")
         print("\n".join(shares))
 
 

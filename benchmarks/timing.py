@@ -77,16 +77,23 @@ def round_order(names: Sequence[str], round_index: int) -> list[str]:
 def interleaved(sides: Mapping[str, Callable[[], object]], runs: int, warmup: int = 1,
                 clock: Callable[[], float] = time.perf_counter,
                 on_round: Callable[[int, dict[str, Side]], None] | None = None,
+                min_seconds: float = 0.0, max_runs: int | None = None,
                 ) -> dict[str, Side]:
     """Time every side in ``sides`` alike: ``max(warmup, 1)`` warm-up calls each (side by
     side, all before the first timed run; the first is the side's cold cost), then
     ``runs`` rounds, each calling every side once in :func:`round_order`.
+
+    With ``min_seconds``, rounds go on past ``runs`` until the timed rounds add up to at
+    least that many seconds, or ``max_runs`` rounds (default ``4 * runs``): calls of a few
+    milliseconds get as many rounds as their median needs to settle, calls of seconds
+    keep ``runs``. Every side always has the same number of rounds.
 
     ``on_round(r, result)`` is called after each round (progress logs). Returns one
     :class:`Side` per name, in the order of ``sides``.
     """
     if runs < 1:
         raise ValueError("runs must be >= 1")
+    cap = max(runs, max_runs if max_runs is not None else 4 * runs)
     names = list(sides)
     result = {name: Side(name) for name in names}
     for name in names:
@@ -96,11 +103,15 @@ def interleaved(sides: Mapping[str, Callable[[], object]], runs: int, warmup: in
                 result[name].cold = seconds
             else:
                 result[name].warmup.append(seconds)
-    for r in range(runs):
+    spent, r = 0.0, 0
+    while r < runs or (spent < min_seconds and r < cap):
         for name in round_order(names, r):
-            result[name].times.append(_timed(sides[name], clock))
+            seconds = _timed(sides[name], clock)
+            result[name].times.append(seconds)
+            spent += seconds
         if on_round is not None:
             on_round(r, result)
+        r += 1
     return result
 
 

@@ -83,3 +83,19 @@ def test_side_statistics_and_order():
 def test_load_line_has_before_and_after():
     line = LoadWatch().line()
     assert "before:" in line and "after:" in line
+
+
+def test_min_seconds_adds_whole_rounds_up_to_the_cap():
+    clock, log = FakeClock(), []
+    sides = sides_with(clock, {"a": [1] + [1] * 20, "b": [1] + [2] * 20}, log)
+    # 3 s a round: 2 rounds give 6 s, min_seconds=10 asks for 4 (12 s)
+    result = interleaved(sides, runs=2, clock=clock, min_seconds=10)
+    assert len(result["a"].times) == len(result["b"].times) == 4
+    clock2, log2 = FakeClock(), []
+    sides2 = sides_with(clock2, {"a": [1] + [1] * 20, "b": [1] + [2] * 20}, log2)
+    capped = interleaved(sides2, runs=2, clock=clock2, min_seconds=100, max_runs=5)
+    assert len(capped["a"].times) == len(capped["b"].times) == 5
+    clock3 = FakeClock()
+    slow = interleaved(sides_with(clock3, {"a": [9, 9, 9]}, []), runs=2, clock=clock3,
+                       min_seconds=1)
+    assert len(slow["a"].times) == 2
