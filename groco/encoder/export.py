@@ -209,17 +209,19 @@ def load_embedding_model(run_dir: str | Path, weights_file: str = checkpoint.WEI
 
 
 _TRACES: OrderedDict[str, bytes] = OrderedDict()
-_TRACES_KEPT = 2
+TRACES_MAX_BYTES = 512 * 2**20  # serialized graphs kept for re-export in one process
 
 
 def traced(model: EmbeddingModel, image_size: int, opset: int = DEFAULT_OPSET,
            files: tuple[Path, ...] = ()) -> onnx.ModelProto:
     """:func:`to_onnx` of ``model.features``, reusing this process's last traces.
 
-    Exporting one network at several precisions traces it once (tracing takes seconds). The
-    key is the sha256 of ``files`` (the weights file and config that made ``model``), the
-    module's structure (its ``repr``: layers, strides), the image size, the opset and the
-    torch version; without ``files`` nothing is cached.
+    Exporting one network at several precisions traces it once (tracing takes seconds);
+    the most recent traces are kept while they add up to at most :data:`TRACES_MAX_BYTES`
+    serialized (the newest always). The key is the sha256 of ``files`` (the weights file
+    and config that made ``model``), the module's structure (its ``repr``: layers,
+    strides), the image size, the opset and the torch version; without ``files`` nothing
+    is cached.
     """
     if not files:
         return to_onnx(model.features, image_size, opset)
@@ -236,7 +238,7 @@ def traced(model: EmbeddingModel, image_size: int, opset: int = DEFAULT_OPSET,
         return onnx.ModelProto.FromString(_TRACES[key])
     body = to_onnx(model.features, image_size, opset)
     _TRACES[key] = body.SerializeToString()
-    while len(_TRACES) > _TRACES_KEPT:
+    while len(_TRACES) > 1 and sum(map(len, _TRACES.values())) > TRACES_MAX_BYTES:
         _TRACES.popitem(last=False)
     return body
 
