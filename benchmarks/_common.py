@@ -28,12 +28,14 @@ def header() -> str:
     return f"Machine: {machine()}\nCommand: `{command}`\nDate: {today}\n"
 
 
-def json_from_child(args: list[str], what: str) -> dict:
-    """Run ``python SCRIPT ARGS`` (``args[0]`` the script) in a fresh process and return the
-    JSON object on the last line of its standard output; ``SystemExit`` naming ``what``, with
-    the end of its standard error, when it fails. Benchmarks run one measurement a process
-    this way, so that its timing and peak memory are its own."""
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False)
+def json_from_child(args: list[str], what: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``python SCRIPT ARGS`` (``args[0]`` the script) in a fresh process, with ``env``
+    added to this one's environment, and return the JSON object on the last line of its
+    standard output; ``SystemExit`` naming ``what``, with the end of its standard error, when
+    it fails. Benchmarks run one measurement a process this way, so that its timing and peak
+    memory are its own."""
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,9 +14,11 @@ is the median with the min-max beside it, the speed-up is diffsort's median over
 with the per-round range. diffsort keeps four (B, n, n/2) products per layer for its
 backward pass; where that would exceed ``--reference-memory-gb`` its batch is run in equal
 chunks one after another (its cost is linear in B, so the total is the same work). Each
-(network, n) row runs in a fresh process of its own: both sides allocate GBs per call at
-n >= 64, and what earlier rows left in the allocator's heap moved diffsort's time at n = 64
-by 2x between runs when all rows shared one process.
+(network, n) row runs in a fresh process of its own, twice: with glibc's mmap threshold
+pinned low ("fresh": every large tensor is new memory, its page faults paid each call)
+and high ("reused": tensors up to 32 MiB come from a heap kept between calls). Left to
+itself the threshold moves with the program's frees, and diffsort's odd-even n = 64 took
+2.3 s or 6 s a call by that alone, from one process to the next.
 
 The step share times a full two-view GroCo training step of resnet18 and the GroCo loss's
 forward + backward on that step's projections, interleaved; by default at the step the
@@ -41,6 +43,18 @@ from timing import LoadWatch, Side, interleaved, ratio_summary, speedup  # noqa:
 
 from groco.training.losses import GroCoLoss  # noqa: E402
 from groco.training.sorting import SortingNetwork  # noqa: E402
+
+# glibc's malloc moves its mmap threshold with the program's frees (up to 32 MiB), so a
+# (B, n, n) tensor of 16 MiB is fresh memory in one process and reused heap in the next:
+# diffsort's odd-even n = 64 took 2.3 s or 6 s a call by that alone. Each row is timed
+# with the threshold pinned (which also pins the trim threshold) both ways.
+HEAPS: dict[str, dict[str, str]] = {
+    # every allocation above 128 KiB is a fresh mmap: each call pays its page faults
+    "fresh": {"MALLOC_MMAP_THRESHOLD_": str(128 * 2**10)},
+    # up to 32 MiB from the heap, kept between calls (larger ones are always mmapped)
+    "reused": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+               "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)},
+}
 
 
 def diffsort_memory_bytes(kind: str, n: int, batch: int) -> float:
@@ -74,15 +88,16 @@ def time_sorting(kind: str, n: int, batch: int, runs: int, memory_gb: float,
 
 
 def time_sorting_in_child(kind: str, n: int, batch: int, runs: int, memory_gb: float,
-                          threads: int | None, min_seconds: float) -> tuple[Side, Side]:
-    """:func:`time_sorting` in a fresh Python process (the same threads), so no row inherits
-    another's heap."""
+                          threads: int | None, min_seconds: float, heap: str
+                          ) -> tuple[Side, Side]:
+    """:func:`time_sorting` in a fresh Python process (the same threads) with the allocator
+    setting ``HEAPS[heap]``, so no row inherits another's heap."""
     command = [__file__, "--one-row", kind, str(n), "--batch", str(batch),
                "--runs", str(runs), "--reference-memory-gb", str(memory_gb),
                "--min-seconds", str(min_seconds)]
     if threads:
         command += ["--threads", str(threads)]
-    sides = json_from_child(command, f"{kind} n={n}")
+    sides = json_from_child(command, f"{kind} n={n}", env=HEAPS[heap])
     return Side(**sides["groco"]), Side(**sides["diffsort"])
 
 
@@ -130,6 +145,8 @@ def main() -> None:
                         help="more rounds (up to 4x --runs) until a row's timed rounds "
                              "add up to this [0 with --quick]")
     parser.add_argument("--reference-memory-gb", type=float, default=6.0)
+    parser.add_argument("--heaps", nargs="+", choices=list(HEAPS), default=list(HEAPS),
+                        help="glibc heap settings each row is timed with (module comment)")
     parser.add_argument("--step-batch", type=int, default=128)
     parser.add_argument("--step-image-size", type=int, default=32)
     parser.add_argument("--step-stems", nargs="+", choices=["imagenet", "small"],
@@ -156,21 +173,23 @@ def main() -> None:
         return
     load = LoadWatch()
     rows = []
+    heaps = ["as is"] if args.quick else args.heaps
     for kind in args.networks:
         for n in args.sizes:
-            started = time.perf_counter()
-            if args.quick:  # KBs per call: no heap to inherit, and no second torch import
-                ours, ref = time_sorting(kind, n, args.batch, args.runs,
-                                         args.reference_memory_gb, args.min_seconds)
-            else:
-                ours, ref = time_sorting_in_child(kind, n, args.batch, args.runs,
-                                                  args.reference_memory_gb, args.threads,
-                                                  args.min_seconds)
-            rows.append(f"| {kind} | {n} | {ours.summary()} | {ref.summary()} | "
-                        f"{ratio_summary(ref, ours, digits=1)} | {ours.cold * 1e3:.1f} | "
-                        f"{ref.cold * 1e3:.1f} | {len(ours.times)} |")
-            print(f"{rows[-1]}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
-                  flush=True)
+            for heap in heaps:
+                started = time.perf_counter()
+                if args.quick:  # KBs per call: no heap to inherit, no second torch import
+                    ours, ref = time_sorting(kind, n, args.batch, args.runs,
+                                             args.reference_memory_gb, args.min_seconds)
+                else:
+                    ours, ref = time_sorting_in_child(kind, n, args.batch, args.runs,
+                                                      args.reference_memory_gb, args.threads,
+                                                      args.min_seconds, heap)
+                rows.append(f"| {kind} | {n} | {heap} | {ours.summary()} | {ref.summary()} | "
+                            f"{ratio_summary(ref, ours, digits=1)} | {ours.cold * 1e3:.1f} | "
+                            f"{ref.cold * 1e3:.1f} | {len(ours.times)} |")
+                print(f"{rows[-1]}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
+                      flush=True)
     shares = []
     if not args.skip_step:
         for stem in args.step_stems:
@@ -187,11 +206,14 @@ def main() -> None:
           f"to {args.min_seconds:g} s (the rounds column): median (min-max) ms; speed-up = "
           "diffsort median / groco median "
           "(per-round range); the first (cold) call of each side is its own column, not in "
-          "the speed-up.")
+          "the speed-up; heap: glibc's malloc with its mmap threshold pinned, 'fresh' = "
+          "every allocation over 128 KiB is new memory (page faults each call), 'reused' = "
+          "allocations up to 32 MiB come from a heap kept between calls ('as is': "
+          "unpinned).")
     print(load.line() + "\n")
-    print("| network | n | groco ms | diffsort ms | speed-up vs diffsort | groco cold ms "
-          "| diffsort cold ms | rounds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| network | n | heap | groco ms | diffsort ms | speed-up vs diffsort "
+          "| groco cold ms | diffsort cold ms | rounds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if shares:
         print(f"\nGroCo loss share of a resnet18 training step (batch {args.step_batch}, 2 "
