@@ -1,13 +1,14 @@
 """Run every benchmark and write their tables to one file, with the machine, command and date.
 
     python -m benchmarks                   # every table of BENCHMARKS.md (hours on 2 cores)
-    python -m benchmarks --quick --jobs 2  # each script on tiny inputs (CI runs this)
+    python -m benchmarks --quick           # each script on tiny inputs (CI runs this)
     python -m benchmarks --only sorting encoder --out .bench/tables.md
     python -m benchmarks --list
 
 Each script runs in its own process (``python benchmarks/NAME.py ARGS``), one after
 another, so no two timings share the CPU (``--quick --jobs 2`` runs two at a time: its
-timings mean nothing anyway). In the quick mode that process is forked from one that has
+timings mean nothing, but on 2 cores two scripts' thread pools slow each other: 95 s
+against 88 s one at a time). In the quick mode that process is forked from one that has
 imported torch, timm, ONNX Runtime and FAISS already (``preloaded.py``), which saves each
 script about 4 s of imports; a full run starts a fresh interpreter for each. A script has
 passed when it exits 0 and prints a Markdown table; its output goes under its own heading

@@ -20,8 +20,7 @@ def test_has_table_needs_a_header_and_a_separator() -> None:
 
 def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) -> None:
     out = tmp_path / "tables.md"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--jobs", "2",
-                           "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
