@@ -27,7 +27,8 @@ custom autograd function that keeps only each layer's wire differences for the b
 pass; where those would take more than ``max_saved_bytes`` (1 GiB by default: odd-even at
 n = 128 and B = 1024 would keep 4 GiB), it keeps a copy of the permutation every
 ``√(2·layers)`` layers instead and recomputes each segment's differences during the
-backward pass (one more forward pass of ``P``'s layers, about a quarter of the memory).
+backward pass (one more forward pass of ``P``'s layers; at odd-even n = 128 about 1 GiB of
+checkpoints and one segment's differences instead of 4 GiB).
 Everything is computed in float32, also under autocast.
 """
 
@@ -167,17 +168,17 @@ class _SoftPermutation(torch.autograd.Function):
         size = layers[0].block or padded
         xt = torch.eye(size, dtype=ref.dtype, device=ref.device).repeat(
             batch, padded // size, 1, 1)
-        scratch = _difference_buffer(xt, padded) if segment else None
-        saved = []  # each layer's differences, or each segment's starting Xᵀ
-        for t, (layer, alpha) in enumerate(zip(layers, alphas, strict=True)):
-            if (layer.block or padded) != xt.shape[-1]:
-                xt = _grow_blocks(xt)
-            if segment and t % segment == 0:
+        if segment:  # each segment's starting Xᵀ; its differences go through one buffer
+            saved, scratch = [], [_difference_buffer(xt, padded)] * segment
+            for first in range(0, len(layers), segment):
+                if (layers[first].block or padded) != xt.shape[-1]:
+                    xt = _grow_blocks(xt)
                 saved.append(xt.clone())
-            diff = _mix_(_pairs(xt, layer, padded), alpha.view(batch, layer.groups, 1,
-                                                               layer.width, 1), scratch)
-            if not segment:
-                saved.append(diff)
+                xt, _ = _mix_layers(xt, layers, alphas, first,
+                                    min(len(layers), first + segment), padded, scratch)
+        else:  # each layer's differences
+            xt, diffs = _mix_layers(xt, layers, alphas, 0, len(layers), padded)
+            saved = list(diffs.values())
         ctx.layers, ctx.padded, ctx.n, ctx.segment = layers, padded, n, segment
         ctx.saved_count = len(saved)
         ctx.save_for_backward(*saved, *alphas)
@@ -199,9 +200,9 @@ class _SoftPermutation(torch.autograd.Function):
         scratch = _difference_buffer(grad, padded)
         for t in range(len(layers) - 1, -1, -1):
             if segment and t not in diffs:
-                diffs = _replay(saved[t // segment], layers, alphas, t // segment * segment,
-                                min(len(layers), (t // segment + 1) * segment), padded,
-                                buffers)
+                first = t // segment * segment
+                _, diffs = _mix_layers(saved[t // segment].clone(), layers, alphas, first,
+                                       min(len(layers), first + segment), padded, buffers)
             layer, alpha = layers[t], alphas[t]
             while (layer.block or padded) != grad.shape[-1]:
                 grad = _diagonal_blocks(grad)
@@ -224,19 +225,21 @@ def _difference_buffer(like: Tensor, padded: int) -> Tensor:
     return like.new_empty(like.shape[0] * (padded // 2) * padded)
 
 
-def _replay(start_xt: Tensor, layers: list[Layer], alphas: tuple[Tensor, ...], first: int,
-            stop: int, padded: int, buffers: list[Tensor]) -> dict[int, Tensor]:
-    """Layers ``first .. stop − 1`` again from the ``Xᵀ`` saved before ``first``: their
-    differences ``{layer index: x0 − x1}``, written into ``buffers`` (one a layer)."""
-    xt, batch, diffs = start_xt.clone(), start_xt.shape[0], {}
+def _mix_layers(xt: Tensor, layers: list[Layer], alphas: tuple[Tensor, ...], first: int,
+                stop: int, padded: int, buffers: list[Tensor] | None = None
+                ) -> tuple[Tensor, dict[int, Tensor]]:
+    """Layers ``first .. stop − 1`` applied in place to ``Xᵀ`` (its blocks grown as the
+    layers need): ``(Xᵀ, {layer index: x0 − x1})``, each difference written into
+    ``buffers[t − first]`` when buffers are given, a new tensor otherwise."""
+    batch, diffs = xt.shape[0], {}
     for t in range(first, stop):
         layer = layers[t]
         if (layer.block or padded) != xt.shape[-1]:
             xt = _grow_blocks(xt)
         diffs[t] = _mix_(_pairs(xt, layer, padded),
                          alphas[t].view(batch, layer.groups, 1, layer.width, 1),
-                         buffers[t - first])
-    return diffs
+                         None if buffers is None else buffers[t - first])
+    return xt, diffs
 
 
 def _segment_length(layers: list[Layer], batch: int, padded: int, itemsize: int,
