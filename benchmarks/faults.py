@@ -3,6 +3,7 @@ concurrent writers. Prints the figures of BENCHMARKS.md's fault section.
 
     python benchmarks/faults.py                      # ~10 min on 2 cores
     python benchmarks/faults.py --kills 8 --timed-kills 4 --reps 1   # a quick look
+    python benchmarks/faults.py --train-only         # kill -9 of `groco train`, --resume
 
 What runs (every command as the ``groco`` command runs it, forked from a preloaded
 process: ``tests/faultkit.py``; an untrained resnet18 at 32 px, a generated collection):
@@ -13,7 +14,9 @@ process: ``tests/faultkit.py``; an untrained resnet18 at 32 px, a generated coll
    kills of the build whose resume is killed too. After each: an update must still
    answer at its old or its new state; the rerun must exit 0 with every image recorded
    once, the same vectors (and ids, for build and merge) as the clean run, the index
-   consistent and searchable (``faultkit.assert_recovered``).
+   consistent and searchable (``faultkit.assert_recovered``). And for ``groco train``: the
+   run directory holds one consistent checkpoint after the kill, and ``--resume`` ends
+   bit-identical to the clean run (``faultkit.assert_same_run``).
 2. **Bad inputs.** Damaged index files (meta.sqlite, index file, manifest, a shard's
    embeddings and ids; truncated, header overwritten, emptied, deleted, 8 bytes flipped
    anywhere) met by search, eval, update and a resumed build; hostile image files in a
@@ -56,6 +59,7 @@ from faultkit import (  # noqa: E402
     Outcome,
     answers,
     assert_recovered,
+    assert_same_run,
     change,
     damage,
     damage_target,
@@ -224,6 +228,86 @@ def run_kills(worlds: list[KillWorld], forks: ForkServer, work: Path, args) -> d
               f"kills at writes {points.behaved}/{points.tried}, timed {timed.behaved}/"
               f"{timed.tried}, double {double.behaved}/{double.tried}", flush=True)
     return results
+
+
+# ------------------------------------------------------------------------ training kills
+
+TRAIN = ["--backbone", "test_resnet", "--image-size", "16", "--batch-size", "8",
+         "--topk-neg", "4", "--workers", "0", "--projector-dim", "16", "--projector-hidden",
+         "16", "--epochs", "3", "--lr", "0.5", "--max-steps-per-epoch", "2"]
+
+
+def train_kills(forks: ForkServer, work: Path, args) -> tuple[int, float, Tally, Tally]:
+    """Kills of `groco train` (3 epochs, each scored and checkpointed) at seeded points and
+    at random times; after each, the run directory must hold one consistent checkpoint (or
+    none) and `--resume` must end bit-identical to the clean run (``assert_same_run``).
+    Returns (points in the clean run, its seconds, kills at points, timed kills)."""
+    from groco.training import checkpoint
+
+    images = make_collection(work / "train-images", classes=2, per_class=8, size=16)
+
+    def argv(out: Path, resume: bool = False) -> list:
+        return ["train", images, "--out", out, *TRAIN, *(["--resume"] if resume else [])]
+
+    reference = work / "train-ref"
+    started = time.perf_counter()
+    clean = forks.run(argv(reference))
+    seconds = time.perf_counter() - started
+    if clean.status != 0:
+        raise SystemExit(f"clean training run failed: {clean.stderr[-2000:]}")
+
+    def after(target: Path, killed: Outcome, tally: Tally, what: str) -> None:
+        if killed.status == 0:
+            tally.notes["finished before the kill"] += 1
+        elif not killed.killed:
+            tally.add(False, f"{what}: ended {killed.status} instead of being killed")
+            return
+        problem = check(checkpoint.load_generation, target)
+        if problem is not None:
+            tally.add(False, f"{what}: inconsistent after the kill ({problem})")
+            return
+        rerun = forks.run(argv(target, resume=True))
+        if rerun.status != 0:
+            tally.add(False, f"{what}: resume exit {rerun.status}: {rerun.stderr[-300:]}")
+            return
+        problem = check(assert_same_run, target, reference, what)
+        tally.add(problem is None, f"{what}: {problem}")
+
+    points, timed = Tally(), Tally()
+    for n in spread(clean.points, args.kills, args.seed + 20):
+        target = work / f"train-k{n}"
+        killed = forks.run(argv(target), kill_at=n)
+        points.notes[killed.killed_at.split()[1] if killed.killed_at else "?"] += 1
+        after(target, killed, points, f"kill at {killed.killed_at}")
+    rng = np.random.default_rng(args.seed + 21)
+    for i in range(args.timed_kills):
+        target = work / f"train-t{i}"
+        delay = float(rng.uniform(0, seconds))
+        child = forks.spawn(argv(target))
+        time.sleep(delay)
+        forks.kill(child)
+        after(target, forks.wait(child), timed, f"kill after {delay:.2f} s")
+    print(f"  train: {clean.points} writes, clean run {seconds:.2f} s; kills at writes "
+          f"{points.behaved}/{points.tried}, timed {timed.behaved}/{timed.tried}", flush=True)
+    return clean.points, seconds, points, timed
+
+
+def print_train_rows(train: tuple[int, float, Tally, Tally]) -> None:
+    count, seconds, points, timed = train
+    print("\n| command | writes in a clean run | kills at writes survived | kills at random "
+          "times survived | killed at |")
+    print("|---|---|---|---|---|")
+    at = ", ".join(f"{op} {n}" for op, n in points.notes.most_common())
+    early = timed.notes["finished before the kill"]
+    print(f"| train (3 epochs, resumed) | {count} | {points.behaved} / {points.tried} | "
+          f"{timed.behaved} / {timed.tried}" + (f" ({early} ended first)" if early else "")
+          + f" | {at} |")
+    for tally in (points, timed):
+        for failure in tally.failures:
+            print(f"- train not survived: {failure}")
+    print(f"\nTraining: untrained test_resnet at 16 px on 16 generated images, "
+          f"`{' '.join(TRAIN)}`; survived = the run directory holds one consistent checkpoint "
+          f"and `--resume` ends bit-identical to the clean run ({seconds:.1f} s).")
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -439,6 +523,8 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, default=None,
                         help="an encoder file to use [default: export an untrained resnet18 "
                              "at 32 px]")
+    parser.add_argument("--train-only", action="store_true",
+                        help="only the training kills (kill -9 of `groco train`, --resume)")
     parser.add_argument("--hostile", action="store_true",
                         help="then run benchmarks/app_hostile.py (minutes, GBs of RAM)")
     args = parser.parse_args()
@@ -446,6 +532,11 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="groco-faults-") as tmp:
         work = Path(tmp)
+        if args.train_only:
+            with ForkServer(work / "forks") as forks:
+                print("training kills:", flush=True)
+                print_train_rows(train_kills(forks, work, args))
+            return
         from app import export_untrained
 
         encoder = args.encoder or export_untrained(work / "encoder", "resnet18", 32)
@@ -453,6 +544,7 @@ def main() -> None:
             print("kills:", flush=True)
             worlds = kill_worlds(forks, encoder, work, args.images)
             kills = run_kills(worlds, forks, work, args)
+            train = train_kills(forks, work, args)
             by_name = {w.name: w for w in worlds}
             print("bad inputs:", flush=True)
             noticed, flipped = damaged_files(by_name["build"], forks, encoder, work,
@@ -484,6 +576,7 @@ def main() -> None:
         for tally in kills[world.name]:
             for failure in tally.failures:
                 print(f"- {world.name} not survived: {failure}")
+    print_train_rows(train)
     print("\n| bad input | tried | behaved | misbehaved |")
     print("|---|---|---|---|")
     rows = [("damaged index files (truncated, header, emptied, deleted) x search, eval, "

@@ -156,7 +156,7 @@ def train(
             cfg = TrainConfig.from_yaml(config, data=str(images), out=str(out), **settings)
         else:
             cfg = TrainConfig(data=str(images), out=str(out), **settings)
-        result = run_training(cfg, resume=resume)
+        result = run_training(cfg, resume=resume, asked={"data": str(images), **settings})
     except (ValueError, FileNotFoundError, NotADirectoryError, OSError,
             FloatingPointError) as error:
         _fail(error)

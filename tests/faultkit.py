@@ -46,7 +46,7 @@ _FILE_WRITES = {"write", "writelines", "truncate", "flush"}
 _SQL_WRITES = {"execute", "executemany", "executescript", "commit"}
 
 
-def _point_name(func: object) -> str | None:
+def point_name(func: object) -> str | None:
     """``"posix.replace"``-like name of a builtin call that writes, else ``None``."""
     name = getattr(func, "__name__", "")
     owner = getattr(func, "__self__", None)
@@ -78,7 +78,7 @@ def _install_points(kill_at: int | None, report: Path) -> callable:
     def profile(frame, event, arg):
         if event != "c_call":
             return
-        name = _point_name(arg)
+        name = point_name(arg)
         if name is None:
             return
         count[0] += 1
@@ -316,6 +316,45 @@ def assert_recovered(index: Path, images: Path, reference: Path, same_ids: bool 
             if rel in want:
                 first = searcher.search_image(images / rel, k=1)[0]
                 assert first.relpath == rel and abs(first.score - 1) < 1e-4, (rel, first)
+
+
+TIMING_COLUMNS = ("images_per_s", "seconds")
+"""Columns of a run's metrics.csv that measure the machine, not the run."""
+
+
+def assert_same_run(run: Path, reference: Path, what: str = "") -> None:
+    """``run`` (resumed after a kill) ends bit-identical to ``reference`` (never
+    interrupted): every tensor and the metadata of the last weights, the kept weights and
+    the optimiser state; the resume state; every metrics row but its timing columns.
+    Raises ``AssertionError`` saying what differs."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from groco.training import checkpoint
+
+    def metadata(path: Path) -> dict:
+        with safe_open(str(path), framework="pt") as file:
+            return file.metadata() or {}
+
+    for name in (checkpoint.WEIGHTS, checkpoint.BEST, checkpoint.STATE_TENSORS):
+        left, right = load_file(str(run / name)), load_file(str(reference / name))
+        assert left.keys() == right.keys(), f"{what}: {name} keys differ"
+        for key in left:
+            assert torch.equal(left[key], right[key]), f"{what}: {name} {key} differs"
+        assert metadata(run / name) == metadata(reference / name), f"{what}: {name} metadata"
+    state, expected = (json.loads((r / checkpoint.STATE).read_text()) for r in (run, reference))
+    state.pop("files")  # checksums: metadata order and timing columns vary between writes
+    expected.pop("files")
+    assert state == expected, f"{what}: {checkpoint.STATE} differs"
+
+    def curve(folder: Path) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS}
+                for row in checkpoint.read_metrics(folder / checkpoint.METRICS)]
+
+    assert curve(run) == curve(reference), f"{what}: {checkpoint.METRICS} differs"
 
 
 def change(images: Path, tmp: Path) -> None:

@@ -340,7 +340,7 @@ def test_resume_is_exact_with_queue_momentum_encoder_and_dropout(collection, tmp
     loss, _, _ = first.train_epoch()  # one epoch of the same run, checkpointed as fit() does
     first.epoch += 1
     first._save({"epoch": 1, "step": first.step, "loss": f"{loss:.6f}", "lr": "0",
-                 "images_per_s": "0", "broken": 0, "knn_top1": "", "seconds": "0"})
+                 "images_per_s": "0", "broken": 0, "knn_top1": "", "seconds": "0"}, best=False)
     Trainer(config("resumed"), resume=True, show_progress=False).fit()
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "last.safetensors"))

@@ -162,7 +162,7 @@ def test_finetune_trains_the_last_stages_and_heads_with_frozen_statistics(tmp_pa
     assert "layer4.0.conv1.weight" in moved
     trainer.epoch += 1
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    trainer._save({"epoch": 2, "step": trainer.step})
+    trainer._save({"epoch": 2, "step": trainer.step}, best=False)
     report = export_encoder(tmp_path / "run", tmp_path / "e.onnx")
     encoder = Encoder(report.path)
     assert encoder.preprocessing.mean == (0.5, 0.5, 0.5)

@@ -54,7 +54,13 @@ from groco.images import ImageError, find_images, load_image
 from groco.preprocessing import Preprocessing
 from groco.training import checkpoint
 from groco.training.config import TrainConfig
-from groco.training.models import build_backbone
+from groco.training.models import (
+    ARCHITECTURE_KEY,
+    HUB_PREFIXES,
+    IMAGE_SIZE_KEY,
+    SMALL_STEM_KEY,
+    build_backbone,
+)
 
 __all__ = ["FP32_TOLERANCE", "MIN_COSINE", "PRECISIONS", "EmbeddingModel", "ExportError",
            "ExportReport", "FeatureModel", "ImageSample", "cosines", "export_checked",
@@ -66,6 +72,12 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 FP32_TOLERANCE = 1e-4
 """Largest accepted |ONNX Runtime fp32 - reference| over the parity images' embeddings."""
+TRAINED_TOLERANCE = 1e-3
+"""Largest accepted |ONNX Runtime fp32 - the trained network| over the images a run's weights
+file stores with the features its network gave them (:data:`groco.training.checkpoint.
+PARITY_FEATURES`, float32 on the training device). Unit vectors from the same network agree
+to about 1e-6 across CPU and GPU; a network rebuilt with another stem differs by 0.1 or more.
+"""
 MIN_COSINE = 0.99
 """Smallest accepted per-image cosine of an fp16/int8 encoder's embedding to the fp32
 encoder's, on the parity images (held out from int8 calibration). Below it the export
@@ -103,6 +115,8 @@ class ExportReport:
     calibration_files: tuple[Path, ...] = ()
     reference: str = "PyTorch"
     weights: str | None = None
+    trained_diff: float | None = None
+    trained_images: int = 0
 
     def summary(self) -> str:
         """A few human-readable lines (what ``groco export`` prints)."""
@@ -113,6 +127,9 @@ class ExportReport:
             f"parity vs {self.reference}: max abs diff {self.max_abs_diff:.2e} on "
             f"{self.parity_source}",
         ]
+        if self.trained_diff is not None:
+            lines.append(f"parity vs the trained network: max abs diff {self.trained_diff:.2e} "
+                         f"on the {self.trained_images} images its checkpoint stores")
         if self.cosine_min is not None:
             lines.append(f"{self.precision} vs fp32: cosine min {self.cosine_min:.5f}, "
                          f"mean {self.cosine_mean:.5f}")
@@ -175,10 +192,36 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return config
 
 
+def trained_network(run_dir: Path, config: TrainConfig, weights_file: str
+                    ) -> tuple[str, int, bool | None]:
+    """``(timm name, image size, small stem)`` of the network the run trained, from the facts
+    its weights file records (:func:`groco.training.models.network_facts`), else from its
+    config. A run that started from weights and records no stem cannot be rebuilt with
+    certainty (the stem is chosen by the start): :class:`ExportError`."""
+    facts = checkpoint.weights_metadata(run_dir, weights_file)
+    name, image_size = config.backbone, config.image_size
+    if facts.get(IMAGE_SIZE_KEY, str(image_size)) != str(image_size):
+        raise ExportError(f"{run_dir}: {weights_file} was trained at "
+                          f"{facts[IMAGE_SIZE_KEY]} px, config.yaml says {image_size}")
+    if name.startswith(HUB_PREFIXES):
+        if ARCHITECTURE_KEY not in facts:
+            raise ExportError(f"{run_dir}: {weights_file} does not record which architecture "
+                              f"{name!r} resolved to")
+        name = facts[ARCHITECTURE_KEY]
+    small_stem = config.small_stem
+    if SMALL_STEM_KEY in facts:
+        small_stem = facts[SMALL_STEM_KEY] == "true"
+    elif small_stem is None and config.starts_from_weights:
+        raise ExportError(f"{run_dir}: {weights_file} does not record the network's stem and "
+                          "the run started from weights; retrain with this groco version")
+    return name, image_size, small_stem
+
+
 def load_embedding_model(run_dir: str | Path, weights_file: str = checkpoint.WEIGHTS,
                          ) -> tuple[EmbeddingModel, TrainConfig, int]:
-    """Rebuild a run's backbone with the ``backbone.*`` weights of ``weights_file``
-    (:data:`groco.training.checkpoint.WEIGHTS` or ``BEST``), as an :class:`EmbeddingModel`.
+    """Rebuild the network a run trained (:func:`trained_network`) with the ``backbone.*``
+    weights of ``weights_file`` (:data:`groco.training.checkpoint.WEIGHTS` or ``BEST``), as
+    an :class:`EmbeddingModel`.
 
     Returns ``(model in eval mode, the run's TrainConfig, embedding_dim)``;
     :class:`ExportError` for a config the backbone cannot be built from or weights that do
@@ -188,11 +231,11 @@ def load_embedding_model(run_dir: str | Path, weights_file: str = checkpoint.WEI
     config = load_run_config(run_dir)
     try:
         weights = checkpoint.load_weights(run_dir, prefix="backbone.", name=weights_file)
+        name, image_size, small_stem = trained_network(run_dir, config, weights_file)
     except checkpoint.RunError as error:
         raise ExportError(str(error)) from error
-    name, image_size = config.backbone, config.image_size
     try:
-        backbone, dim = build_backbone(name, image_size, small_stem=config.small_stem)
+        backbone, dim = build_backbone(name, image_size, small_stem=small_stem)
     except (ValueError, RuntimeError) as error:
         raise ExportError(f"{run_dir}: cannot build backbone {name!r}: {error}") from error
     if not weights:
@@ -318,6 +361,7 @@ def export_checked(
     calibration_images: int = 64,
     reference_name: str = "PyTorch",
     weights: str | None = None,
+    trained: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ExportReport:
     """Convert ``body`` (``images -> features``, float32) to ``precision``, check, stamp, write.
 
@@ -334,6 +378,9 @@ def export_checked(
       folder), so int8 needs two readable images at least.
     - fp16/int8: the per-image cosine to the fp32 model on the parity images must be
       >= :data:`MIN_COSINE`, else :class:`ExportError`.
+    - ``trained``: ``(images (n, 3, S, S) in [0, 1], embeddings (n, D))`` the trained
+      network gave; the fp32 model must reproduce them within :data:`TRAINED_TOLERANCE`, so
+      a network rebuilt differently from the trained one (another stem, say) cannot pass.
 
     Nothing is written unless every check passes; the file is written atomically.
     """
@@ -371,6 +418,15 @@ def export_checked(
         raise ExportError(f"ONNX fp32 output differs from {reference_name} by "
                           f"{max_abs_diff:.3g} (> {FP32_TOLERANCE:g}) on {parity_source}")
 
+    trained_diff = None
+    if trained is not None and len(trained[0]):
+        trained_diff = float(np.abs(run(fp32, trained[0]) - trained[1]).max())
+        if not trained_diff <= TRAINED_TOLERANCE:  # also catches NaN
+            raise ExportError(
+                f"the exported network is not the one the run trained: its embeddings of the "
+                f"{len(trained[0])} images the checkpoint stores differ from the trained "
+                f"network's by {trained_diff:.3g} (> {TRAINED_TOLERANCE:g})")
+
     final, calibration_source, calibration_files = fp32, None, ()
     if precision == "fp16":
         final = append_l2_normalisation(to_fp16(body))
@@ -405,6 +461,7 @@ def export_checked(
         seconds=time.perf_counter() - start, parity_source=parity_source,
         calibration_source=calibration_source, parity_files=parity_files,
         calibration_files=calibration_files, reference=reference_name, weights=weights,
+        trained_diff=trained_diff, trained_images=0 if trained is None else len(trained[0]),
     )
 
 
@@ -458,8 +515,22 @@ def export_encoder(
     report = export_checked(
         body, out_path, model.embed, preprocessing, metadata, precision=precision,
         data=data if data is not None else config.data, parity_images=parity_images,
-        calibration_images=calibration_images, weights=reason)
+        calibration_images=calibration_images, weights=reason,
+        trained=trained_embeddings(run_dir, weights_file))
     return _with_seconds(report, start)
+
+
+def trained_embeddings(run_dir: Path, weights_file: str
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images a run's weights file stores and the trained network's embeddings of them
+    (:data:`groco.training.checkpoint.PARITY_IMAGES`), as ``(float32 in [0, 1], float32)``;
+    None for a file without them (written by an older groco or outside the trainer)."""
+    stored = checkpoint.load_weights(run_dir, prefix=checkpoint.PARITY, name=weights_file)
+    images = stored.get(checkpoint.PARITY_IMAGES[len(checkpoint.PARITY):])
+    features = stored.get(checkpoint.PARITY_FEATURES[len(checkpoint.PARITY):])
+    if images is None or features is None:
+        return None
+    return images.numpy().astype(np.float32) / 255.0, features.float().numpy()
 
 
 def _with_seconds(report: ExportReport, start: float) -> ExportReport:
@@ -474,13 +545,15 @@ def export_untrained(config: TrainConfig, run_dir: str | Path, out_path: str | P
     The floor a trained encoder must beat, and an encoder for tests and benchmarks whose
     figures do not depend on the weights. ``export_options`` go to :func:`export_encoder`.
     """
-    from groco.training.models import build_model
+    from groco.training.models import build_model, network_facts
 
     run_dir = Path(run_dir)
     config = config.resolved()
     torch.manual_seed(seed)
     model = build_model(config)
+    config = replace(config, small_stem=bool(model.backbone.groco_small_stem))
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_config(run_dir, config.to_dict())
-    checkpoint.save_weights(run_dir, model.state_dict())
+    checkpoint.save_weights(run_dir, model.state_dict(),
+                            network_facts(model.backbone, config.image_size))
     return export_encoder(run_dir, out_path, **export_options)

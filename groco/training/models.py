@@ -221,6 +221,20 @@ def _backbone_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 SMALL_STEM_KEY = "small_stem"
 """Metadata key of groco's checkpoints: ``"true"`` when the network had the small stem."""
+IMAGE_SIZE_KEY = "image_size"
+ARCHITECTURE_KEY = "architecture"
+
+
+def network_facts(backbone: nn.Module, image_size: int) -> dict[str, str]:
+    """Every fact :func:`build_backbone` decided for ``backbone``, as a checkpoint's string
+    metadata: the stem (:data:`SMALL_STEM_KEY`), the input size and timm's architecture name
+    (what an ``hf-hub:`` name resolved to)."""
+    facts = {SMALL_STEM_KEY: "true" if getattr(backbone, "groco_small_stem", False) else "false",
+             IMAGE_SIZE_KEY: str(int(image_size))}
+    architecture = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
+    if architecture:
+        facts[ARCHITECTURE_KEY] = str(architecture)
+    return facts
 
 
 def recorded_small_stem(weights: str | Path) -> bool | None:

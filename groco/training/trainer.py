@@ -9,13 +9,15 @@ gather negatives from every rank.
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,23 +29,47 @@ from tqdm import tqdm
 from groco.knn import class_indices, knn_accuracy
 from groco.training import checkpoint, labelfree
 from groco.training.augment import MultiViewAugment, normalize_batch
+from groco.training.checkpoint import PARITY, PARITY_COUNT, PARITY_FEATURES, PARITY_IMAGES
 from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
 from groco.training.methods import build_objective, get_method
-from groco.training.models import SMALL_STEM_KEY, build_model, is_vit
+from groco.training.models import build_model, is_vit, network_facts
 from groco.training.objectives import Objective
 from groco.training.optim import build_optimizer, learning_rate
 
 log = logging.getLogger("groco.train")
 
-METRICS = "metrics.csv"
+METRICS = checkpoint.METRICS
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "broken", "knn_top1",
                  *labelfree.SCORES, "kept", "seconds"]
 
 
 class TrainError(ValueError):
     """A run that cannot start: bad data, bad settings, an existing run without --resume."""
+
+
+def check_resume_settings(run_dir: Path, saved: TrainConfig, asked: Mapping[str, Any]) -> None:
+    """Refuse (:class:`TrainError`, one line) to resume ``run_dir`` when a setting ``asked``
+    for differs from the run's saved one: a resumed run repeats the uninterrupted one, so it
+    keeps its own settings (the LR schedule spans its ``epochs``). Training longer is a new
+    run from its weights, which the message gives."""
+    values = {**asked}
+    for key in ("data", "eval_data", "weights", "pretrained_file"):
+        if values.get(key) is not None:
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    differ = [(key, value) for key, value in values.items()
+              if value is not None and getattr(saved, key, value) != value]
+    if not differ:
+        return
+    key, value = differ[0]
+    flag = "IMAGES" if key == "data" else "--" + key.replace("_", "-")
+    more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+    longer = (f"; to train longer, start a new run from its weights: groco train IMAGES "
+              f"--out NEW --weights {run_dir / checkpoint.BEST} --epochs {value}"
+              if key == "epochs" else "")
+    raise TrainError(f"--resume continues {run_dir} with its own settings, and {flag} {value} "
+                     f"differs from its {getattr(saved, key)}{more}{longer}")
 
 
 @dataclass
@@ -104,13 +130,17 @@ def _init_distributed(device_name: str) -> None:
 class Trainer:
     """Holds a run's pieces; ``fit()`` trains to ``config.epochs`` and returns the result."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True):
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True,
+                 asked: Mapping[str, Any] | None = None):
+        """``resume``: continue the run in ``config.out`` with its saved settings; ``asked``
+        (the settings a user gave, e.g. on the command line) must agree with them."""
         _init_distributed(config.device)
         self.run_dir = Path(config.out)
         saved = self.run_dir / checkpoint.CONFIG
         if resume and saved.is_file():
             config = TrainConfig.from_dict(checkpoint.load_config(self.run_dir))
-        elif not resume and (self.run_dir / checkpoint.STATE).is_file():
+            check_resume_settings(self.run_dir, config, asked or {})
+        elif not resume and (self.run_dir / checkpoint.STATE).exists():
             raise TrainError(f"{self.run_dir} already holds a run; pass --resume to continue it "
                              "or choose another --out")
         self.config = config = config.resolved()
@@ -132,6 +162,9 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
 
         model = build_model(config)
+        if config.small_stem is None:  # the stem build_backbone chose, recorded in config.yaml
+            self.config = config = dataclasses.replace(
+                config, small_stem=bool(model.backbone.groco_small_stem))
         if config.trainable_stages:
             for stage in backbone_stages(model.backbone)[:-config.trainable_stages]:
                 for param in stage:
@@ -162,20 +195,16 @@ class Trainer:
                             labelfree.sample_indices(len(self.dataset), seed=config.seed)]
         self.kept: dict[str, str] | None = None  # metadata of best.safetensors
         self._last_scores: tuple[float | None, dict[str, float]] | None = None
+        self.metrics: list[dict] = []  # rows of the finished epochs, as in metrics.csv
+        self.restored = False
+        self.parity_images = self._load_parity_images()
         if resume:
             self._restore()
 
     # ----------------------------------------------------------------------------- state
-    def _save(self, metrics: dict) -> None:
-        """Metrics row first, then weights and state; ``last.json`` marks it complete.
-
-        The optimiser state is split into its tensors (safetensors) and the rest (JSON).
-        """
-        self._append_metrics(metrics)
-        checkpoint.save_config(self.run_dir, self.config.to_dict())
-        checkpoint.save_weights(self.run_dir, self.objective.state_dict(),
-                                {"epoch": str(self.epoch), "method": self.config.method,
-                                 **self._network_facts()})
+    def _generation(self, row: dict, best: bool) -> checkpoint.Generation:
+        """This moment of the run as one checkpoint generation (``best``: this epoch is the
+        kept one). The optimiser state is split into its tensors and the rest (JSON)."""
         opt = self.optimizer.state_dict()
         tensors, scalars = {}, {}
         for index, values in opt["state"].items():
@@ -186,21 +215,38 @@ class Trainer:
                 else:
                     scalars[str(index)][key] = value
         state = {"epoch": self.epoch, "step": self.step, "rank_count": world_size(),
-                 "param_groups": opt["param_groups"], "optimizer_scalars": scalars}
-        checkpoint.save_state(self.run_dir, tensors, state)
+                 "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+                 "last_scores": self._last_scores}
+        weights = {**self.objective.state_dict(), **self._parity_tensors()}
+        facts = self._network_facts()
+        return checkpoint.Generation(
+            epoch=self.epoch, weights=weights,
+            weights_metadata={checkpoint.EPOCH_KEY: str(self.epoch),
+                              "method": self.config.method, **facts},
+            state_tensors=tensors, state=state, metrics=[*self.metrics, row],
+            metric_fields=METRIC_FIELDS,
+            best=(weights, {**self.kept, **facts}) if best and self.kept else None)
+
+    def _save(self, row: dict, best: bool) -> None:
+        """Write this epoch's generation (weights, optimiser state, metrics up to ``row``,
+        the kept epoch) as one (:func:`groco.training.checkpoint.save_generation`), after
+        the run's settings."""
+        checkpoint.save_config(self.run_dir, self.config.to_dict())
+        checkpoint.save_generation(self.run_dir, self._generation(row, best))
+        self.metrics.append(row)
 
     def _restore(self) -> None:
-        loaded = checkpoint.load_state(self.run_dir)
-        if loaded is None:
+        restored = checkpoint.load_generation(self.run_dir)
+        if restored is None:
             return
-        tensors, state = loaded
+        state = restored.state
         if state.get("rank_count", 1) != world_size():
             raise TrainError(f"{self.run_dir} was trained with {state['rank_count']} processes; "
                              f"resume it with the same number (now {world_size()})")
-        weights = checkpoint.load_weights(self.run_dir)
+        weights = {k: v for k, v in restored.weights.items() if not k.startswith(PARITY)}
         self.objective.load_state_dict(weights)
         opt_state: dict = {}
-        for key, value in tensors.items():
+        for key, value in restored.state_tensors.items():
             if key.startswith("optimizer."):
                 _, index, name = key.split(".", 2)
                 opt_state.setdefault(int(index), {})[name] = value.to(self.device)
@@ -208,30 +254,12 @@ class Trainer:
             opt_state.setdefault(int(index), {}).update(scalars)
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         self.epoch, self.step = state["epoch"], state["step"]
-        if (self.run_dir / checkpoint.BEST).is_file():
-            self.kept = checkpoint.weights_metadata(self.run_dir, checkpoint.BEST)
-        self._truncate_metrics(self.epoch)
+        self.restored = True
+        scores = state.get("last_scores")
+        self._last_scores = None if scores is None else (scores[0], dict(scores[1]))
+        self.kept = restored.best_metadata
+        self.metrics = restored.metrics
         log.info("resumed %s at epoch %d (step %d)", self.run_dir, self.epoch, self.step)
-
-    def _append_metrics(self, row: dict) -> None:
-        path = self.run_dir / METRICS
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def _truncate_metrics(self, epochs: int) -> None:
-        path = self.run_dir / METRICS
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
 
     # ------------------------------------------------------------------------- training
     def _views(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -407,14 +435,43 @@ class Trainer:
         return knn, self.label_free_scores(originals)
 
     def _network_facts(self) -> dict[str, str]:
-        """What a later ``--weights`` start needs to rebuild this network (its stem)."""
-        small = getattr(self.objective.backbone, "groco_small_stem", False)
-        return {SMALL_STEM_KEY: "true" if small else "false"}
+        """What rebuilds exactly this network (its stem, size, architecture): stored with
+        every weights file, read by ``groco export`` and a later ``--weights`` start."""
+        return network_facts(self.objective.backbone, self.config.image_size)
+
+    def _load_parity_images(self) -> torch.Tensor:
+        """Up to :data:`PARITY_COUNT` images of the scoring sample as the encoder sees them
+        (uint8 ``(n, 3, S, S)``), stored with every checkpoint beside their features."""
+        dataset = ImageFolderDataset(self.config.data, files=self.score_files[:PARITY_COUNT * 2],
+                                     preprocessing=self.eval_preprocessing)
+        images = [dataset[i][0] for i in range(len(dataset))]
+        images = [image for image in images if image is not None][:PARITY_COUNT]
+        if not images:
+            return torch.zeros((0, 3, self.config.image_size, self.config.image_size),
+                               dtype=torch.uint8)
+        return torch.stack(images)
+
+    @torch.no_grad()
+    def _parity_tensors(self) -> dict[str, torch.Tensor]:
+        """:data:`PARITY_IMAGES` and the unit-norm features the backbone gives them now, in
+        float32 (no autocast, no TF32): what ``groco export`` checks its rebuilt network and
+        ONNX file against (:data:`groco.encoder.export.TRAINED_TOLERANCE`)."""
+        if len(self.parity_images) == 0:
+            return {}
+        self.objective.eval()
+        batch = normalize_batch(self.parity_images.to(self.device), self.config.mean,
+                                self.config.std)
+        with torch.autocast(self.device.type, enabled=False), \
+                torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            out = self.objective.backbone(batch).float()
+        return {PARITY_IMAGES: self.parity_images,
+                PARITY_FEATURES: nn.functional.normalize(out, dim=1).cpu()}
 
     def _keep_if_best(self, knn: float | None, scores: dict[str, float]) -> bool:
-        """Write ``best.safetensors`` when this epoch beats the kept one (epoch 0 is kept
-        first). With labels, k-NN top-1 decides (any gain); without, the label-free
-        :data:`~groco.training.labelfree.CRITERION` must gain more than its margin."""
+        """Make this epoch the kept one (``best.safetensors`` of its checkpoint) when it
+        beats the kept one (epoch 0 is kept first). With labels, k-NN top-1 decides (any
+        gain); without, the label-free :data:`~groco.training.labelfree.CRITERION` must gain
+        more than its margin."""
         if knn is not None:
             criterion, value, margin = "knn_top1", knn, 0.0
         elif labelfree.CRITERION in scores:
@@ -435,8 +492,6 @@ class Trainer:
         self.kept = {"epoch": str(self.epoch), "criterion": criterion, "score": f"{value}",
                      "start_score": f"{start}", "reason": reason,
                      "method": self.config.method}
-        checkpoint.save_weights(self.run_dir, self.objective.state_dict(),
-                                {**self.kept, **self._network_facts()}, name=checkpoint.BEST)
         return True
 
     def _epoch_row(self, loss: float | None, speed: float | None, broken: int,
@@ -481,8 +536,8 @@ class Trainer:
 
     def _record_epoch(self, loss: float | None, speed: float | None, broken: int,
                       started: float, writer, evaluate: bool) -> float | None:
-        """Score the network (when ``evaluate``), keep it if best, write the metrics row
-        (with the checkpoint after a trained epoch; alone for epoch 0) and log it.
+        """Score the network (when ``evaluate``), keep it if best, write the epoch's
+        checkpoint generation (its metrics row included) and log it.
         Returns the k-NN top-1 (``None`` without labels or evaluation)."""
         knn, scores, kept = None, {}, False
         if evaluate and self._last_scores is not None and self._backbone_was_frozen():
@@ -493,11 +548,7 @@ class Trainer:
             self._last_scores = (knn, scores)
         row = self._epoch_row(loss, speed, broken, knn, scores, kept,
                               time.perf_counter() - started)
-        if self.epoch == 0:
-            self._truncate_metrics(-1)  # a run killed before its first epoch starts anew
-            self._append_metrics(row)
-        else:
-            self._save(row)
+        self._save(row, kept)
         self._log_epoch(loss, speed, knn, scores, broken, writer)
         return knn
 
@@ -521,7 +572,10 @@ class Trainer:
         loss = math.nan
         knn = None
         speed, broken_total = 0.0, 0
-        if self.epoch == 0 and rank() == 0 and config.eval_every > 0:
+        if self.restored and self.epoch >= config.epochs:
+            log.info("%s already finished its %d epochs: nothing to train", self.run_dir,
+                     config.epochs)
+        if not self.restored and rank() == 0 and config.eval_every > 0:
             knn = self._record_epoch(None, None, 0, time.perf_counter(), writer, evaluate=True)
         if is_distributed():
             dist.barrier()
@@ -567,6 +621,9 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def train(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Train ``config`` (continuing a run in ``config.out`` when ``resume``)."""
-    return Trainer(config, resume=resume, show_progress=show_progress).fit()
+def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
+          asked: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train ``config`` (continuing a run in ``config.out`` when ``resume``; ``asked``: the
+    settings the user gave, checked against the resumed run's, see
+    :func:`check_resume_settings`)."""
+    return Trainer(config, resume=resume, show_progress=show_progress, asked=asked).fit()
