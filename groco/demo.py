@@ -96,7 +96,7 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     knn = _knn_of_index(index)
     # The floor: the same network, untrained, through the same export and index path.
     floor_run = work / "untrained"
-    config = TrainConfig(data=str(images), out=str(floor_run), **settings).resolved()
+    config = TrainConfig(data=str(images), out=str(floor_run), **settings)
     export_untrained(config, floor_run, floor_run / "encoder.onnx")
     build_index_dir(images, floor_run / "encoder.onnx", floor_run / "index", progress=False)
     floor = _knn_of_index(floor_run / "index")

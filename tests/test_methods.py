@@ -25,15 +25,13 @@ from groco.training.losses import (
     feature_contrast,
     partner_permutation,
 )
+from groco.training.methods.all4one import All4OneObjective
+from groco.training.methods.byol import BYOLObjective
+from groco.training.methods.nnclr import NNCLRObjective
+from groco.training.methods.simsiam import SiameseObjective
+from groco.training.methods.snclr import SNCLRObjective
 from groco.training.models import Projector, SSLModel
 from groco.training.momentum import MomentumEncoder, cosine_momentum
-from groco.training.objectives import (
-    All4OneObjective,
-    BYOLObjective,
-    NNCLRObjective,
-    SiameseObjective,
-    SNCLRObjective,
-)
 from groco.training.queue import FeatureQueue
 from groco.training.trainer import Trainer
 

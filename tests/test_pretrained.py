@@ -120,11 +120,12 @@ app()
 def test_the_networks_own_normalisation_is_the_default():
     assert pretrained_normalisation("tf_efficientnet_lite0") == ((0.5,) * 3, (0.5,) * 3)
     assert pretrained_normalisation("resnet18")[0] == pytest.approx((0.485, 0.456, 0.406))
+    lite0, _ = build_backbone("tf_efficientnet_lite0", 64)
     config = TrainConfig(data=".", out="run", backbone="tf_efficientnet_lite0").resolved()
-    assert config.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert config.with_network(lite0).preprocessing.mean == (0.5, 0.5, 0.5)
     explicit = TrainConfig(data=".", out="run", backbone="tf_efficientnet_lite0",
                            mean=[0.1, 0.2, 0.3], std=[1, 1, 1]).resolved()
-    assert explicit.preprocessing.mean == (0.1, 0.2, 0.3)
+    assert explicit.with_network(lite0).preprocessing.mean == (0.1, 0.2, 0.3)
 
 
 def test_finetune_trains_the_last_stages_and_heads_with_frozen_statistics(tmp_path):

@@ -551,7 +551,7 @@ def export_untrained(config: TrainConfig, run_dir: str | Path, out_path: str | P
     config = config.resolved()
     torch.manual_seed(seed)
     model = build_model(config)
-    config = replace(config, small_stem=bool(model.backbone.groco_small_stem))
+    config = config.with_network(model.backbone)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_config(run_dir, config.to_dict())
     checkpoint.save_weights(run_dir, model.state_dict(),

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from groco.preprocessing import Preprocessing
+from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from groco.training.methods import OPTIMIZERS, get_method
 
 MAX_QUEUE_SIZE = 98304  # the papers' support set / memory bank size
@@ -97,7 +97,8 @@ class TrainConfig:
     flip: bool = True
 
     def resolved(self) -> TrainConfig:
-        """A copy with defaults that depend on other fields filled in, values checked."""
+        """A copy with defaults that depend on other fields filled in, values checked (the
+        network's own facts come with it: :meth:`with_network`)."""
         spec = get_method(self.method)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
@@ -124,6 +125,18 @@ class TrainConfig:
             changes["eval_resize"] = self.image_size
         return dataclasses.replace(self, **changes)
 
+    def with_network(self, backbone: Any) -> TrainConfig:
+        """A copy recording what building ``backbone`` (a timm model from
+        :func:`groco.training.models.build_backbone`) decided: its stem (``small_stem``) and,
+        where unset, its own input normalisation (``mean``/``std`` of its timm
+        ``pretrained_cfg``, ImageNet's when it has none). Resolving a config needs no timm;
+        the network it builds brings these facts."""
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
+        return dataclasses.replace(
+            self, small_stem=bool(getattr(backbone, "groco_small_stem", False)),
+            mean=list(self.mean or [float(v) for v in cfg.get("mean") or IMAGENET_MEAN]),
+            std=list(self.std or [float(v) for v in cfg.get("std") or IMAGENET_STD]))
+
     @property
     def starts_from_weights(self) -> bool:
         """True when the backbone starts from pretrained or local weights."""
@@ -146,12 +159,6 @@ class TrainConfig:
         for key, (tuned, scratch) in recipe.items():
             if getattr(self, key) is None:
                 changes[key] = tuned if finetune else scratch
-        if self.mean is None or self.std is None:
-            from groco.training.models import pretrained_normalisation
-
-            mean, std = pretrained_normalisation(self.backbone)
-            changes["mean"] = list(self.mean or mean)
-            changes["std"] = list(self.std or std)
         if (self.trainable_stages or 0) < 0 or (self.head_warmup_epochs or 0) < 0:
             raise ValueError("--trainable-stages and --head-warmup-epochs must be >= 0")
         if self.backbone_lr_scale is not None and self.backbone_lr_scale < 0:
@@ -178,7 +185,7 @@ class TrainConfig:
         if self.num_neighbors < 1:
             raise ValueError(f"--num-neighbors must be >= 1, got {self.num_neighbors}")
         if spec.queue:
-            needed = spec.neighbours(self)
+            needed = spec.queue_rows(self)
             size = self.queue_size
             if size is None:
                 size = max(needed, default_queue_size(data))
@@ -194,7 +201,7 @@ class TrainConfig:
         ``image_size``) and ``mean``/``std``. The k-NN monitor, the export and the index
         all use this one value."""
         if self.mean is None or self.std is None:
-            raise ValueError("preprocessing needs a resolved config (mean/std unset)")
+            raise ValueError("preprocessing needs the network's mean/std (with_network)")
         return Preprocessing(self.image_size, self.eval_resize or self.image_size,
                              tuple(self.mean), tuple(self.std))
 

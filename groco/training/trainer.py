@@ -9,7 +9,6 @@ gather negatives from every rank.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -33,9 +32,8 @@ from groco.training.checkpoint import PARITY, PARITY_COUNT, PARITY_FEATURES, PAR
 from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
-from groco.training.methods import build_objective, get_method
+from groco.training.methods import Objective, build_objective, get_method
 from groco.training.models import build_model, is_vit, network_facts
-from groco.training.objectives import Objective
 from groco.training.optim import build_optimizer, learning_rate
 
 log = logging.getLogger("groco.train")
@@ -162,9 +160,7 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
 
         model = build_model(config)
-        if config.small_stem is None:  # the stem build_backbone chose, recorded in config.yaml
-            self.config = config = dataclasses.replace(
-                config, small_stem=bool(model.backbone.groco_small_stem))
+        self.config = config = config.with_network(model.backbone)  # recorded in config.yaml
         if config.trainable_stages:
             for stage in backbone_stages(model.backbone)[:-config.trainable_stages]:
                 for param in stage:
