@@ -17,17 +17,10 @@ from conftest import assert_consistent, embeddings_by_path, make_collection
 from PIL import Image
 
 from groco.index import shards
-from groco.index.build import (
-    build_index_dir,
-    merge_index_dirs,
-    parse_memory,
-    part_dir,
-    resolve_slice,
-    slice_of,
-    update_index_dir,
-)
+from groco.index.build import build_index_dir, merge_index_dirs, parse_memory, update_index_dir
 from groco.index.evaluate import evaluate_index
 from groco.index.manifest import IndexDirError, IndexMismatchError, read_manifest
+from groco.index.parts import part_dir, resolve_slice
 from groco.index.search import Searcher
 from groco.index.store import BROKEN, DB_NAME, Store
 from groco.knn import knn_accuracy
@@ -306,7 +299,7 @@ def test_one_label_rule_for_paths_and_relative_paths(tmp_path: Path) -> None:
         assert label_of(tmp_path / rel, tmp_path) == label
 
 
-def test_memory_and_slices() -> None:
+def test_memory_and_slice_arguments() -> None:
     assert parse_memory("8G") == 8 << 30 and parse_memory("512MiB") == 512 << 20
     assert parse_memory("1.5g") == 3 << 29 and parse_memory(None) is None
     with pytest.raises(ValueError):
@@ -316,6 +309,39 @@ def test_memory_and_slices() -> None:
         resolve_slice(4, 4)
     with pytest.raises(ValueError):
         resolve_slice(1, None)
-    counts = np.bincount([slice_of(f"c/{i}.png", 4) for i in range(400)], minlength=4)
-    assert counts.min() > 60  # roughly balanced
-    assert slice_of("a/b.png", 7) == slice_of("a/b.png", 7)
+
+
+def test_worker_processes_take_disjoint_slices_that_cover_the_collection(
+        encoder_file: Path, tmp_path: Path) -> None:
+    """Two workers started as torchrun starts them (RANK, WORLD_SIZE), at the same time and
+    each with its own string-hash seed, build their slices of one collection: the slices
+    are disjoint and cover it, and the merged index holds every image once."""
+    images = make_collection(tmp_path / "images", classes=2, per_class=8, size=16, broken=1)
+    files = {p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()}
+    parts = tmp_path / "parts"
+    command = [sys.executable, "-m", "groco.cli", "index", "build", str(images), "--encoder",
+               str(encoder_file), "--out", str(parts), "--batch-size", "4", "--shard-size",
+               "4", "--no-progress"]
+    workers = [subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2",
+                                     "PYTHONHASHSEED": str(rank + 1)})
+               for rank in range(2)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+    held = []
+    for rank in range(2):
+        with Store(part_dir(parts, rank, 2) / DB_NAME, readonly=True) as store:
+            held.append(store.paths())
+            assert (store.get_info("slice"), store.get_info("part_complete")) == (f"{rank}/2",
+                                                                                  "1")
+    assert held[0] and held[1] and not held[0] & held[1]
+    assert held[0] | held[1] == files
+    merged = merge_index_dirs([parts], tmp_path / "merged", progress=False)
+    with Store(tmp_path / "merged" / DB_NAME, readonly=True) as store:
+        rows = list(store.iter_rows())
+    assert sorted(r.path for r in rows) == sorted(files)  # every image, once
+    assert [r.id for r in rows] == list(range(len(files)))
+    assert (merged.count, merged.broken_total) == (len(files) - 1, 1)
+    assert_consistent(tmp_path / "merged")

@@ -14,51 +14,47 @@ An index directory holds::
   the stored embeddings.
 - A sharded build (``shard``/``num_shards``, or ``RANK``/``WORLD_SIZE`` from torchrun)
   embeds only its slice into ``OUT/part-IIIII-of-NNNNN/``, and :func:`merge_index_dirs`
-  joins the parts into one index.
+  joins the parts into one index (slices, parts, claims and merge checks:
+  :mod:`groco.index.parts`; the Ray path: :mod:`groco.index.ray_embed`).
 
 No torch here: embedding runs on ONNX Runtime (:class:`groco.encoder.runtime.Encoder`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
-import sqlite3
 import time
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-from tqdm import tqdm
 
 from groco.encoder.runtime import Encoder, default_providers
 from groco.images import find_images
 
-from . import shards
+from . import ray_embed, shards
 from .indexfile import finish_switch, index_is_current, write_index
 from .lock import writer_lock
-from .manifest import (
-    MANIFEST_NAME,
-    DamagedFileError,
-    IndexDirError,
-    IndexMismatchError,
-    check_encoder_hash,
-    read_manifest,
+from .manifest import IndexDirError, check_encoder_hash, read_manifest
+from .parts import (
+    check_parts,
+    claim,
+    copy_rows,
+    find_index_dirs,
+    merge_source,
+    part_dir,
+    prepare_merge_target,
+    resolve_slice,
+    slice_of,
 )
 from .pipeline import EmbedStats, Task, embed_files
-from .store import BROKEN, DB_NAME, EMBEDDED, FileRow, Store
+from .store import BROKEN, DB_NAME, EMBEDDED, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_SHARD_SIZE = 10_000
-PART_PATTERN = re.compile(r"^part-(\d{5})-of-(\d{5})$")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -121,39 +117,6 @@ def parse_memory(value: int | str | None) -> int | None:
     return amount
 
 
-def resolve_slice(shard: int | None, num_shards: int | None) -> tuple[int, int] | None:
-    """``(shard, num_shards)`` of a sharded build, or ``None`` for a whole build.
-
-    Explicit arguments win; with both ``None``, ``RANK``/``WORLD_SIZE`` (set by torchrun)
-    are used when ``WORLD_SIZE > 1``. ``ValueError`` for an inconsistent pair.
-    """
-    if shard is None and num_shards is None:
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world <= 1:
-            return None
-        shard, num_shards = int(os.environ.get("RANK", "0") or 0), world
-    if shard is None or num_shards is None:
-        raise ValueError("give both --shard and --num-shards")
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ValueError(f"need 0 <= shard < num_shards, got shard {shard} of {num_shards}")
-    return (shard, num_shards) if num_shards > 1 else None
-
-
-def slice_of(relpath: str, num_shards: int) -> int:
-    """The slice a file belongs to: blake2b of its relative path mod ``num_shards``.
-
-    Depends on the path alone, so every machine agrees without listing files in the same
-    order, and a file keeps its slice when others are added.
-    """
-    digest = hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
-
-
-def part_dir(out_dir: str | Path, shard: int, num_shards: int) -> Path:
-    """Where slice ``shard`` of ``num_shards`` is written: ``OUT/part-IIIII-of-NNNNN``."""
-    return Path(out_dir) / f"part-{shard:05d}-of-{num_shards:05d}"
-
-
 def _relpaths(root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in find_images(root)]
 
@@ -169,30 +132,6 @@ def _open_encoder(path: str | Path, batch_size: int) -> Encoder:
     log.info("encoder %s: %s, dim %d, %d px, on %s", path, encoder.backbone or "?",
              encoder.dim, encoder.image_size, encoder.provider)
     return encoder
-
-
-def _claim(store: Store, index_dir: Path, root: Path, encoder: Encoder,
-           part: tuple[int, int] | None) -> None:
-    """Record the directory's root, encoder and slice, or check them on a resume."""
-    info = store.info()
-    slice_text = "" if part is None else f"{part[0]}/{part[1]}"
-    if "images_root" not in info:
-        store.set_info({
-            "images_root": str(root), "encoder_hash": encoder.hash,
-            "encoder_path": str(encoder.path.resolve()), "encoder_backbone": encoder.backbone,
-            "image_size": encoder.image_size, "dim": encoder.dim, "slice": slice_text,
-        })
-        return
-    if info["images_root"] != str(root):
-        raise IndexMismatchError(f"{index_dir} indexes {info['images_root']}, not {root}; "
-                                 "use another output directory")
-    check_encoder_hash(info["encoder_hash"], encoder.hash, encoder.path, index_dir)
-    if info.get("slice", "") != slice_text:
-        raise IndexMismatchError(f"{index_dir} holds slice {info.get('slice') or 'all'}, "
-                                 f"not {slice_text or 'all'}")
-    if info.get("merged_from"):
-        raise IndexMismatchError(f"{index_dir} is a merged index: use `groco index update`")
-    store.set_info({"encoder_path": str(encoder.path.resolve())})
 
 
 def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
@@ -251,7 +190,8 @@ def build_index_dir(
     - ``index_type``: ``"auto"`` (by collection size and ``memory``, e.g. ``"8G"``) or any
       FAISS factory string; search parameters are tuned to ``target_recall`` (recall@10).
     - ``shard``/``num_shards`` (or torchrun's ``RANK``/``WORLD_SIZE``): embed only the
-      files with :func:`slice_of` ``== shard`` into :func:`part_dir` of ``out_dir``; no
+      files with :func:`~groco.index.parts.slice_of` ``== shard`` into
+      :func:`~groco.index.parts.part_dir` of ``out_dir``; no
       FAISS index is built there (see :func:`merge_index_dirs`).
     - ``batch_size``: images per ONNX Runtime call; ``shard_size``: images per shard file;
       ``workers``: decoding threads.
@@ -286,7 +226,7 @@ def build_index_dir(
     encoder = _open_encoder(encoder_path, batch_size)
     report = BuildReport(index_dir=index_dir, part=part)
     with writer_lock(index_dir, "groco index build"), Store(index_dir / DB_NAME) as store:
-        _claim(store, index_dir, root, encoder, part)
+        claim(store, index_dir, root, encoder, part)
         shards.reconcile(index_dir, store)
         known = store.paths()
         tasks = [Task(p) for p in relpaths if p not in known]
@@ -311,10 +251,8 @@ def _build_on_ray(root: Path, relpaths: list[str], encoder_path: str | Path, out
                   index_type: str, memory: int | str | None, target_recall: float,
                   batch_size: int, shard_size: int, workers: int | None, progress: bool,
                   on_disk: bool, address: str, gpus: float, start: float) -> BuildReport:
-    from .ray_embed import default_workers, embed_on_ray
-
-    stats, skipped, parts = embed_on_ray(root, encoder_path, out, relpaths, address,
-                                         workers or default_workers(), batch_size,
+    stats, skipped, parts = ray_embed.embed_on_ray(root, encoder_path, out, relpaths, address,
+                                         workers or ray_embed.default_workers(), batch_size,
                                          shard_size, gpus, progress)
     report = merge_index_dirs([parts], out, index_type=index_type, memory=memory,
                               target_recall=target_recall, shard_size=shard_size,
@@ -417,97 +355,6 @@ def _changes(root: Path, store: Store) -> tuple[list[Task], list[int]]:
 # ----------------------------------------------------------------------------- merge
 
 
-def _expand(dirs: Sequence[str | Path]) -> list[Path]:
-    """Index directories among ``dirs``: each one with a meta.sqlite, or its part-* children."""
-    found: list[Path] = []
-    for d in map(Path, dirs):
-        if (d / DB_NAME).is_file():
-            found.append(d)
-            continue
-        parts = sorted(p for p in d.glob("part-*-of-*")
-                       if PART_PATTERN.match(p.name) and (p / DB_NAME).is_file())
-        if not parts:
-            raise IndexDirError(f"{d}: neither an index directory nor a folder of parts")
-        found.extend(parts)
-    return found
-
-
-def _check_parts(dirs: list[Path], infos: list[dict[str, str]]) -> None:
-    first = infos[0]
-    for d, info in zip(dirs, infos, strict=True):
-        for key in ("images_root", "encoder_hash", "dim"):
-            if info.get(key) != first.get(key):
-                raise IndexMismatchError(f"cannot merge {d} with {dirs[0]}: different {key} "
-                                         f"({info.get(key)} vs {first.get(key)})")
-    slices = [info.get("slice", "") for info in infos]
-    if not any(slices):
-        return
-    if not all(slices):
-        raise IndexDirError("cannot merge parts of a sharded build with whole indexes")
-    pairs = [tuple(map(int, s.split("/"))) for s in slices]
-    total = {n for _, n in pairs}
-    if len(total) != 1:
-        raise IndexDirError(f"parts of different sharded builds ({sorted(total)} shards)")
-    (n,) = total
-    have = sorted(i for i, _ in pairs)
-    if have != list(range(n)):
-        missing = sorted(set(range(n)) - set(have))
-        dup = sorted({i for i in have if have.count(i) > 1})
-        raise IndexDirError(f"need parts 0..{n - 1} once each: missing {missing}, "
-                            f"repeated {dup}")
-    unfinished = [str(d) for d, info in zip(dirs, infos, strict=True)
-                  if info.get("part_complete") != "1"]
-    if unfinished:
-        raise IndexDirError(f"unfinished part(s): {', '.join(unfinished)} (rerun their build)")
-
-
-def _merge_source(dirs: list[Path], rows: list[tuple[FileRow, int]]) -> str:
-    """A fingerprint of what a merge reads: each source directory and its row count."""
-    counts = np.bincount([part for _, part in rows], minlength=len(dirs)).tolist()
-    listing = [[str(d.resolve()), n] for d, n in zip(dirs, counts, strict=True)]
-    return hashlib.sha256(json.dumps(sorted(listing)).encode()).hexdigest()[:16]
-
-
-def _nothing_stored(db: Path) -> bool:
-    """True when ``db`` holds nothing a build or merge wrote: a process killed while it
-    created the database left it without its tables, or without any info or row."""
-    try:
-        with Store(db, readonly=True) as store:
-            return not store.info() and store.count() == 0
-    except DamagedFileError:
-        try:
-            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
-                return connection.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
-        except sqlite3.Error:
-            return False
-
-
-def _prepare_merge_target(out: Path, source: str) -> bool:
-    """Make ``out`` ready for a merge of ``source``; True when it already holds that merge
-    (a rerun after the merge finished, or was killed at its very end: nothing to copy)."""
-    db = out / DB_NAME
-    if (out / MANIFEST_NAME).exists():
-        if db.exists():
-            with Store(db, readonly=True) as store:
-                if store.get_info("merge_source") == source:
-                    return True
-        raise IndexDirError(f"{out} already holds an index; merge into a new directory")
-    if db.exists():
-        interrupted_merge = _nothing_stored(db)
-        if not interrupted_merge:
-            with Store(db, readonly=True) as store:
-                interrupted_merge = store.get_info("merged_from") is not None
-        if not interrupted_merge:
-            raise IndexDirError(f"{out} holds an unfinished build; merge into a new directory")
-        log.info("%s: restarting an interrupted merge", out)
-        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
-            (out / name).unlink(missing_ok=True)
-        for index_file in (*out.glob("index*.faiss"), *out.glob("index*.ivfdata")):
-            index_file.unlink()  # INDEX_NAME or a versioned one, and on-disk lists
-        shutil.rmtree(out / shards.SHARD_DIR, ignore_errors=True)
-    return False
-
-
 def merge_index_dirs(
     shard_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -532,11 +379,11 @@ def merge_index_dirs(
     _check_settings(target_recall, 1, shard_size)
     memory_bytes = parse_memory(memory)
     out = Path(out_dir)
-    dirs = _expand(shard_dirs)
+    dirs = find_index_dirs(shard_dirs)
     stores = [Store(d / DB_NAME, readonly=True) for d in dirs]
     try:
         infos = [s.info() for s in stores]
-        _check_parts(dirs, infos)
+        check_parts(dirs, infos)
         rows = [(row, p) for p, s in enumerate(stores) for row in s.iter_rows()]
     finally:
         for s in stores:
@@ -549,15 +396,15 @@ def merge_index_dirs(
     keep = ("images_root", "encoder_hash", "encoder_path", "encoder_backbone", "image_size",
             "dim")
     with writer_lock(out, "groco index merge"):
-        source = _merge_source(dirs, rows)
-        done = _prepare_merge_target(out, source)
+        source = merge_source(dirs, rows)
+        done = prepare_merge_target(out, source)
         with Store(out / DB_NAME) as store:
             if done:
                 report.skipped = len(rows)
             else:
                 store.set_info({**{k: infos[0][k] for k in keep if k in infos[0]},
                                 "slice": "", "merged_from": len(dirs)})
-                _copy_rows(out, store, dirs, rows, shard_size, progress)
+                copy_rows(out, store, dirs, rows, shard_size, progress)
                 report.copied = len(rows)
                 store.set_info({"merge_source": source})
             _finish(report, store, out, index_type, memory_bytes, target_recall, None,
@@ -565,42 +412,3 @@ def merge_index_dirs(
     report.seconds = time.perf_counter() - start
     return report
 
-
-def _copy_rows(out: Path, store: Store, dirs: list[Path], rows: list[tuple[FileRow, int]],
-               shard_size: int, progress: bool) -> None:
-    """Commit ``rows`` with ids 0.. in order, copying embeddings into shards of ``out``."""
-    bar = tqdm(total=len(rows), desc="merging", unit="img", disable=not progress)
-    number, start = 1, 0
-    try:
-        while start < len(rows):
-            # a chunk ends after shard_size embedded rows (broken rows ride along)
-            end, embedded = start, 0
-            while end < len(rows) and embedded < shard_size:
-                embedded += rows[end][0].status == EMBEDDED
-                end += 1
-            chunk = rows[start:end]
-            new_rows, where = [], []
-            for offset, (row, part) in enumerate(chunk):
-                new_id = start + offset
-                if row.status == EMBEDDED:
-                    where.append((part, row.shard, row.shard_row))
-                    new_rows.append(FileRow(new_id, row.path, row.size, row.mtime_ns,
-                                            row.hash, row.label, EMBEDDED, number,
-                                            len(where) - 1))
-                else:
-                    new_rows.append(FileRow(new_id, row.path, row.size, row.mtime_ns,
-                                            row.hash, row.label, BROKEN, error=row.error))
-            if where:
-                table = np.array(where, dtype=np.int64)
-                vectors = np.empty((len(table), int(store.get_info("dim"))), np.float32)
-                for part in np.unique(table[:, 0]):
-                    mask = table[:, 0] == part
-                    vectors[mask] = shards.gather(dirs[part], table[mask, 1], table[mask, 2])
-                ids = np.array([r.id for r in new_rows if r.status == EMBEDDED], np.int64)
-                shards.write_shard(out, number, ids, vectors)
-                number += 1
-            store.commit(insert=new_rows)
-            bar.update(len(chunk))
-            start = end
-    finally:
-        bar.close()

@@ -66,7 +66,10 @@ class Task:
 
 
 @dataclass
-class _Prepared:
+class PreparedFile:
+    """A file read, hashed and (unless ``unchanged`` or broken) preprocessed into ``array``
+    by :func:`prepare_file`; ``id`` is given by :meth:`ShardWriter.reserve_id`."""
+
     task: Task
     size: int
     mtime_ns: int
@@ -104,16 +107,16 @@ def _one_line(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
-def _prepare(root: Path, task: Task, *, encoder: Encoder) -> _Prepared:
+def prepare_file(root: Path, task: Task, *, encoder: Encoder) -> PreparedFile:
     """Read, hash, decode and preprocess one file; errors become a broken record."""
     try:
         with open(root / task.path, "rb") as f:
             st = os.fstat(f.fileno())
             data = f.read()
     except OSError as error:
-        return _Prepared(task, 0, 0, "", error=f"cannot read ({_one_line(error)})")
+        return PreparedFile(task, 0, 0, "", error=f"cannot read ({_one_line(error)})")
     digest = content_hash(data)
-    item = _Prepared(task, st.st_size, st.st_mtime_ns, digest)
+    item = PreparedFile(task, st.st_size, st.st_mtime_ns, digest)
     if task.same_hash is not None and digest == task.same_hash:
         item.unchanged = True
         return item
@@ -126,8 +129,12 @@ def _prepare(root: Path, task: Task, *, encoder: Encoder) -> _Prepared:
     return item
 
 
-class _ShardWriter:
-    """Collects rows and vectors; :meth:`flush` writes one shard then commits its rows."""
+class ShardWriter:
+    """Collects rows and vectors; :meth:`flush` writes one shard then commits its rows.
+
+    The crash-safe write order of every embedding pass (a build, an update, a part of a
+    sharded build, the Ray path): shard file first, rows referencing it second.
+    """
 
     def __init__(self, index_dir: Path, store: Store, stats: EmbedStats) -> None:
         self.index_dir, self.store, self.stats = index_dir, store, stats
@@ -142,12 +149,14 @@ class _ShardWriter:
         self.touches: list[tuple[int, int, int]] = []
         self.embedded_pending = 0
 
-    def reserve_id(self, item: _Prepared) -> None:
+    def reserve_id(self, item: PreparedFile) -> None:
         """Give ``item`` the next id (called in task order, so ids follow it)."""
         item.id = self.next_id
         self.next_id += 1
 
-    def add(self, item: _Prepared, vector: np.ndarray | None = None) -> None:
+    def add(self, item: PreparedFile, vector: np.ndarray | None = None) -> None:
+        """Queue ``item``'s row (embedded with ``vector``, or broken without one), or the new
+        size/mtime of an unchanged file."""
         task = item.task
         if item.unchanged:
             self.touches.append((int(task.replaces), item.size, item.mtime_ns))
@@ -164,6 +173,7 @@ class _ShardWriter:
             self.stats.replaced += task.replaces is not None
 
     def flush(self) -> None:
+        """Write the queued vectors as one shard, then commit the queued rows with it."""
         if not (self.rows or self.touches):
             return
         number = self.next_shard
@@ -214,12 +224,12 @@ def embed_files(
     batch_size = encoder.batch_size
     window = 2 * batch_size + 4 * workers
     stats = EmbedStats()
-    writer = _ShardWriter(index_dir, store, stats)
+    writer = ShardWriter(index_dir, store, stats)
     start = time.perf_counter()
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     bar.set_postfix(skipped=skipped, broken=0, refresh=False)
-    batch: list[_Prepared] = []
+    batch: list[PreparedFile] = []
 
     def run_batch() -> None:
         vectors = encoder.embed_arrays(np.stack([b.array for b in batch]))
@@ -231,7 +241,7 @@ def embed_files(
         if writer.embedded_pending >= shard_size:
             writer.flush()
 
-    def handle(item: _Prepared) -> None:
+    def handle(item: PreparedFile) -> None:
         if item.unchanged:
             writer.add(item)
             stats.unchanged += 1
@@ -250,7 +260,7 @@ def embed_files(
             if len(batch) == batch_size:
                 run_batch()
 
-    stream = prefetch(functools.partial(_prepare, root, encoder=encoder), tasks,
+    stream = prefetch(functools.partial(prepare_file, root, encoder=encoder), tasks,
                       workers, window)
     # closing: on an error the decoding threads stop now, not when the traceback is freed
     with bar, logging_redirect_tqdm(), contextlib.closing(stream):

@@ -7,13 +7,13 @@ Ray Data runs the embedding; everything written is what a sharded build writes:
 2. ``map_batches`` with :class:`EmbedActor`, an actor pool of ``workers`` actors (one CPU,
    or ``gpus_per_worker`` GPUs, each): every actor holds one ONNX Runtime
    :class:`groco.encoder.runtime.Encoder` and reads, hashes, decodes and preprocesses
-   its files with the plain build's own function (:func:`groco.index.pipeline._prepare`,
+   its files with the plain build's own function (:func:`groco.index.pipeline.prepare_file`,
    so :mod:`groco.images` decodes them), then embeds them in one call a batch. A file
    that cannot be decoded comes back as a broken record, never an error.
 3. The driver writes the results into ``OUT/parts/part-IIIII-of-NNNNN`` (the part a file
-   goes to is :func:`groco.index.build.slice_of` its path), through the sharded build's
-   crash-safe writer: a shard file, then its rows committed to that part's
-   ``meta.sqlite`` (:mod:`groco.index.pipeline`). A kill loses at most the uncommitted
+   goes to is :func:`groco.index.parts.slice_of` its path), through the plain build's
+   crash-safe writer (:class:`groco.index.pipeline.ShardWriter`): a shard file, then its
+   rows committed to that part's ``meta.sqlite``. A kill loses at most the uncommitted
    shards, which the rerun embeds again.
 4. :func:`groco.index.build.merge_index_dirs` merges the parts into ``OUT`` (ids by path:
    the plain build's ids), builds the FAISS index (``--on-disk`` too) and tunes it.
@@ -37,9 +37,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from groco.encoder.runtime import Encoder, default_providers
+
 from . import shards
 from .lock import writer_lock
-from .pipeline import EmbedStats, Task, _prepare, _Prepared, _ShardWriter
+from .parts import claim, list_parts, part_dir, slice_of
+from .pipeline import EmbedStats, PreparedFile, ShardWriter, Task, prepare_file
 from .store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -70,14 +73,12 @@ class EmbedActor:
 
     def __init__(self, root: str, encoder_path: str, batch_size: int,
                  use_gpu: bool = False) -> None:
-        from groco.encoder.runtime import Encoder, default_providers
-
         providers = default_providers(0) if use_gpu else None
         self.root = Path(root)
         self.encoder = Encoder(encoder_path, providers=providers, batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [_prepare(self.root, Task(str(p)), encoder=self.encoder)
+        items = [prepare_file(self.root, Task(str(p)), encoder=self.encoder)
                  for p in batch["path"]]
         good = [i for i, item in enumerate(items) if item.array is not None]
         vectors = np.zeros((len(items), self.encoder.dim), dtype=np.float32)
@@ -107,10 +108,8 @@ def _connect(ray: Any, address: str, workers: int) -> None:
 def part_dirs(out_dir: Path, workers: int) -> list[Path]:
     """The part directories of a Ray build: the ones there already (a rerun keeps their
     number), else ``workers`` new ones."""
-    from .build import PART_PATTERN, part_dir
-
     parts = Path(out_dir) / PARTS_DIR
-    existing = sorted(p for p in parts.glob("part-*-of-*") if PART_PATTERN.match(p.name))
+    existing = list_parts(parts)
     if existing:
         return existing
     return [part_dir(parts, i, workers) for i in range(workers)]
@@ -129,10 +128,6 @@ def embed_on_ray(
     progress: bool = True,
 ) -> tuple[EmbedStats, int, Path]:
     """Steps 1-3 of the module docstring: ``(stats, files skipped, parts folder)``."""
-    from groco.encoder.runtime import Encoder
-
-    from .build import _claim, slice_of
-
     ray = _import_ray()
     if workers < 1:
         raise ValueError(f"need at least one Ray worker, got {workers}")
@@ -146,14 +141,14 @@ def embed_on_ray(
             stack.enter_context(writer_lock(d, "groco index build --ray"))
             store = stack.enter_context(Store(d / DB_NAME))
             stores.append(store)
-            _claim(store, d, images_root, encoder, (i, len(dirs)))
+            claim(store, d, images_root, encoder, (i, len(dirs)))
             shards.reconcile(d, store)
         known: set[str] = set()
         for store in stores:
             known |= store.paths()
         todo = [p for p in relpaths if p not in known]
         skipped = len(relpaths) - len(todo)
-        writers = [_ShardWriter(d, s, EmbedStats()) for d, s in zip(dirs, stores, strict=True)]
+        writers = [ShardWriter(d, s, EmbedStats()) for d, s in zip(dirs, stores, strict=True)]
         if todo:
             _connect(ray, address, workers)
             blocks = max(1, min(len(todo) // batch_size + 1, 8 * workers))
@@ -170,7 +165,7 @@ def embed_on_ray(
             with tqdm(total=len(todo), desc="embedding on Ray", unit="img",
                       disable=not progress) as bar:
                 for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-                    _write_batch(batch, writers, len(dirs), shard_size, stats, slice_of)
+                    _write_batch(batch, writers, len(dirs), shard_size, stats)
                     bar.update(len(batch["path"]))
         for writer in writers:
             writer.flush()
@@ -181,14 +176,14 @@ def embed_on_ray(
     return stats, skipped, out_dir / PARTS_DIR
 
 
-def _write_batch(batch: dict[str, np.ndarray], writers: list[_ShardWriter], parts: int,
-                 shard_size: int, stats: EmbedStats, slice_of: Any) -> None:
+def _write_batch(batch: dict[str, np.ndarray], writers: list[ShardWriter], parts: int,
+                 shard_size: int, stats: EmbedStats) -> None:
     for path, size, mtime, digest, error, vector in zip(
             batch["path"], batch["size"], batch["mtime_ns"], batch["hash"], batch["error"],
             batch["vector"], strict=True):
         path = str(path)
         writer = writers[slice_of(path, parts)]
-        item = _Prepared(Task(path), int(size), int(mtime), str(digest),
+        item = PreparedFile(Task(path), int(size), int(mtime), str(digest),
                          error=str(error) or None)
         writer.reserve_id(item)
         if error:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import IndexDirError, damaged
+from .manifest import DamagedFileError, IndexDirError, damaged
 
 DB_NAME = "meta.sqlite"
 EMBEDDED, BROKEN = "embedded", "broken"
@@ -339,6 +339,20 @@ class Store:
         """The label of each id in ``ids`` (``None`` for an unknown id or no label)."""
         found = {i: r.label for i, r in self.rows(ids.tolist()).items()}
         return [found.get(int(i)) for i in ids]
+
+
+def nothing_stored(db: Path) -> bool:
+    """True when ``db`` holds nothing a build or merge wrote: a process killed while it
+    created the database left it without its tables, or without any info or row."""
+    try:
+        with Store(db, readonly=True) as store:
+            return not store.info() and store.count() == 0
+    except DamagedFileError:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as db_:
+                return db_.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+        except sqlite3.Error:
+            return False
 
 
 def _sqlite_error(path: Path, error: sqlite3.Error) -> IndexDirError:
