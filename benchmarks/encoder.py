@@ -49,13 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header  # noqa: E402
 from timing import LoadWatch, Side, interleaved, speedup  # noqa: E402
 
-from groco.encoder.export import (  # noqa: E402
-    ExportReport,
-    cosines,
-    export_encoder,
-    load_embedding_model,
-    traced,
-)
+from groco.encoder.checked import ExportReport, cosines  # noqa: E402
+from groco.encoder.export import export_encoder, load_embedding_model, traced  # noqa: E402
 from groco.encoder.graph import append_l2_normalisation, encoder_metadata, stamp  # noqa: E402
 from groco.encoder.quantize import to_int8  # noqa: E402
 from groco.encoder.runtime import Encoder, default_threads  # noqa: E402

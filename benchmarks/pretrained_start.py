@@ -37,7 +37,7 @@ def lite0(weights: Path, stride1: bool) -> torch.nn.Module:
     """The pretrained backbone (pooled features), optionally with a stride-1 stem."""
     import timm
 
-    from groco.training.models import load_backbone_weights
+    from groco.training.weights import load_backbone_weights
 
     model = timm.create_model(ARCH, pretrained=False, num_classes=0)
     load_backbone_weights(model, weights)

@@ -215,7 +215,7 @@ def test_int8_is_checked_on_held_out_images_with_7_bit_weights(exported, runs) -
 
 def test_refuses_to_write_an_encoder_that_disagrees_with_fp32(exported, runs, tmp_path,
                                                             monkeypatch) -> None:
-    from groco.encoder import export as export_module
+    from groco.encoder import checked as export_module
 
     exported("cnn")  # the trace is cached, so these exports are quick
     real_to_int8 = export_module.to_int8

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from groco.encoder.export import ExportReport, export_checked
+from groco.encoder.checked import ExportReport, export_checked
 from groco.encoder.graph import (
     DEFAULT_OPSET,
     FEATURES_NAME,

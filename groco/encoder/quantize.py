@@ -3,7 +3,7 @@
 Both take a body graph ``images -> features`` (float32, see :mod:`groco.encoder.graph`)
 and return one with the same float32 input and output; the L2 tail is appended after.
 Whether the result is good enough is the exporter's call (it measures the cosine to fp32
-on held-out images and refuses below :data:`groco.encoder.export.MIN_COSINE`).
+on held-out images and refuses below :data:`groco.encoder.checked.MIN_COSINE`).
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ class Monitor:
     def parity_tensors(self, network: nn.Module) -> dict[str, torch.Tensor]:
         """:data:`PARITY_IMAGES` and the unit-norm features the backbone gives them now, in
         float32 (no autocast, no TF32): what ``groco export`` checks its rebuilt network and
-        ONNX file against (:data:`groco.encoder.export.TRAINED_TOLERANCE`)."""
+        ONNX file against (:data:`groco.encoder.checked.TRAINED_TOLERANCE`)."""
         if len(self.parity_images) == 0:
             return {}
         network.eval()
