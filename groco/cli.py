@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from groco.index.faiss.spec import DEFAULT_TUNING
+from groco.knn import KNN_K, KNN_TEMPERATURE
+
 app = typer.Typer(
     name="groco",
     help="Turn a folder of unlabeled images into a visual search engine.",
@@ -312,7 +315,7 @@ def index_build(
     out: Path = typer.Option(..., "--out", help="Index directory to write (or resume)."),
     index_type: str = typer.Option("auto", "--index-type", help=_INDEX_TYPE_HELP),
     memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
-    target_recall: float = typer.Option(0.95, "--target-recall",
+    target_recall: float = typer.Option(DEFAULT_TUNING.target_recall, "--target-recall",
                                         help="recall@10 the search parameters are tuned to."),
     shard: int = typer.Option(None, "--shard", help="Embed only slice I of --num-shards "
                                                     "[default: RANK under torchrun]."),
@@ -389,7 +392,8 @@ def index_merge(
     out: Path = typer.Option(..., "--out", help="New index directory to write."),
     index_type: str = typer.Option("auto", "--index-type", help=_INDEX_TYPE_HELP),
     memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
-    target_recall: float = typer.Option(0.95, "--target-recall", help="recall@10 target."),
+    target_recall: float = typer.Option(DEFAULT_TUNING.target_recall, "--target-recall",
+                                        help="recall@10 target."),
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
@@ -439,8 +443,9 @@ def index_eval(
     indexes: list[Path] = typer.Argument(..., help="Index directories of one collection (the "
                                                    "same folder, e.g. built with several "
                                                    "encoders): one table row each."),
-    k: int = typer.Option(20, "-k", help="Neighbours in the k-NN vote."),
-    temperature: float = typer.Option(0.07, "--temperature", help="k-NN vote temperature."),
+    k: int = typer.Option(KNN_K, "-k", help="Neighbours in the k-NN vote."),
+    temperature: float = typer.Option(KNN_TEMPERATURE, "--temperature",
+                                      help="k-NN vote temperature."),
     max_queries: int = typer.Option(10_000, "--max-queries", help="Query sample size."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per "
                                                        "index."),
@@ -658,7 +663,7 @@ def demo(
         result = run_demo(work, data, epochs, log=typer.echo)
     except (ValueError, OSError) as error:
         _fail(error)
-    typer.echo(f"k-NN top-1 (k=20, leave-one-out, folder labels): {result.knn_top1:.1%} with "
+    typer.echo(f"k-NN top-1 (k={KNN_K}, leave-one-out, folder labels): {result.knn_top1:.1%} with "
                f"the trained encoder, {result.raw_knn_top1:.1%} raw pixels "
                f"({RAW_PIXELS_SIZE} px), {result.random_knn_top1:.1%} untrained; "
                f"{result.seconds:.0f} s from images to index")

@@ -21,6 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+KNN_K = 20
+"""Neighbours in the vote: the protocol's k (InstDisc, DINO, GroCo)."""
+KNN_TEMPERATURE = 0.07
+"""The vote's temperature T: the protocol's value (InstDisc, DINO, GroCo)."""
+
 
 def _as_float_matrix(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x)
@@ -35,8 +40,8 @@ def weighted_knn_predict(
     train_feats: np.ndarray,
     train_labels: np.ndarray,
     query_feats: np.ndarray,
-    k: int = 20,
-    temperature: float = 0.07,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     num_classes: int | None = None,
     batch_size: int = 1024,
     exclude_self: bool = False,
@@ -101,7 +106,7 @@ def knn_vote(
     neighbour_sims: np.ndarray,
     neighbour_labels: np.ndarray,
     num_classes: int,
-    temperature: float = 0.07,
+    temperature: float = KNN_TEMPERATURE,
 ) -> np.ndarray:
     """The weighted vote (module docstring) on neighbours already found.
 
@@ -153,8 +158,8 @@ def knn_accuracy(
     train_labels: np.ndarray,
     query_feats: np.ndarray,
     query_labels: np.ndarray,
-    k: int = 20,
-    temperature: float = 0.07,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     num_classes: int | None = None,
     batch_size: int = 1024,
     exclude_self: bool = False,

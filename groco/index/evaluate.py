@@ -22,7 +22,7 @@ from the stored embeddings, so no image is decoded and the encoder is not needed
   1 when every image's ``R_q`` nearest others are exactly its class, and unlike
   precision@10 it rewards the order of the whole class, not only the first ten.
 - **recall@10**: ``|index top-10 ∩ exact top-10| / 10`` (itself excluded from both).
-- **latency**: one query at a time through :func:`groco.index.faiss_index.search`
+- **latency**: one query at a time through :func:`groco.index.faiss.query.search`
   (vector in, ids out; embedding the query image is not included), p50/p95/p99.
 
 Up to ``max_queries`` images (a seeded sample, drawn over the files in path order) are
@@ -47,10 +47,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from groco.knn import class_indices, knn_vote
+from groco.knn import KNN_K, KNN_TEMPERATURE, class_indices, knn_vote
 
 from . import shards
-from .faiss_index import recall_at_k, search
+from .faiss.query import recall_at_k, search
 from .indexfile import open_index
 from .manifest import IndexDirError, read_manifest
 from .store import DB_NAME, EMBEDDED, Store
@@ -259,8 +259,8 @@ def _check_settings(k: int, temperature: float, max_queries: int, latency_querie
 
 def evaluate_indexes(
     index_dirs: Sequence[str | Path],
-    k: int = 20,
-    temperature: float = 0.07,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     max_queries: int = 10_000,
     latency_queries: int = 200,
     seed: int = 0,
@@ -282,8 +282,8 @@ def evaluate_indexes(
 
 def evaluate_index(
     index_dir: str | Path,
-    k: int = 20,
-    temperature: float = 0.07,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     max_queries: int = 10_000,
     latency_queries: int = 200,
     seed: int = 0,

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from groco.knn import KNN_K, KNN_TEMPERATURE
 from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from groco.training.methods import OPTIMIZERS, get_method
 
@@ -86,8 +87,8 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1
     eval_data: str | None = None
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    knn_k: int = KNN_K
+    knn_temperature: float = KNN_TEMPERATURE
     base_size: int | None = None  # side of the uint8 images the workers decode
     eval_resize: int | None = None  # shorter side before the centre crop at evaluation
     mean: list[float] | None = None  # the backbone's own (timm pretrained_cfg)
