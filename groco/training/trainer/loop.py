@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
-from tqdm import tqdm
 
+from groco.progress import progress_bar
 from groco.training import checkpoint
 from groco.training.augment import MultiViewAugment
 from groco.training.checkpoint import PARITY
@@ -217,9 +217,9 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         torch.manual_seed(self.config.seed * 1_000_003 + rank() * 10_007 + self.epoch)
         global_batch = self.config.batch_size * world_size()
-        progress = tqdm(total=self.steps_per_epoch * global_batch, unit="img",
-                        desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                        disable=not self.show_progress, dynamic_ncols=True, mininterval=1.0)
+        progress = progress_bar(self.steps_per_epoch * global_batch, unit="img",
+                                desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                                disable=not self.show_progress)
         min_batch = get_method(self.config.method).min_batch(self.config)
         losses, images_seen, broken, started = [], 0, 0, time.perf_counter()
         readable = 0
