@@ -106,7 +106,7 @@ def encoders(work: Path, weights: Path) -> dict[str, Path]:
 def faithfulness_row(images: Path, encoder: Path, index: Path) -> dict[str, object]:
     from groco.index import shards
     from groco.index.build import build_index_dir
-    from groco.index.layout import compute_map, read_map
+    from groco.index.map import compute_map, read_map
     from groco.index.store import DB_NAME, Store
     from groco.knn import class_indices, weighted_knn_predict
 
@@ -201,10 +201,10 @@ def synthetic_index(out: Path, n: int, dim: int, clusters: int, seed: int = 0) -
 
 CHILD = """
 import json, sys, time
-from groco.index.layout import compute_map
+from groco.index.map import compute_map
 r = compute_map(sys.argv[1], progress=True, force=True)
 import resource
-from groco.index.layout import read_map
+from groco.index.map import read_map
 graph = read_map(sys.argv[1]).info.get("graph_search", {})
 print(json.dumps({"seconds": r.seconds, "timings": r.timings, "cpu": r.cpu,
                   "graph_search": {k: v for k, v in graph.items() if "recall" not in k},
@@ -220,7 +220,7 @@ def scale(args: argparse.Namespace) -> None:
              "| RSS / vectors | import-only RSS GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = subprocess.run([sys.executable, "-c", "import resource, faiss, umap, "
-                           "groco.index.layout; print(resource.getrusage("
+                           "groco.index.map; print(resource.getrusage("
                            "resource.RUSAGE_SELF).ru_maxrss)"],
                           capture_output=True, text=True, check=True, cwd=REPO)
     import_gb = int(base.stdout.split()[-1]) / 2**20

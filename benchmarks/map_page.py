@@ -79,7 +79,7 @@ def mapped_index(work: Path, n: int) -> Path:
     """The index of an ``n``-image collection with its map (built once)."""
     from groco.encoder.baselines import export_raw_pixels
     from groco.index.build import build_index_dir
-    from groco.index.layout import compute_map, has_map
+    from groco.index.map import compute_map, has_map
 
     index = work / f"index-{n}"
     if has_map(index):
@@ -132,7 +132,7 @@ class Page:
 
     def __init__(self, driver, url: str, index: Path) -> None:
         from groco.app.map_tab import MapView
-        from groco.index.layout import read_map
+        from groco.index.map import read_map
 
         self.driver, self.url = driver, url
         view = MapView(read_map(index))

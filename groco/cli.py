@@ -375,14 +375,8 @@ def index_update(
     typer.echo(f"{report.embedded} new, {report.changed} changed, {report.deleted} deleted, "
                f"{report.touched} touched (same content)")
     typer.echo(_summary(report, "updated:"))
-    from groco.index.layout import place_new_items
-
-    try:
-        placed = place_new_items(index, progress=progress)  # None: the index has no map
-    except _INDEX_ERRORS as error:
-        _fail(error)
-    if placed is not None:
-        typer.echo(placed.summary())
+    if report.map is not None:  # the index has a map: the update placed its new items
+        typer.echo(report.map.summary())
 
 
 @index_app.command("merge")
@@ -580,7 +574,7 @@ def index_map(
     import json
 
     _index_logging(verbose=progress and not as_json)
-    from groco.index.layout import MapExtraMissing, compute_map, iter_map_items, read_map
+    from groco.index.map import MapExtraMissing, compute_map, iter_map_items, read_map
 
     try:
         report = compute_map(index, n_neighbors=neighbors, clusters=clusters,

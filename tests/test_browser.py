@@ -113,15 +113,15 @@ def served_map(tmp_path_factory):
 
     from groco.app.web import launch_app
     from groco.encoder.baselines import export_raw_pixels
-    from groco.index import layout
     from groco.index.build import build_index_dir
+    from groco.index.map import compute_map
 
     base = tmp_path_factory.mktemp("mapped-app")
     export_raw_pixels(8, base / "raw.onnx", parity_images=2)
     images = make_collection(base / "images", classes=4, per_class=15, size=16)
     index = base / "index"
     build_index_dir(images, base / "raw.onnx", index, progress=False)
-    layout.compute_map(index, n_epochs=100, progress=False)
+    compute_map(index, n_epochs=100, progress=False)
     app, url = launch_app(index, port=_free_port(), block=False)
     yield index, url
     app.close()
@@ -165,7 +165,7 @@ def test_map_tab_draws_the_map_and_a_click_on_a_point_searches_from_it(served_ma
     from selenium.webdriver.common.by import By
 
     from groco.app.map_tab import MapView
-    from groco.index.layout import read_map
+    from groco.index.map import read_map
     from groco.index.search import Searcher
 
     index, url = served_map
@@ -220,7 +220,7 @@ def test_map_hover_shows_a_thumbnail_and_a_box_lists_the_items_inside(served_map
     from selenium.webdriver.common.by import By
 
     from groco.app.map_tab import MapView
-    from groco.index.layout import read_map
+    from groco.index.map import read_map
     from groco.index.search import Searcher
 
     index, url = served_map

@@ -1,4 +1,4 @@
-"""The embedding map (groco.index.layout, `groco index map`): its files, the JSON, placement
+"""The embedding map (groco.index.map, `groco index map`): its files, the JSON, placement
 of new items by `groco index update`, resuming a killed run, and the missing extra.
 
 A few hundred 8 px images of four hues through the raw-pixel encoder: the classes are
@@ -19,8 +19,9 @@ from conftest import make_collection
 from PIL import Image
 
 from groco.encoder.baselines import export_raw_pixels
-from groco.index import layout
+from groco.index import map as index_map
 from groco.index.build import build_index_dir, update_index_dir
+from groco.index.map import graph
 from groco.index.store import DB_NAME, EMBEDDED, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def build(root: Path, encoder: Path, per_class: int = PER_CLASS) -> tuple[Path, 
 def mapped(encoder: Path, tmp_path_factory: pytest.TempPathFactory):
     """An index of 240 items with its map: (images, index, report)."""
     images, index = build(tmp_path_factory.mktemp("map"), encoder)
-    report = layout.compute_map(index, **FAST)
+    report = index_map.compute_map(index, **FAST)
     return images, index, report
 
 
@@ -71,9 +72,9 @@ def test_map_files_points_and_clusters(mapped) -> None:
     assert report.computed and report.count == n
     info = json.loads((index / "map.json").read_text())
     assert (index / info["points_file"]).is_file()
-    assert not (index / layout.WORK_DIR).exists(), "the work folder goes once the map is written"
+    assert not (index / index_map.WORK_DIR).exists(), "the work folder goes once the map is written"
     assert not list(index.glob(".*.tmp"))
-    data = layout.read_map(index)
+    data = index_map.read_map(index)
     with Store(index / DB_NAME, readonly=True) as store:
         ids, _, _ = store.embedded_locations()
         generation = store.generation
@@ -81,14 +82,14 @@ def test_map_files_points_and_clusters(mapped) -> None:
     assert info["generation"] == generation and info["count"] == n
     assert data.xy.shape == (n, 2) and np.isfinite(data.xy).all()
     k = report.clusters
-    assert k == layout.default_clusters(n) == len(info["clusters"])
+    assert k == index_map.default_clusters(n) == len(info["clusters"])
     assert sum(c["size"] for c in info["clusters"]) == n
     np.testing.assert_array_equal(np.bincount(data.cluster, minlength=k),
                                   [c["size"] for c in info["clusters"]])
     # representatives are members, nearest the centroid first
     for c in info["clusters"]:
         reps = [r["id"] for r in c["representatives"]]
-        assert len(reps) == min(layout.REPRESENTATIVES, c["size"])
+        assert len(reps) == min(index_map.REPRESENTATIVES, c["size"])
         members = np.flatnonzero(data.cluster == c["id"])
         assert set(reps) <= set(data.ids[members].tolist())
         sims = data.sim[np.searchsorted(data.ids, reps)]
@@ -100,20 +101,20 @@ def test_map_files_points_and_clusters(mapped) -> None:
 
 
 def test_graph_search_caps_a_high_efsearch_only() -> None:
-    cap = layout.GRAPH_EF_SEARCH
-    assert layout.graph_search_params({"search_params": {"efSearch": 2048.0,
+    cap = index_map.GRAPH_EF_SEARCH
+    assert index_map.graph_search_params({"search_params": {"efSearch": 2048.0,
                                                          "recall@10": 0.92}}) == {
         "efSearch": float(cap)}
-    assert layout.graph_search_params({"search_params": {"efSearch": float(cap)}}) == {}
-    assert layout.graph_search_params({"search_params": {"nprobe": 64.0}}) == {}
-    assert layout.graph_search_params({"search_params": None}) == {}
-    assert layout.graph_search_params({}) == {}
+    assert index_map.graph_search_params({"search_params": {"efSearch": float(cap)}}) == {}
+    assert index_map.graph_search_params({"search_params": {"nprobe": 64.0}}) == {}
+    assert index_map.graph_search_params({"search_params": None}) == {}
+    assert index_map.graph_search_params({}) == {}
 
 
 def test_map_is_up_to_date_on_rerun(mapped) -> None:
     _, index, _ = mapped
     points = json.loads((index / "map.json").read_text())["points_file"]
-    again = layout.compute_map(index, **FAST)
+    again = index_map.compute_map(index, **FAST)
     assert again.up_to_date and not again.computed
     assert json.loads((index / "map.json").read_text())["points_file"] == points
 
@@ -123,7 +124,7 @@ def test_map_json_cli(mapped) -> None:
     result = run_cli("index", "map", str(index), "--json", "--no-progress")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    data = layout.read_map(index)
+    data = index_map.read_map(index)
     assert out["count"] == len(out["items"]) == len(data.ids)
     assert len(out["clusters"]) == len(data.centroids)
     first = out["items"][0]
@@ -151,15 +152,14 @@ def _add_images(images: Path, per_class: int, seed: int) -> list[str]:
 
 def test_update_places_new_items_near_their_class(encoder: Path, tmp_path: Path) -> None:
     images, index = build(tmp_path, encoder, per_class=40)
-    layout.compute_map(index, **FAST)
-    before = layout.read_map(index)
+    index_map.compute_map(index, **FAST)
+    before = index_map.read_map(index)
     added = _add_images(images, per_class=4, seed=7)  # 16 new: 10% of the map
     for f in sorted((images / "class0").glob("img00*.png"))[:3]:
         f.unlink()
-    update_index_dir(index, progress=False)
-    report = layout.place_new_items(index, progress=False)
+    report = update_index_dir(index, progress=False).map  # called from Python, as a user would
     assert report.summary() == "map: 16 new items placed, 3 removed, 173 on the map"
-    after = layout.read_map(index)
+    after = index_map.read_map(index)
     assert after.info["placed"] == 16 and after.info["removed"] == 3
     with Store(index / DB_NAME, readonly=True) as store:
         rows = {r.path: r.id for r in store.iter_rows(EMBEDDED)}
@@ -182,22 +182,22 @@ def test_update_places_new_items_near_their_class(encoder: Path, tmp_path: Path)
         assert c["size"] == int((after.cluster == c["id"]).sum())
         if c["size"]:
             assert c["label_count"] == c["size"]
+    assert index_map.place_new_items(index, progress=False).placed == 0  # nothing left to do
     # many more new items than the layout saw: the update says a recompute is better
     _add_images(images, per_class=10, seed=8)
-    update_index_dir(index, progress=False)
-    report = layout.place_new_items(index, progress=False)
+    report = update_index_dir(index, progress=False).map
     assert report.recompute_advised and "a full recompute would be better" in report.summary()
-    assert layout.read_map(index).info["recompute_advised"]
+    assert index_map.read_map(index).info["recompute_advised"]
     # and `groco index map` recomputes a map that has placed items
-    report = layout.compute_map(index, **FAST)
-    assert report.computed and layout.read_map(index).info["placed"] == 0
+    report = index_map.compute_map(index, **FAST)
+    assert report.computed and index_map.read_map(index).info["placed"] == 0
 
 
 def test_killed_map_resumes_after_the_last_graph_chunk(mapped, tmp_path: Path,
                                                        monkeypatch) -> None:
     index = tmp_path / "index"
     shutil.copytree(mapped[1], index, ignore=shutil.ignore_patterns("map*"))
-    real = layout._knn_rows
+    real = graph._knn_rows
     calls = []
 
     def dies_on_the_third_chunk(*args, **kwargs):
@@ -206,16 +206,16 @@ def test_killed_map_resumes_after_the_last_graph_chunk(mapped, tmp_path: Path,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layout, "_knn_rows", dies_on_the_third_chunk)
+    monkeypatch.setattr(graph, "_knn_rows", dies_on_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
-        layout.compute_map(index, chunk_size=50, **FAST)
-    state = json.loads((index / layout.WORK_DIR / "state.json").read_text())
-    assert state["rows_done"] == 100 and not layout.has_map(index)
-    monkeypatch.setattr(layout, "_knn_rows", real)
-    report = layout.compute_map(index, chunk_size=50, **FAST)
+        index_map.compute_map(index, chunk_size=50, **FAST)
+    state = json.loads((index / index_map.WORK_DIR / "state.json").read_text())
+    assert state["rows_done"] == 100 and not index_map.has_map(index)
+    monkeypatch.setattr(graph, "_knn_rows", real)
+    report = index_map.compute_map(index, chunk_size=50, **FAST)
     assert report.computed and report.resumed_rows == 100
     assert report.count == CLASSES * PER_CLASS and len(calls) == 3
-    data = layout.read_map(index)
+    data = index_map.read_map(index)
     assert leave_one_out_1nn(data.xy, np.array(data.labels())) > 0.95
 
 
@@ -225,7 +225,7 @@ def test_without_umap_map_says_which_extra_and_update_still_works(mapped, tmp_pa
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: the embedding map needs umap-learn: pip install 'groco[map]'"]
-    code = ("import sys; sys.modules['umap'] = None; import groco.index.layout, "
+    code = ("import sys; sys.modules['umap'] = None; import groco.index.map, "
             "groco.index.build; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
 
@@ -233,14 +233,14 @@ def test_without_umap_map_says_which_extra_and_update_still_works(mapped, tmp_pa
 def test_update_without_umap_places_at_the_neighbours_mean(encoder: Path, tmp_path: Path
                                                            ) -> None:
     images, index = build(tmp_path, encoder, per_class=20)
-    layout.compute_map(index, **FAST)
+    index_map.compute_map(index, **FAST)
     new = images / "class2" / "late.png"
     Image.open(sorted((images / "class2").iterdir())[0]).save(new)
     result = run_cli("index", "update", str(index), "--no-progress", block_umap=True)
     assert result.returncode == 0, result.stderr
     assert "map: 1 new items placed, 0 removed, 81 on the map (placed at their neighbours' " \
            "mean: umap-learn missing" in result.stdout
-    data = layout.read_map(index)
+    data = index_map.read_map(index)
     labels = np.array(data.labels())
     with Store(index / DB_NAME, readonly=True) as store:
         p = int(np.searchsorted(data.ids, store.row_by_path("class2/late.png").id))

@@ -11,7 +11,7 @@ one core), and the page says so. A pointer position (hover, click) is turned bac
 picture pixels and the nearest *drawn* item is found by a 2D tree search; a box
 selects *every* item inside it, drawn or not. "More like this" then runs like
 everywhere in the app. The browser side is :mod:`groco.app.map_js`. The tab reads the
-stored map (:func:`groco.index.layout.read_map`) and thumbnails only.
+stored map (:func:`groco.index.map.read_map`) and thumbnails only.
 
 Named API endpoint ``/map_points`` (``gradio_client``): ``(max_points, seed) ->
 {"count", "shown", "sampled", "clusters", "points": [{"id", "relpath", "x", "y",
@@ -34,7 +34,7 @@ from groco.app.api import file_url
 from groco.app.map_js import MAP_CSS, MAP_HTML, MAP_JS
 from groco.app.state import AppState
 from groco.app.uploads import UploadError
-from groco.index.layout import MapData, has_map, iter_map_items, read_map
+from groco.index.map import MapData, has_map, iter_map_items, read_map
 
 WIDTH, HEIGHT, PAD = 960, 720, 16
 MAX_API_POINTS = 200_000

@@ -37,6 +37,7 @@ from . import ray_embed, shards
 from .indexfile import finish_switch, index_is_current, write_index
 from .lock import writer_lock
 from .manifest import IndexDirError, check_encoder_hash, read_manifest
+from .map import MapReport, update_map
 from .parts import (
     check_parts,
     claim,
@@ -67,6 +68,7 @@ class BuildReport:
     (updates): files re-embedded, dropped, and with a new mtime but the same content.
     ``count``/``broken_total``: vectors in the index / broken files recorded.
     ``index_type`` is ``None`` for a part of a sharded build (no index of its own).
+    ``map``: what an update did to the index's map (``None`` when it has none).
     """
 
     index_dir: Path
@@ -86,6 +88,7 @@ class BuildReport:
     seconds: float = 0.0
     broken_files: list[tuple[str, str]] = field(default_factory=list)
     part: tuple[int, int] | None = None
+    map: MapReport | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -285,7 +288,9 @@ def update_index_dir(
       a broken file is retried when it changed;
     - the FAISS index is updated from the stored embeddings, never from images: in place
       where FAISS can remove vectors (Flat, IVF), rebuilt otherwise (HNSW) or when
-      ``"auto"`` now chooses another type for the new size.
+      ``"auto"`` now chooses another type for the new size;
+    - the index's map, where it has one, gets the new items placed on it and loses the
+      deleted ones (:func:`groco.index.map.update_map`; ``report.map``).
 
     ``encoder_path`` defaults to the one recorded; its hash must match
     (:class:`IndexMismatchError`). ``index_type``/``memory``/``target_recall`` default to
@@ -325,6 +330,7 @@ def update_index_dir(
         _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
                 None)  # on disk or in RAM: as built
         report.embedded -= stats.replaced  # new files and changed ones apart
+        report.map = update_map(index_dir, store, progress)  # None: the index has no map
     log.info("update: %d new, %d changed, %d deleted, %d touched, %d broken",
              report.embedded, report.changed, report.deleted, report.touched, report.broken)
     report.seconds = time.perf_counter() - start
