@@ -320,7 +320,7 @@ def measure_child(index: str, threshold: float, mode: str) -> None:
 
     from groco.index import shards
     from groco.index.dupes import DEFAULT_BATCH, DEFAULT_NEIGHBOURS, find_duplicate_groups
-    from groco.index.faiss_index import search
+    from groco.index.faiss.query import search
     from groco.index.indexfile import open_current
     from groco.index.store import Store
 

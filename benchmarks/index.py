@@ -53,17 +53,13 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from groco.index import faiss_index
-from groco.index.faiss_index import (
-    as_unit_vectors,
-    build_index,
-    build_tuned_index,
-    choose_index_type,
-    default_memory_budget,
-    recall_at_k,
-    search,
-    tune_search_params,
-)
+from groco.index.faiss import tune as tuning
+from groco.index.faiss.build import build_index
+from groco.index.faiss.choose import choose_index_type, default_memory_budget
+from groco.index.faiss.query import recall_at_k, search
+from groco.index.faiss.source import ArraySource, as_unit_vectors
+from groco.index.faiss.spec import DEFAULT_TUNING, BuildSpec, TuningSpec
+from groco.index.faiss.tune import Split, build_tuned_index, tune_search_params
 
 
 def log(msg: str) -> None:
@@ -154,7 +150,7 @@ def timed_build(x: np.ndarray, ids: np.ndarray, factory: str) -> tuple[faiss.Ind
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    index = build_index(x, ids, factory=factory)
+    index = build_index(ArraySource(x, ids), BuildSpec(factory))
     seconds = time.perf_counter() - t0
     gc.collect()
     return index, seconds, rss_bytes() - rss0
@@ -166,7 +162,7 @@ def timed_tuned_build(
     """:func:`build_tuned_index` with its tuning time split out:
     ``(index, params, build_s, tune_s, rss_delta)``."""
     spent: list[float] = []
-    original = faiss_index.tune_search_params
+    original = tuning.tune_search_params
 
     def timed_tune(*a, **kw):  # build_tuned_index looks the function up in its module
         t = time.perf_counter()
@@ -178,13 +174,14 @@ def timed_tuned_build(
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    faiss_index.tune_search_params = timed_tune
+    tuning.tune_search_params = timed_tune
     try:
-        index, params = build_tuned_index(x, ids, factory=factory, memory_bytes=args.memory_bytes,
-                                          target_recall=args.target_recall, k=args.k,
-                                          n_queries=args.queries, seed=args.seed)
+        index, params = build_tuned_index(ArraySource(x, ids),
+                                          BuildSpec(factory, memory_bytes=args.memory_bytes),
+                                          TuningSpec(args.target_recall, args.k,
+                                                     args.queries, args.seed))
     finally:
-        faiss_index.tune_search_params = original
+        tuning.tune_search_params = original
     total = time.perf_counter() - t0
     gc.collect()
     return index, params, total - sum(spent), sum(spent), rss_bytes() - rss0
@@ -306,7 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--npy", help="real (n, d) embeddings instead of synthetic data")
     p.add_argument("--queries", type=int, default=1000, help="held-out queries")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--target-recall", type=float, default=DEFAULT_TUNING.target_recall)
     p.add_argument("--memory-bytes", type=int, default=None,
                    help="budget for the auto choice (default: half the available RAM)")
     p.add_argument("--extra", action="append", default=[], help="more factory strings")
@@ -364,8 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure("HNSW32, FAISS default", "HNSW32", "efSearch=16", hnsw, build_s,
                             rss, queries, truth, args))
         t = time.perf_counter()
-        params = tune_search_params(hnsw, x, ids=ids, target_recall=args.target_recall,
-                                    k=args.k, seed=args.seed)
+        params = tune_search_params(hnsw, Split(ArraySource(x, ids)),
+                                    TuningSpec(args.target_recall, args.k, seed=args.seed))
         shown = ", ".join(f"{key}={v}" for key, v in params.items() if "@" not in key)
         notes.append(f"HNSW32, no hold-out: tune_search_params on indexed vectors chose "
                      f"{shown} in {time.perf_counter() - t:.1f} s (conservative estimate "

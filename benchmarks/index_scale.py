@@ -7,8 +7,9 @@ shard). Then every row builds an index *in its own child process*, so its peak R
 (``ru_maxrss``) is its own:
 
 - ``today, in RAM``: what ``write_index`` did before issue 12 (every vector gathered into
-  one array, then :func:`build_tuned_index`, which also copies the non-held-out ones);
-- ``streaming, in RAM``: :func:`build_tuned_index_from` over the shards (trained on a
+  one array, then :func:`groco.index.faiss.tune.build_tuned_index` over it as an
+  ``ArraySource``, which also copies the non-held-out ones);
+- ``streaming, in RAM``: the same :func:`build_tuned_index` over the shards (trained on a
   sample, filled shard by shard, tuned against a streamed exact search);
 - ``streaming, on disk``: :func:`groco.index.ondisk.build_ondisk_index` (per-part fills,
   ``merge_ondisk`` into an ``.ivfdata``), IVF-Flat and, with ``--memory`` a quarter of the
@@ -114,7 +115,7 @@ def job_generate(work: str, n: int, dim: int, shard_size: int, queries: int,
     from index import make_world, sample
 
     from groco.index import shards
-    from groco.index.faiss_index import exact_knn_source
+    from groco.index.faiss.query import exact_knn_source
     from groco.index.stored import ShardSource
 
     work_dir = Path(work)
@@ -138,8 +139,11 @@ def job_generate(work: str, n: int, dim: int, shard_size: int, queries: int,
 
 def job_build(work: str, n: int, shard_size: int, mode: str, factory: str, on_disk: bool,
               out: str, train_size: int | None) -> dict:
-    from groco.index import faiss_index as fi
     from groco.index import shards
+    from groco.index.faiss.io import save_index
+    from groco.index.faiss.source import ArraySource
+    from groco.index.faiss.spec import DEFAULT_TUNING, BuildSpec
+    from groco.index.faiss.tune import build_tuned_index
     from groco.index.ondisk import build_ondisk_index, ivfdata_name
     from groco.index.stored import ShardSource
 
@@ -157,20 +161,20 @@ def job_build(work: str, n: int, shard_size: int, mode: str, factory: str, on_di
 
     logging.getLogger("groco").addHandler(Keep())
     logging.getLogger("groco").setLevel(logging.INFO)
+    build = BuildSpec(factory, train_size=train_size)
     sampler = PeakSampler()
     t0 = time.perf_counter()
     if mode == "inram":  # before issue 12: gather everything, then build
         vectors = shards.gather(Path(work), numbers, rows)
-        index, params = fi.build_tuned_index(vectors, ids, factory, train_size=train_size)
+        index, params = build_tuned_index(ArraySource(vectors, ids), build, DEFAULT_TUNING)
         del vectors
     else:
         source = ShardSource(work, ids, numbers, rows)
         if on_disk:
-            index, params = build_ondisk_index(out_dir, source, factory, name,
-                                               train_size=train_size)
+            index, params = build_ondisk_index(out_dir, source, name, build, DEFAULT_TUNING)
         else:
-            index, params = fi.build_tuned_index_from(source, factory, train_size=train_size)
-    fi.save_index(index, out_dir / name)
+            index, params = build_tuned_index(source, build, DEFAULT_TUNING)
+    save_index(index, out_dir / name)
     wall = time.perf_counter() - t0
     sampler.stop()
     size = (out_dir / name).stat().st_size
@@ -183,24 +187,25 @@ def job_build(work: str, n: int, shard_size: int, mode: str, factory: str, on_di
 
 def job_serve(out: str, params: dict, work: str, warmup: int) -> None:
     """Print one line at the first answer, then a JSON line of the measurements."""
-    from groco.index import faiss_index as fi
+    from groco.index.faiss.io import load_index
+    from groco.index.faiss.query import recall_at_k, search
 
     q = np.load(Path(work) / "queries.npy")
-    index = fi.load_index(Path(out) / "index-000001.faiss", params,
+    index = load_index(Path(out) / "index-000001.faiss", params,
                           read_only=(Path(out) / "index-000001.ivfdata").exists())
-    fi.search(index, q[0], 10)
+    search(index, q[0], 10)
     print("answered", flush=True)
     after_first = rss_status()
     gt = np.load(Path(work) / "gt.npy")
     for i in range(min(warmup, len(q))):
-        fi.search(index, q[i], 10)
+        search(index, q[i], 10)
     found = np.empty((len(q), 10), dtype=np.int64)
     times = np.empty(len(q))
     for i in range(len(q)):
         t0 = time.perf_counter()
-        found[i] = fi.search(index, q[i], 10)[1][0]
+        found[i] = search(index, q[i], 10)[1][0]
         times[i] = time.perf_counter() - t0
-    print(json.dumps({"recall": fi.recall_at_k(found, gt, 10),
+    print(json.dumps({"recall": recall_at_k(found, gt, 10),
                       "p50_ms": float(np.percentile(times, 50) * 1e3),
                       "p99_ms": float(np.percentile(times, 99) * 1e3),
                       "rss_first": after_first, "rss_end": rss_status()}), flush=True)
@@ -273,7 +278,7 @@ def main() -> None:
     from _common import header
     from timing import LoadWatch
 
-    from groco.index.faiss_index import choose_index_type, ivf_centroids
+    from groco.index.faiss.choose import choose_index_type, ivf_centroids
 
     load = LoadWatch()
     work = args.work / f"n{args.n}-d{args.dim}"

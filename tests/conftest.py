@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from groco.index import shards
-from groco.index.faiss_index import load_index
+from groco.index.faiss.io import load_index
 from groco.index.indexfile import index_ids
 from groco.index.manifest import read_manifest
 from groco.index.store import DB_NAME, EMBEDDED, Store

@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 from conftest import assert_consistent, embeddings_by_path, make_collection
 
-from groco.index import faiss_index as fi
 from groco.index import ondisk
 from groco.index.build import build_index_dir, update_index_dir
+from groco.index.faiss.choose import choose_index_type
+from groco.index.faiss.factory import apply_search_params
+from groco.index.faiss.io import load_index, save_index
+from groco.index.faiss.query import exact_knn_source
+from groco.index.faiss.source import ArraySource
+from groco.index.faiss.spec import BuildSpec, TuningSpec
+from groco.index.faiss.tune import build_tuned_index
 from groco.index.indexfile import index_ids
 from groco.index.manifest import read_manifest
 from groco.index.search import Searcher
@@ -76,8 +82,9 @@ def test_streaming_build_equals_the_in_ram_build(tmp_path, factory) -> None:
     x = clustered(3000, 32)
     ids = np.arange(3000, dtype=np.int64) * 7 + 5
     source = write_shards(tmp_path, x, ids, 400)  # 8 shards
-    streamed, p_streamed = fi.build_tuned_index_from(source, factory, n_queries=200)
-    in_ram, p_in_ram = fi.build_tuned_index(x, ids, factory, n_queries=200)
+    tuning = TuningSpec(n_queries=200)
+    streamed, p_streamed = build_tuned_index(source, BuildSpec(factory), tuning)
+    in_ram, p_in_ram = build_tuned_index(ArraySource(x, ids), BuildSpec(factory), tuning)
     assert np.array_equal(np.sort(index_ids(streamed) if "IVF" in factory else
                                   faiss.vector_to_array(streamed.id_map)), ids)
     queries = clustered(50, 32, seed=3)
@@ -94,7 +101,7 @@ def test_streamed_ground_truth_is_exact(tmp_path) -> None:
     ids = np.arange(1000, dtype=np.int64)[::-1].copy()
     source = write_shards(tmp_path, x, ids, 128)
     q = clustered(40, 16, seed=9)
-    scores, found = fi.exact_knn_source(q, source, 10)
+    scores, found = exact_knn_source(q, source, 10)
     ref_scores, ref_rows = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
     assert (found == ids[ref_rows]).mean() > 0.99  # ties aside
@@ -110,22 +117,24 @@ def test_ondisk_index_equals_the_in_ram_index(tmp_path, monkeypatch) -> None:
     x = clustered(2500, 32)
     ids = np.arange(2500, dtype=np.int64) + 100
     source = write_shards(tmp_path, x, ids, 300)
-    disk, p_disk = ondisk.build_ondisk_index(tmp_path, source, "IVF32,Flat",
-                                             "index-000001.faiss", n_queries=200)
-    ram, p_ram = fi.build_tuned_index(x, ids, "IVF32,Flat", n_queries=200)
+    build, tuning = BuildSpec("IVF32,Flat"), TuningSpec(n_queries=200)
+    disk, p_disk = ondisk.build_ondisk_index(tmp_path, source, "index-000001.faiss", build,
+                                             tuning)
+    ram, p_ram = build_tuned_index(ArraySource(x, ids), build, tuning)
     assert isinstance(ondisk_lists(disk), faiss.OnDiskInvertedLists)
     assert p_disk == p_ram and disk.ntotal == 2500
     assert lists_of(disk) == lists_of(ram)
-    fi.save_index(disk, tmp_path / "index-000001.faiss")
+    save_index(disk, tmp_path / "index-000001.faiss")
     assert {p.name for p in tmp_path.iterdir() if p.name.startswith(("index", "."))} == {
         "index-000001.faiss", "index-000001.ivfdata"}  # no part or temporary file left
-    loaded = fi.load_index(tmp_path / "index-000001.faiss", {"nprobe": 32}, read_only=True)
+    loaded = load_index(tmp_path / "index-000001.faiss", {"nprobe": 32}, read_only=True)
     ram.nprobe = 32
     q = clustered(30, 32, seed=4)
     assert np.array_equal(loaded.search(q, 10)[1], ram.search(q, 10)[1])
     assert ondisk_lists(loaded).read_only
     with pytest.raises(ValueError, match="IVF"):
-        ondisk.build_ondisk_index(tmp_path, source, "HNSW32", "index-000002.faiss")
+        ondisk.build_ondisk_index(tmp_path, source, "index-000002.faiss",
+                                  BuildSpec("HNSW32"), tuning)
 
 
 # ----------------------------------------------------------------------------- index dirs
@@ -144,7 +153,7 @@ def top_ids(index_dir: Path, k: int = 5) -> list[list[str]]:
         nlist = faiss.extract_index_ivf(searcher.index).nlist if "IVF" in \
             searcher.manifest["index_type"] else None
         if nlist:
-            fi.apply_search_params(searcher.index, {"nprobe": nlist})
+            apply_search_params(searcher.index, {"nprobe": nlist})
         return [[r.relpath for r in searcher.search_vector(vectors[p], k)]
                 for p in sorted(vectors)]
 
@@ -274,10 +283,10 @@ def test_help_names_the_new_options() -> None:
 
 
 def test_ondisk_choice_is_always_an_ivf() -> None:
-    assert fi.choose_index_type(50, 64, 1 << 30, on_disk=True).startswith("IVF")
-    assert fi.choose_index_type(200_000, 256, 1 << 34, on_disk=True) == "IVF2048,Flat"
-    tight = fi.choose_index_type(10_000_000, 256, 1 << 30, on_disk=True)
+    assert choose_index_type(50, 64, 1 << 30, on_disk=True).startswith("IVF")
+    assert choose_index_type(200_000, 256, 1 << 34, on_disk=True) == "IVF2048,Flat"
+    tight = choose_index_type(10_000_000, 256, 1 << 30, on_disk=True)
     assert tight.startswith("OPQ") and "PQ" in tight.split(",")[-1]
-    assert fi.choose_index_type(200_000, 256, 1 << 34) == "HNSW32"  # in RAM: unchanged
+    assert choose_index_type(200_000, 256, 1 << 34) == "HNSW32"  # in RAM: unchanged
     with pytest.raises(ValueError, match="IVF"):
         ondisk.check_ondisk_factory("Flat")

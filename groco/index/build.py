@@ -34,7 +34,8 @@ from groco.encoder.runtime import Encoder, default_providers
 from groco.images import find_images
 
 from . import ray_embed, shards
-from .indexfile import finish_switch, index_is_current, write_index
+from .faiss.spec import DEFAULT_TUNING, BuildSpec, TuningSpec
+from .indexfile import finish_switch, index_is_current, recorded_specs, write_index
 from .lock import writer_lock
 from .manifest import IndexDirError, check_encoder_hash, read_manifest
 from .map import MapReport, update_map
@@ -142,13 +143,13 @@ def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
             on_disk: bool | None = False) -> BuildReport:
     if stats is not None:
         report.add(stats)
-    if index_is_current(index_dir, store, index_type, memory, target_recall, on_disk):
+    build, tuning = BuildSpec(index_type, memory), TuningSpec(target_recall)
+    if index_is_current(index_dir, store, build, tuning, on_disk):
         manifest = read_manifest(index_dir)
         finish_switch(index_dir, store, manifest)  # in case a kill stopped it
         log.info("%s is up to date", index_dir)
     else:
-        manifest = write_index(index_dir, store, index_type, memory, target_recall,
-                               on_disk=on_disk)
+        manifest = write_index(index_dir, store, build, tuning, on_disk=on_disk)
     report.count = manifest["count"]
     report.broken_total = manifest["broken"]
     report.index_type = manifest["index_type"]
@@ -158,8 +159,7 @@ def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
 
 
 def _check_settings(target_recall: float, batch_size: int, shard_size: int) -> None:
-    if not 0 < target_recall <= 1:
-        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    TuningSpec(target_recall)  # ValueError outside (0, 1]
     if batch_size < 1 or shard_size < 1:
         raise ValueError("batch size and shard size must be >= 1")
 
@@ -173,7 +173,7 @@ def build_index_dir(
     out_dir: str | Path,
     index_type: str = "auto",
     memory: int | str | None = None,
-    target_recall: float = 0.95,
+    target_recall: float = DEFAULT_TUNING.target_recall,
     shard: int | None = None,
     num_shards: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -307,7 +307,7 @@ def update_index_dir(
     index_type = index_type or manifest.get("index_type_requested", "auto")
     memory_bytes = parse_memory(memory) if memory is not None else manifest.get("memory_bytes")
     if target_recall is None:
-        target_recall = manifest.get("target_recall", 0.95)
+        target_recall = recorded_specs(manifest)[1].target_recall
     _check_settings(target_recall, batch_size, shard_size)
     report = BuildReport(index_dir=index_dir)
     with writer_lock(index_dir, "groco index update"), Store(index_dir / DB_NAME) as store:
@@ -366,7 +366,7 @@ def merge_index_dirs(
     out_dir: str | Path,
     index_type: str = "auto",
     memory: int | str | None = None,
-    target_recall: float = 0.95,
+    target_recall: float = DEFAULT_TUNING.target_recall,
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
     on_disk: bool = False,

@@ -49,7 +49,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from . import shards
-from .faiss_index import search
+from .faiss.query import search
 from .indexfile import open_current
 from .manifest import damaged
 from .store import DB_NAME, EMBEDDED, FileRow, Store

@@ -8,7 +8,12 @@ the embedded rows' vectors are gathered, then either
   from it (Flat, IVF; any state-based difference, so an interrupted update is repaired
   too), or
 - a new index is built (``HNSW`` cannot remove vectors; a type change; no index yet; a
-  damaged index file) by :func:`groco.index.faiss_index.build_tuned_index`.
+  damaged index file) by :func:`groco.index.faiss.tune.build_tuned_index`.
+
+Either way the search parameters are tuned by the one procedure of
+:mod:`groco.index.faiss.tune`: on held-out vectors that the searched index does not hold
+(an in-place update removes them while tuning, :func:`~groco.index.faiss.tune.retune`), so
+an updated index is tuned as a fresh build of the same collection is.
 
 **A new state is swapped in atomically.** The index is written to a *new* file,
 ``index-NNNNNN.faiss`` (numbers only grow), and the manifest naming it is written last
@@ -40,6 +45,7 @@ import logging
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +55,10 @@ import numpy as np
 import groco
 
 from . import shards
-from .faiss_index import (
-    build_tuned_index_from,
-    choose_index_type,
-    load_index,
-    save_index,
-    tune_search_params_from,
-)
+from .faiss.choose import factory_for
+from .faiss.io import load_index, save_index
+from .faiss.spec import BuildSpec, TuningSpec
+from .faiss.tune import build_tuned_index, retune
 from .manifest import (
     FORMAT,
     INDEX_NAME,
@@ -71,7 +74,8 @@ from .stored import ShardSource
 
 log = logging.getLogger(__name__)
 
-RECALL_K = 10
+MANIFEST_K = 10
+"""The manifest records recall@10 (``recall_at_10``): the ``k`` of every tuning here."""
 _VERSIONED = re.compile(r"^index-(\d{6,})\.faiss$")
 _NUMBERED = re.compile(r"^index-(\d{6,})\.(faiss|ivfdata)$")
 OPEN_ATTEMPTS = 3
@@ -160,16 +164,18 @@ def open_current(index_dir: str | Path) -> tuple[dict[str, Any], faiss.Index]:
     raise AssertionError("unreachable")
 
 
-def wanted_type(index_type: str, n: int, dim: int, memory_bytes: int | None,
-                on_disk: bool = False) -> str:
-    """The factory string to use: ``index_type``, or the auto choice for ``n`` x ``dim``."""
-    if index_type == "auto":
-        return choose_index_type(n, dim, memory_bytes, on_disk=on_disk)
-    return index_type
+def recorded_specs(manifest: dict[str, Any] | None) -> tuple[BuildSpec, TuningSpec]:
+    """The build and tuning settings ``manifest`` records (``index_type_requested``,
+    ``memory_bytes``, ``target_recall``), the specs' defaults where it has none."""
+    manifest = manifest or {}
+    build, tuning = BuildSpec(), TuningSpec()
+    return (replace(build, factory=manifest.get("index_type_requested", build.factory),
+                    memory_bytes=manifest.get("memory_bytes", build.memory_bytes)),
+            replace(tuning, target_recall=manifest.get("target_recall",
+                                                       tuning.target_recall)))
 
 
-def index_is_current(index_dir: Path, store: Store, index_type: str,
-                     memory_bytes: int | None, target_recall: float,
+def index_is_current(index_dir: Path, store: Store, build: BuildSpec, tuning: TuningSpec,
                      on_disk: bool | None = None) -> bool:
     """True when the manifest was written from this metadata with these settings, and its
     index file (and ``.ivfdata``) is there with the size it was written with.
@@ -180,33 +186,35 @@ def index_is_current(index_dir: Path, store: Store, index_type: str,
         return False
     return (manifest.get("generation") == store.generation
             and _intact(index_dir, manifest)
-            and manifest.get("index_type_requested") == index_type
-            and manifest.get("memory_bytes") == memory_bytes
-            and manifest.get("target_recall") == target_recall
+            and manifest.get("index_type_requested") == build.factory
+            and manifest.get("memory_bytes") == build.memory_bytes
+            and manifest.get("target_recall") == tuning.target_recall
             and (on_disk is None or bool(manifest.get("on_disk")) == on_disk))
 
 
 def write_index(
     index_dir: str | Path,
     store: Store,
-    index_type: str = "auto",
-    memory_bytes: int | None = None,
-    target_recall: float = 0.95,
+    build: BuildSpec = BuildSpec(),
+    tuning: TuningSpec = TuningSpec(),
     rebuild: bool = False,
     on_disk: bool | None = None,
 ) -> dict[str, Any]:
     """Write a new index state from the stored embeddings and make it current (module
     docstring): a new index file, then the manifest, then :func:`finish_switch`.
 
-    ``index_type``: ``"auto"`` (:func:`~groco.index.faiss_index.choose_index_type` with
-    ``memory_bytes``) or any FAISS factory string. Search parameters are tuned to
-    ``target_recall`` at recall@10. ``rebuild``: never edit the current index in place
+    ``build.factory``: ``"auto"`` (:func:`~groco.index.faiss.choose.choose_index_type`
+    with ``build.memory_bytes``) or any FAISS factory string. Search parameters are tuned
+    as ``tuning`` says (its ``k`` must be 10, the manifest's recall@10). ``rebuild``:
+    never edit the current index in place
     (repair). ``on_disk``: an IVF with its lists in ``index-NNNNNN.ivfdata``
     (:mod:`groco.index.ondisk`; never edited in place); ``None`` keeps what the current
     manifest has (in RAM when there is none). The encoder facts come from ``store``'s
     info. Returns the manifest written. Raises :class:`IndexDirError` when no image is
     embedded.
     """
+    if tuning.k != MANIFEST_K:
+        raise ValueError(f"index directories record recall@{MANIFEST_K}, not {tuning.key}")
     index_dir = Path(index_dir)
     info = store.info()
     ids, shard_numbers, rows = store.embedded_locations()
@@ -221,7 +229,7 @@ def write_index(
         old = None
     if on_disk is None:
         on_disk = bool(old is not None and old.get("on_disk"))
-    factory = wanted_type(index_type, n, dim, memory_bytes, on_disk)
+    factory = factory_for(build, n, dim, on_disk)
     index = None
     if (old is not None and old.get("index_type") == factory and not rebuild
             and not on_disk and not old.get("on_disk")):
@@ -232,22 +240,18 @@ def write_index(
         else:
             if candidate.d == dim and _update_in_place(candidate, source):
                 index = candidate
-    key = f"recall@{RECALL_K}"
     path = index_dir / _new_index_name(index_dir, old)
     if index is not None:
-        tuned = (tune_search_params_from(index, source, target_recall=target_recall,
-                                         k=RECALL_K) if n > RECALL_K else {key: math.nan})
+        tuned = retune(index, source, tuning)
     elif on_disk:
         log.info("building a %s index of %d vectors (dim %d), lists on disk", factory, n,
                  dim)
-        index, tuned = build_ondisk_index(index_dir, source, factory, path.name,
-                                          target_recall=target_recall, k=RECALL_K)
+        index, tuned = build_ondisk_index(index_dir, source, path.name,
+                                          replace(build, factory=factory), tuning)
     else:
         log.info("building a %s index of %d vectors (dim %d)", factory, n, dim)
-        index, tuned = build_tuned_index_from(source, factory=factory,
-                                              memory_bytes=memory_bytes,
-                                              target_recall=target_recall, k=RECALL_K)
-    recall = tuned.pop(key)
+        index, tuned = build_tuned_index(source, replace(build, factory=factory), tuning)
+    recall = tuned.pop(tuning.key)
     kept = old is not None and _intact(index_dir, old)
     save_index(index, path)
     data = index_dir / ivfdata_name(path.name) if on_disk else None
@@ -263,9 +267,9 @@ def write_index(
         "dim": dim,
         "metric": "inner_product",
         "index_type": factory,
-        "index_type_requested": index_type,
-        "memory_bytes": memory_bytes,
-        "target_recall": target_recall,
+        "index_type_requested": build.factory,
+        "memory_bytes": build.memory_bytes,
+        "target_recall": tuning.target_recall,
         "search_params": tuned,
         "recall_at_10": None if math.isnan(recall) else recall,
         "count": int(index.ntotal),

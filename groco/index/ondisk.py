@@ -21,17 +21,17 @@ that: until the manifest switch nothing names the new files, and a killed build 
 only files that the next writer deletes (:func:`groco.index.indexfile.finish_switch`).
 A file is never written again once named: an update builds a new pair.
 
-Recall tuning is the in-RAM build's (held-out queries, :func:`tune_search_params_from`):
-the held-out vectors are filled into their own part, and the index searched while tuning
-is a read-only view over the other parts (``HStackInvertedLists``), so the queries are
-not in what they search. FAISS's on-disk lists do not support adding after a merge (the
-new entries overwrite others), which is why nothing is ever added to a merged index.
+Recall tuning is the in-RAM build's (:mod:`groco.index.faiss.tune`: held-out queries,
+:func:`~groco.index.faiss.tune.tune_search_params`): the held-out vectors are filled into
+their own part, and the index searched while tuning is a read-only view over the other
+parts (``HStackInvertedLists``), so the queries are not in what they search. FAISS's
+on-disk lists do not support adding after a merge (the new entries overwrite others),
+which is why nothing is ever added to a merged index.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -39,17 +39,14 @@ import time
 from pathlib import Path
 
 import faiss
-import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
-from .faiss_index import (
-    VectorSource,
-    apply_search_params,
-    holdout_mask,
-    quiet_stdout,
-    trained_empty_index,
-    tune_search_params_from,
-)
+from .faiss.build import trained_empty_index
+from .faiss.factory import apply_search_params
+from .faiss.io import quiet_stdout
+from .faiss.source import VectorSource
+from .faiss.spec import BuildSpec, TuningSpec
+from .faiss.tune import hold_out, tune_search_params
 
 log = logging.getLogger(__name__)
 
@@ -126,45 +123,37 @@ def _tuning_view(index: faiss.Index, part_files: list[str]) -> tuple[faiss.Index
 def build_ondisk_index(
     index_dir: str | Path,
     source: VectorSource,
-    factory: str,
     index_file: str,
-    use_gpu: bool | None = None,
-    train_size: int | None = None,
-    target_recall: float = 0.95,
-    k: int = 10,
-    n_queries: int = 1000,
-    seed: int = 0,
+    build: BuildSpec,
+    tuning: TuningSpec,
 ) -> tuple[faiss.Index, dict[str, float]]:
-    """An IVF ``factory`` index of ``source`` with its lists in ``index_dir/<stem>.ivfdata``.
+    """An IVF ``build.factory`` index of ``source`` with its lists in
+    ``index_dir/<stem>.ivfdata``.
 
     ``index_file`` is the name the caller will save the returned index under
-    (``index-NNNNNN.faiss``, with :func:`groco.index.faiss_index.save_index`); the
+    (``index-NNNNNN.faiss``, with :func:`groco.index.faiss.io.save_index`); the
     ``.ivfdata`` beside it is complete and final when this returns. Returns ``(index,
-    params)`` like :func:`groco.index.faiss_index.build_tuned_index_from`: the same
-    hold-out, training sample and tuning, so the lists hold the same vectors under the
-    same ids as the in-RAM build of the same factory. ``ValueError`` for a factory that
-    is not an IVF.
+    params)`` like :func:`groco.index.faiss.tune.build_tuned_index`: the same hold-out,
+    training sample and tuning, so the lists hold the same vectors under the same ids as
+    the in-RAM build of the same factory. ``ValueError`` for a factory that is not an IVF
+    (``"auto"`` included: resolve it with ``on_disk=True`` first).
     """
-    check_ondisk_factory(factory)
+    check_ondisk_factory(build.factory)
     index_dir = Path(index_dir)
-    n = source.count
-    held = holdout_mask(n, n_queries, k, seed)
-    rest = source if held is None else source.subset(~held)
-    index = trained_empty_index(rest, factory, use_gpu, train_size, seed)
+    split = hold_out(source, tuning)
+    index = trained_empty_index(split.rest, build)
     if faiss.try_extract_index_ivf(index) is None:
-        raise ValueError(f"--on-disk needs an IVF index, not {factory!r}")
-    key = f"recall@{k}"
+        raise ValueError(f"--on-disk needs an IVF index, not {build.factory!r}")
     work = Path(tempfile.mkdtemp(prefix=".ondisk-", suffix=".tmp", dir=index_dir))
     data_tmp = index_dir / f".{ivfdata_name(index_file)}.tmp"
     try:
-        part_files = _fill_parts(index, rest, work, 0)
+        part_files = _fill_parts(index, split.rest, work, 0)
         params = None
-        if held is not None:
+        if split.held is not None:
             view, keep_alive = _tuning_view(index, part_files)
-            params = tune_search_params_from(view, rest, queries=source.take(
-                np.flatnonzero(held))[1], target_recall=target_recall, k=k)
+            params = tune_search_params(view, split, tuning)
             del view, keep_alive
-            part_files += _fill_parts(index, source.subset(held), work, len(part_files))
+            part_files += _fill_parts(index, split.held, work, len(part_files))
         log.info("merging %d parts into %s", len(part_files), ivfdata_name(index_file))
         t0 = time.perf_counter()
         with quiet_stdout():  # the on-disk lists printf their resizes
@@ -178,10 +167,8 @@ def build_ondisk_index(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         data_tmp.unlink(missing_ok=True)
-    if params is None:
-        params = (tune_search_params_from(index, source, target_recall=target_recall, k=k,
-                                          n_queries=n_queries, seed=seed)
-                  if n > k else {key: math.nan})
+    if params is None:  # nothing held out: tuned on the merged index
+        params = tune_search_params(index, split, tuning)
     else:
         apply_search_params(index, params)
     return index, params

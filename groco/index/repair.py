@@ -41,7 +41,7 @@ import numpy as np
 from groco.images import find_images
 
 from . import shards
-from .indexfile import write_index
+from .indexfile import recorded_specs, write_index
 from .lock import writer_lock
 from .manifest import MANIFEST_NAME, DamagedFileError, IndexDirError, read_manifest
 from .store import _COLUMNS, DB_NAME, EMBEDDED, FileRow, Store
@@ -286,11 +286,8 @@ def repair_index_dir(index_dir: str | Path) -> RepairReport:
                 (index_dir / MANIFEST_NAME).unlink(missing_ok=True)
                 log.warning("%s: no embedding is left to index", index_dir)
             elif not info.get("slice"):
-                settings = manifest or {}
-                written = write_index(
-                    index_dir, store, settings.get("index_type_requested", "auto"),
-                    settings.get("memory_bytes"), settings.get("target_recall", 0.95),
-                    rebuild=True)
+                written = write_index(index_dir, store, *recorded_specs(manifest),
+                                      rebuild=True)
                 report.count, report.index_type = written["count"], written["index_type"]
             root = Path(info["images_root"])
             if root.is_dir() and not info.get("slice"):

@@ -20,7 +20,7 @@ from groco.encoder.runtime import Encoder, EncoderError
 from groco.images import load_image
 
 from . import shards
-from .faiss_index import search
+from .faiss.query import search
 from .indexfile import open_current
 from .manifest import (
     IndexDirError,

@@ -1,4 +1,4 @@
-"""The stored embeddings of an index directory as a :class:`~groco.index.faiss_index.VectorSource`.
+"""The stored embeddings of an index directory as a :class:`~groco.index.faiss.source.VectorSource`.
 
 :class:`ShardSource` reads ``shards/emb-NNNNN.npy`` one shard at a time (memory-mapped,
 only the rows the metadata still references), so an index is trained on a sample and
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import shards
-from .faiss_index import MaskedSource, as_unit_vectors
+from .faiss.source import MaskedSource, as_unit_vectors
 from .store import Store
 
 
