@@ -7,9 +7,10 @@
    by id ranges through Python's ``sqlite3`` (ranges whose pages are unreadable are
    retried id by id, then skipped); a file whose 100-byte header is destroyed ("file is
    not a database") is read again with a new header. The way that reads back the most
-   rows is kept. Facts the ``info`` table lost come from
-   ``manifest.json``. A recovered row is kept only when it is sound: an embedded row
-   whose shard's ids file does not hold its id at its row is dropped.
+   rows is kept (the reads themselves: :mod:`groco.index.store.salvage`). Facts the
+   ``info`` table lost come from ``manifest.json``. A recovered row is kept only when it
+   is sound: an embedded row whose shard's ids file does not hold its id at its row is
+   dropped.
 2. **Shards.** :func:`groco.index.shards.reconcile` with ``verify``: rows stored in an
    unreadable shard, or in one whose bytes no longer match its checksums, are dropped
    (``groco index update`` embeds those images again); shard files no row references
@@ -29,9 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import shutil
-import sqlite3
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +42,20 @@ from . import shards
 from .indexfile import recorded_specs, write_index
 from .lock import writer_lock
 from .manifest import MANIFEST_NAME, DamagedFileError, IndexDirError, read_manifest
-from .store import _COLUMNS, DB_NAME, EMBEDDED, FileRow, Store
+from .store import (
+    DB_NAME,
+    EMBEDDED,
+    FileRow,
+    Store,
+    read_back,
+    recover_with_shell,
+    with_new_header,
+)
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
 """Page sizes tried when the header is rebuilt (SQLite's default first)."""
-SALVAGE_CHUNK = 256
-"""Ids read per query by the row-by-row salvage (a failing range is retried id by id)."""
-RECOVER_TIMEOUT_S = 600
 _INFO_FROM_MANIFEST = ("images_root", "encoder_hash", "encoder_path", "encoder_backbone",
                        "image_size", "dim")
 
@@ -126,67 +129,6 @@ def _move_aside(db: Path) -> Path:
     return aside
 
 
-def _recover_with_shell(aside: Path, scratch: Path) -> bool:
-    """``sqlite3 aside .recover | sqlite3 scratch``; False when it cannot run."""
-    program = shutil.which("sqlite3")
-    if program is None:
-        return False
-    try:
-        dump = subprocess.run([program, str(aside), ".recover"], capture_output=True,
-                              timeout=RECOVER_TIMEOUT_S, check=False)
-        if dump.returncode != 0 or not dump.stdout:
-            return False
-        load = subprocess.run([program, str(scratch)], input=dump.stdout,
-                              capture_output=True, timeout=RECOVER_TIMEOUT_S, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return load.returncode == 0 and scratch.is_file()
-
-
-def _read_back(source: Path, top_id: int) -> tuple[dict[str, str], list[tuple]]:
-    """``(info, files rows)`` read from ``source`` by id ranges, skipping unreadable ones."""
-    info: dict[str, str] = {}
-    rows: list[tuple] = []
-    try:
-        db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return info, rows
-    with contextlib.closing(db):
-        with contextlib.suppress(sqlite3.Error):
-            info = {str(k): str(v) for k, v in db.execute("SELECT key, value FROM info")}
-        with contextlib.suppress(sqlite3.Error, TypeError):
-            top_id = max(top_id, int(db.execute("SELECT MAX(id) FROM files").fetchone()[0]))
-        query = f"SELECT {_COLUMNS} FROM files WHERE id BETWEEN ? AND ?"
-        for start in range(0, top_id + 1, SALVAGE_CHUNK):
-            try:
-                rows.extend(db.execute(query, (start, start + SALVAGE_CHUNK - 1)).fetchall())
-            except sqlite3.Error:
-                for i in range(start, start + SALVAGE_CHUNK):
-                    with contextlib.suppress(sqlite3.Error):
-                        rows.extend(db.execute(query, (i, i)).fetchall())
-    return info, rows
-
-
-def _with_new_header(damaged_db: Path, copy: Path, page_size: int) -> bool:
-    """Copy ``damaged_db`` to ``copy`` with the 100-byte SQLite header of a new empty
-    database of ``page_size`` (database size set from the file size); False if the
-    file's size is not a multiple of the page size."""
-    size = damaged_db.stat().st_size
-    if size < page_size or size % page_size:
-        return False
-    template = copy.with_suffix(".template")
-    with contextlib.closing(sqlite3.connect(template)) as db:
-        db.execute(f"PRAGMA page_size = {int(page_size)}")
-        db.execute("CREATE TABLE t (x)")
-        db.commit()
-    header = bytearray(template.read_bytes()[:100])
-    header[28:32] = (size // page_size).to_bytes(4, "big")  # the "in-header database size"
-    shutil.copyfile(damaged_db, copy)
-    with open(copy, "r+b") as f:
-        f.write(header)
-    return True
-
-
 def _shard_ids(index_dir: Path) -> dict[int, np.ndarray]:
     found = {}
     for number in sorted(shards.shards_on_disk(index_dir)):
@@ -212,15 +154,15 @@ def _recover_database(index_dir: Path, manifest: dict | None,
     with tempfile.TemporaryDirectory(dir=index_dir, prefix=".repair-") as tmp:
         tries = []
         scratch = Path(tmp) / "recovered.sqlite"
-        if _recover_with_shell(report.moved_aside, scratch):
-            tries.append(("sqlite3 .recover", _read_back(scratch, top_id)))
-        tries.append(("reading by id ranges", _read_back(report.moved_aside, top_id)))
+        if recover_with_shell(report.moved_aside, scratch):
+            tries.append(("sqlite3 .recover", read_back(scratch, top_id)))
+        tries.append(("reading by id ranges", read_back(report.moved_aside, top_id)))
         if not tries[-1][1][1]:  # nothing readable: the 100-byte header may be what broke
             for page_size in PAGE_SIZES:
                 copy = Path(tmp) / f"header-{page_size}.sqlite"
-                if _with_new_header(report.moved_aside, copy, page_size):
+                if with_new_header(report.moved_aside, copy, page_size):
                     tries.append((f"reading by id ranges after restoring the SQLite header "
-                                  f"(page size {page_size})", _read_back(copy, top_id)))
+                                  f"(page size {page_size})", read_back(copy, top_id)))
         report.method, (info, values) = max(tries, key=lambda t: (len(t[1][1]), len(t[1][0])))
     for key in _INFO_FROM_MANIFEST:
         if key not in info and manifest is not None and key in manifest:

@@ -1,35 +1,10 @@
-"""The metadata of an index directory: one SQLite file, ``meta.sqlite`` (WAL mode).
-
-Table ``files`` holds one row per image file seen under the images root:
-
-    id        INTEGER PRIMARY KEY   the FAISS id of the file's embedding
-    path      TEXT UNIQUE           POSIX path relative to the images root
-    size      INTEGER               bytes, from the file's ``stat``
-    mtime_ns  INTEGER               modification time in ns, from the file's ``stat``
-    hash      TEXT                  blake2b (8-byte digest, 16 hex) of the bytes; '' if unread
-    label     TEXT                  first subfolder under the root (NULL directly in it)
-    status    TEXT                  'embedded' | 'broken'
-    shard     INTEGER               embedded: number of the shard file holding the vector
-    shard_row INTEGER               embedded: row of the vector in that shard
-    error     TEXT                  broken: the one-line reason
-
-Table ``retired`` holds the rows an update deleted (same columns, plus ``retired_at``, the
-generation they left at), for as long as an index file that still holds their vectors
-may be searched: a reader of the previous index state resolves its ids through them, so
-it answers at that state while an update runs. They are purged once the state after the
-next one is current (:meth:`Store.purge_retired`).
-
-Table ``info`` holds key/value facts of the directory (images root, encoder hash, the
-slice of a sharded build, a ``generation`` counter bumped by every commit that changes
-``files``, so a reader can tell whether ``index.faiss`` is behind the metadata).
-
-A file SQLite cannot read raises :class:`groco.index.manifest.DamagedFileError` (one line
-naming it and ``groco index repair``), never ``sqlite3.DatabaseError``.
+"""An open ``meta.sqlite``: :class:`Store`, whose methods are every query a build, an
+update, a merge, a search and a repair run on it (the SQL of the schema:
+:mod:`groco.index.store.schema`).
 
 Writes go through :meth:`Store.commit`, one transaction per embedding shard: the shard
 file is written (atomically) *before* the rows that reference it are committed, which
 is what makes a build resumable after ``kill -9`` (see :mod:`groco.index.pipeline`).
-No torch here (nothing under ``groco.index`` imports it).
 """
 
 from __future__ import annotations
@@ -37,78 +12,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .manifest import DamagedFileError, IndexDirError, damaged
-
-DB_NAME = "meta.sqlite"
-EMBEDDED, BROKEN = "embedded", "broken"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id        INTEGER PRIMARY KEY,
-    path      TEXT NOT NULL UNIQUE,
-    size      INTEGER NOT NULL,
-    mtime_ns  INTEGER NOT NULL,
-    hash      TEXT NOT NULL,
-    label     TEXT,
-    status    TEXT NOT NULL CHECK (status IN ('embedded', 'broken')),
-    shard     INTEGER,
-    shard_row INTEGER,
-    error     TEXT,
-    CHECK ((status = 'embedded') = (shard IS NOT NULL AND shard_row IS NOT NULL))
-);
-CREATE INDEX IF NOT EXISTS files_shard ON files (shard);
-CREATE TABLE IF NOT EXISTS retired (
-    id         INTEGER PRIMARY KEY,
-    path       TEXT NOT NULL,
-    size       INTEGER NOT NULL,
-    mtime_ns   INTEGER NOT NULL,
-    hash       TEXT NOT NULL,
-    label      TEXT,
-    status     TEXT NOT NULL,
-    shard      INTEGER,
-    shard_row  INTEGER,
-    error      TEXT,
-    retired_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-_COLUMNS = "id, path, size, mtime_ns, hash, label, status, shard, shard_row, error"
-
-
-@dataclass(frozen=True)
-class FileRow:
-    """One row of ``files`` (see the module docstring for the columns)."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    hash: str
-    label: str | None
-    status: str
-    shard: int | None = None
-    shard_row: int | None = None
-    error: str | None = None
-
-    def as_tuple(self) -> tuple:
-        return (self.id, self.path, self.size, self.mtime_ns, self.hash, self.label,
-                self.status, self.shard, self.shard_row, self.error)
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What change detection needs of a recorded file."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    hash: str
-    status: str
+from ..manifest import DamagedFileError, damaged
+from .guard import Guarded, Transaction, sqlite_errors
+from .schema import COLUMNS, SCHEMA, FileRow, FileState
 
 
 class Store:
@@ -125,10 +35,10 @@ class Store:
             raise FileNotFoundError(f"no metadata database at {self.path}")
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _sqlite_errors(self.path):
+        with sqlite_errors(self.path):
             connection = sqlite3.connect(self.path, check_same_thread=False,
                                          isolation_level=None)
-        self._db = _Guarded(connection, self.path)
+        self._db = Guarded(connection, self.path)
         try:
             if readonly:
                 self._db.execute("PRAGMA query_only = ON")
@@ -138,7 +48,7 @@ class Store:
                 # power cut the last commits may be lost, which leaves shard files that no
                 # row references: they are deleted and re-embedded, never duplicated.
                 self._db.execute("PRAGMA synchronous = NORMAL")
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
             tables = {name for (name,) in self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except BaseException:
@@ -184,7 +94,7 @@ class Store:
     # -- writing
 
     def _transaction(self):
-        return _Transaction(self._db)
+        return Transaction(self._db)
 
     def commit(
         self,
@@ -203,7 +113,7 @@ class Store:
         with self._transaction():
             self._retire("id = ?", deletes)
             self._db.executemany("DELETE FROM files WHERE id = ?", deletes)
-            self._db.executemany(f"INSERT INTO files ({_COLUMNS}) VALUES "
+            self._db.executemany(f"INSERT INTO files ({COLUMNS}) VALUES "
                                  "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?",
                                  touches)
@@ -233,8 +143,8 @@ class Store:
         """Copy the ``files`` rows matching ``where`` into ``retired`` (inside a transaction)."""
         generation = self.generation
         self._db.executemany(
-            f"INSERT OR REPLACE INTO retired ({_COLUMNS}, retired_at) "
-            f"SELECT {_COLUMNS}, {generation} FROM files WHERE {where}", params)
+            f"INSERT OR REPLACE INTO retired ({COLUMNS}, retired_at) "
+            f"SELECT {COLUMNS}, {generation} FROM files WHERE {where}", params)
 
     def purge_retired(self, before_generation: int) -> int:
         """Forget the retired rows that left before ``before_generation``; returns how many."""
@@ -302,21 +212,21 @@ class Store:
                 chunk = missing[start:start + 500]
                 marks = ",".join("?" * len(chunk))
                 for values in self._db.execute(
-                        f"SELECT {_COLUMNS} FROM {table} WHERE id IN ({marks})", chunk):
+                        f"SELECT {COLUMNS} FROM {table} WHERE id IN ({marks})", chunk):
                     out[values[0]] = FileRow(*values)
         return out
 
     def row_by_path(self, path: str) -> FileRow | None:
-        values = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?",
+        values = self._db.execute(f"SELECT {COLUMNS} FROM files WHERE path = ?",
                                   (path,)).fetchone()
         return None if values is None else FileRow(*values)
 
     def iter_rows(self, status: str | None = None) -> Iterator[FileRow]:
         """Every row (optionally of one status), ordered by id."""
         if status is None:
-            cursor = self._db.execute(f"SELECT {_COLUMNS} FROM files ORDER BY id")
+            cursor = self._db.execute(f"SELECT {COLUMNS} FROM files ORDER BY id")
         else:
-            cursor = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE status = ? "
+            cursor = self._db.execute(f"SELECT {COLUMNS} FROM files WHERE status = ? "
                                       "ORDER BY id", (status,))
         for values in cursor:
             yield FileRow(*values)
@@ -353,78 +263,3 @@ def nothing_stored(db: Path) -> bool:
                 return db_.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
         except sqlite3.Error:
             return False
-
-
-def _sqlite_error(path: Path, error: sqlite3.Error) -> IndexDirError:
-    """One-line error for what SQLite raised on ``path``."""
-    message = " ".join(str(error).split())
-    if isinstance(error, sqlite3.OperationalError) and ("locked" in message
-                                                        or "busy" in message):
-        return IndexDirError(f"{path}: {message} (another process holds it); try again")
-    if isinstance(error, sqlite3.OperationalError) and "unable to open" in message:
-        return IndexDirError(f"{path}: {message}")
-    return damaged(path, message, path.parent)
-
-
-@contextlib.contextmanager
-def _sqlite_errors(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as error:
-        raise _sqlite_error(path, error) from error
-
-
-class _Guarded:
-    """A ``sqlite3.Connection`` whose errors (on a call or while reading rows) become
-    :func:`_sqlite_error`'s."""
-
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
-        self._connection, self._path = connection, path
-
-    def execute(self, sql: str, params: Iterable = ()) -> _Rows:
-        with _sqlite_errors(self._path):
-            return _Rows(self._connection.execute(sql, tuple(params)), self._path)
-
-    def executemany(self, sql: str, params: Iterable) -> _Rows:
-        with _sqlite_errors(self._path):
-            return _Rows(self._connection.executemany(sql, params), self._path)
-
-    def executescript(self, sql: str) -> None:
-        with _sqlite_errors(self._path):
-            self._connection.executescript(sql)
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-class _Rows:
-    """A cursor read under :func:`_sqlite_errors` (a damaged page may show up mid-read)."""
-
-    def __init__(self, cursor: sqlite3.Cursor, path: Path) -> None:
-        self._cursor, self._path = cursor, path
-        self.rowcount = cursor.rowcount
-
-    def fetchone(self) -> tuple | None:
-        with _sqlite_errors(self._path):
-            return self._cursor.fetchone()
-
-    def fetchall(self) -> list[tuple]:
-        with _sqlite_errors(self._path):
-            return self._cursor.fetchall()
-
-    def __iter__(self) -> Iterator[tuple]:
-        with _sqlite_errors(self._path):
-            yield from self._cursor
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception)."""
-
-    def __init__(self, db: _Guarded) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
