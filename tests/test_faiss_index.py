@@ -56,6 +56,19 @@ def built(x: np.ndarray, ids: np.ndarray | None, factory: str = "auto",
     return build_index(ArraySource(x, ids), BuildSpec(factory, **build))
 
 
+# ----------------------------------------------------------------------------- package
+
+
+def test_the_package_does_not_shadow_the_faiss_library() -> None:
+    """``groco.index.faiss`` is groco's package; ``import faiss`` in it and beside it (in
+    ``groco.index``) is the FAISS library."""
+    from groco.index import indexfile
+    from groco.index.faiss import build as build_module
+
+    assert build_module.faiss is faiss is indexfile.faiss
+    assert hasattr(faiss, "index_factory") and faiss.__name__ == "faiss"
+
+
 # ----------------------------------------------------------------------------- choice
 
 
