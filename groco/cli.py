@@ -605,11 +605,11 @@ def search(
     import json
 
     _index_logging(verbose=False)
-    from groco.index.search import Searcher
+    from groco.index.api import IndexReader
 
     try:
-        with Searcher(index, encoder_path=encoder) as searcher:
-            results = searcher.search_image(image, k=k, min_score=min_score)
+        with IndexReader(index, encoder_path=encoder) as reader:
+            results = reader.search_image(image, k=k, min_score=min_score)
     except _INDEX_ERRORS as error:
         _fail(error)
     if as_json:

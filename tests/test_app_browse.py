@@ -33,7 +33,7 @@ def _files(images: Path) -> list[str]:
 
 
 def test_collection_pages_cover_it_once_in_a_seeded_order():
-    from groco.app.browse import Collection
+    from groco.index.api import Collection
 
     labels = ["b", "a", None, "a", "b", None, "a"] * 7
     collection = Collection(np.arange(100, 149), labels)

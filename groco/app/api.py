@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from groco.app.state import ALL_LABELS, AppState
 from groco.app.uploads import UploadError
-from groco.index.search import Result
+from groco.index.api import Result
 
 log = logging.getLogger("groco.app")
 

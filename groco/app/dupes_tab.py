@@ -16,7 +16,7 @@ import gradio as gr
 
 from groco.app.duplicates import Duplicates
 from groco.app.state import AppState
-from groco.index.dupes import DuplicateGroup
+from groco.index.api import DuplicateGroup
 
 SHOWN_GROUPS = 60
 """Groups shown as thumbnails (the table and the exports hold them all) ..."""

@@ -1,8 +1,8 @@
 """The near-duplicate groups the app shows (no Gradio here): one scan of the index at a
 floor, regrouped at the slider's threshold, exported as JSON or CSV.
 
-The scan (:func:`groco.index.dupes.scan_duplicates`, a k-NN graph, never N x N) runs once,
-on first use, over the server's loaded index; every threshold from ``floor`` to 1 then
+The scan (:meth:`groco.index.api.IndexReader.duplicate_scan`, a k-NN graph, never N x N)
+runs once, on first use, over the server's loaded index; every threshold from ``floor`` to 1 then
 regroups its pairs in milliseconds. The export holds every group at the threshold, in
 the format of ``groco index dupes --json`` / ``--csv`` (without absolute paths: the app
 names files by their path relative to the images root).
@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from groco.fileio import atomic_path
-from groco.index.dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
-from groco.index.search import Searcher
+from groco.index.api import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, IndexReader
 
 FLOOR = 0.8
 """The lowest threshold the app's slider offers (the scan keeps pairs from here up)."""
@@ -51,7 +50,7 @@ def groups_csv(groups: list[DuplicateGroup]) -> str:
 class Duplicates:
     """The groups of one served index at any threshold in ``[floor, 1]`` (thread-safe)."""
 
-    def __init__(self, searcher: Searcher, floor: float = FLOOR,
+    def __init__(self, searcher: IndexReader, floor: float = FLOOR,
                  default: float = DEFAULT_THRESHOLD) -> None:
         self.searcher = searcher
         self.floor = float(floor)
@@ -63,7 +62,7 @@ class Duplicates:
         """The index's candidate pairs at ``floor`` (scanned on the first call)."""
         with self._lock:
             if self._scan is None:
-                self._scan = scan_duplicates(self.searcher, self.floor)
+                self._scan = self.searcher.duplicate_scan(self.floor)
             return self._scan
 
     def check(self, threshold: float | int | None) -> float:

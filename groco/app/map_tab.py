@@ -11,7 +11,7 @@ one core), and the page says so. A pointer position (hover, click) is turned bac
 picture pixels and the nearest *drawn* item is found by a 2D tree search; a box
 selects *every* item inside it, drawn or not. "More like this" then runs like
 everywhere in the app. The browser side is :mod:`groco.app.map_js`. The tab reads the
-stored map (:func:`groco.index.map.read_map`) and thumbnails only.
+stored map (:meth:`groco.index.api.IndexReader.read_map`) and thumbnails only.
 
 Named API endpoint ``/map_points`` (``gradio_client``): ``(max_points, seed) ->
 {"count", "shown", "sampled", "clusters", "points": [{"id", "relpath", "x", "y",
@@ -34,7 +34,7 @@ from groco.app.api import file_url
 from groco.app.map_js import MAP_CSS, MAP_HTML, MAP_JS
 from groco.app.state import AppState
 from groco.app.uploads import UploadError
-from groco.index.map import MapData, has_map, iter_map_items, read_map
+from groco.index.api import MapData
 
 WIDTH, HEIGHT, PAD = 960, 720, 16
 MAX_API_POINTS = 200_000
@@ -156,13 +156,13 @@ class MapHandlers:
 
     def view(self) -> MapView | None:
         """The current map's view, ``None`` when the index has no map."""
-        if not has_map(self.index_dir):
+        stamp = self.state.searcher.map_stamp()
+        if stamp is None:
             return None
-        stamp = (self.index_dir / "map.json").stat().st_mtime
         with self._lock:
             if self._view is None or stamp != self._stamp:
-                self._view, self._stamp, self._points = MapView(read_map(self.index_dir)), \
-                    stamp, None
+                self._view, self._stamp, self._points = \
+                    MapView(self.state.searcher.read_map()), stamp, None
             return self._view
 
     def describe(self, view: MapView | None) -> str:
@@ -309,7 +309,7 @@ class MapHandlers:
             raise gr.Error(f"max_points must be in 1..{MAX_API_POINTS}, got {limit}.")
         with self._lock:
             if self._points is None:
-                self._points = {"items": list(iter_map_items(self.index_dir, view.data))}
+                self._points = {"items": list(self.state.searcher.map_items(view.data))}
             items = self._points["items"]
         keep = range(len(items))
         if len(items) > limit:

@@ -19,10 +19,9 @@ from typing import Any
 
 import gradio as gr
 
-from groco.app.browse import ORDERS, Page
 from groco.app.state import ALL_LABELS, AppState
 from groco.app.uploads import UploadError
-from groco.index.search import Result
+from groco.index.api import ORDERS, Page, Result
 
 
 def results_json(results: list[Result]) -> list[dict[str, Any]]:

@@ -19,8 +19,6 @@ class AppSettings:
       are decoded at once; more wait, smaller ones do not.
     - ``concurrency``: how many searches run at once (Gradio's queue).
     - ``default_k``: neighbours shown by default; ``max_k``: the slider's end.
-    - ``filter_oversample``: a label filter searches ``k * filter_oversample`` neighbours
-      and keeps those with the label.
     - ``browse_page``: thumbnails per page of the collection grid.
     - ``reduce_queries``: decode queries reduced to what the encoder needs (on; off only
       to measure what it saves).
@@ -33,14 +31,13 @@ class AppSettings:
     concurrency: int = 4
     default_k: int = 12
     max_k: int = 50
-    filter_oversample: int = 20
     browse_page: int = 24
     reduce_queries: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",
                      "large_query_pixels",
-                     "concurrency", "default_k", "max_k", "filter_oversample", "browse_page"):
+                     "concurrency", "default_k", "max_k", "browse_page"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.default_k > self.max_k:

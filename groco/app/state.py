@@ -7,12 +7,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from groco.app.browse import Collection, Page
 from groco.app.settings import AppSettings
 from groco.app.thumbnails import ThumbnailCache
 from groco.app.uploads import QueryDecoder, UploadError
-from groco.index.search import Result, Searcher
-from groco.index.store import EMBEDDED, FileRow
+from groco.index.api import EMBEDDED, FileRow, IndexReader, Page, Result
 
 ALL_LABELS = "all"
 
@@ -20,26 +18,26 @@ ALL_LABELS = "all"
 class AppState:
     """One loaded index served by the app.
 
-    - ``searcher``: the :class:`groco.index.search.Searcher` (loaded once, thread-safe);
+    - ``searcher``: the :class:`groco.index.api.IndexReader` (loaded once, thread-safe):
+      searches (the label filter included), pages of the collection, items, duplicates,
+      the map;
     - ``thumbnails``: the :class:`ThumbnailCache` the app serves images from (only it);
     - ``settings``: the :class:`AppSettings` (limits and defaults);
     - ``decoder``: turns an upload into the query image (bounded, groco's decoder),
-      reducing while the shorter side stays >= 2 x the encoder's ``resize_to``;
-    - ``collection``: the embedded items as pages (:class:`groco.app.browse.Collection`).
+      reducing while the shorter side stays >= 2 x the encoder's ``resize_to``.
     """
 
-    def __init__(self, searcher: Searcher, thumbnails: ThumbnailCache,
+    def __init__(self, searcher: IndexReader, thumbnails: ThumbnailCache,
                  settings: AppSettings | None = None, upload_folder: str | Path | None = None,
                  ) -> None:
         self.searcher = searcher
         self.thumbnails = thumbnails
         self.settings = settings or AppSettings()
         self.labels: dict[str, int] = searcher.label_counts()
-        min_side = 2 * searcher.encoder.preprocessing.resize_to
+        min_side = 2 * searcher.encoder.resize_to
         self.decoder = QueryDecoder(self.settings,
                                     min_side=min_side if self.settings.reduce_queries else None,
                                     upload_folder=upload_folder)
-        self.collection = Collection.of_index(searcher.index_dir)
         self.warmup: threading.Thread | None = None
 
     @classmethod
@@ -48,7 +46,7 @@ class AppState:
              thumbnails_dir: str | Path | None = None) -> AppState:
         """Load ``index_dir`` (its recorded encoder unless ``encoder``); thumbnails go to
         ``INDEX/thumbnails`` unless ``thumbnails_dir``."""
-        searcher = Searcher(index_dir, encoder)
+        searcher = IndexReader(index_dir, encoder)
         folder = thumbnails_dir or Path(searcher.index_dir) / "thumbnails"
         return cls(searcher, ThumbnailCache(folder), settings)
 
@@ -101,14 +99,6 @@ class AppState:
                               f"{value:g}.")
         return None if value <= -1.0 else value
 
-    def _filtered(self, search, k: int, label: str | None,
-                  min_score: float | None) -> list[Result]:
-        label = self.check_label(label)
-        if label is None:
-            return search(k, min_score)
-        want = min(k * self.settings.filter_oversample, self.searcher.index.ntotal)
-        return [r for r in search(want, min_score) if r.label == label][:k]
-
     def search_upload(self, payload: Any, k: float | int, label: str | None = None,
                       min_score: float | None = None) -> list[Result]:
         """Neighbours of an uploaded query (see :class:`QueryDecoder` for ``payload``);
@@ -119,11 +109,11 @@ class AppState:
 
     def search_image(self, image: Any, k: float | int, label: str | None = None,
                      min_score: float | None = None) -> list[Result]:
-        """Neighbours of a decoded query image (PIL)."""
+        """Neighbours of a decoded query image (PIL), of ``label`` only when given (the
+        index filters: k of them whenever it holds k)."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
-        vector = self.searcher.embed_image(image)
-        return self._filtered(lambda n, s: self.searcher.search_vector(vector, n, min_score=s),
-                              k, label, floor)
+        label = self.check_label(label)
+        return self.searcher.search_image(image, k, label=label, min_score=floor)
 
     def item_id(self, item: int | str) -> int:
         """The id of an indexed item given as its id (int or digits) or its path relative
@@ -150,9 +140,8 @@ class AppState:
         """Neighbours of an indexed item (id or relative path), itself left out;
         ``UploadError`` if the item is not in the index."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
-        row_id = self.item_id(item)
-        return self._filtered(lambda n, s: self.searcher.more_like(row_id, n, min_score=s),
-                              k, label, floor)
+        label = self.check_label(label)
+        return self.searcher.more_like(self.item_id(item), k, label=label, min_score=floor)
 
     def browse(self, page: float | int, folder: str | None = None, order: str = "random",
                seed: int = 0) -> Page:
@@ -163,8 +152,8 @@ class AppState:
         except (TypeError, ValueError):
             raise UploadError(f"page must be a number, got {page!r}.") from None
         try:
-            return self.collection.page(number, self.settings.browse_page,
-                                        self.check_label(folder), order, seed)
+            return self.searcher.page(number, self.settings.browse_page,
+                                      self.check_label(folder), order, seed)
         except ValueError as error:
             raise UploadError(str(error)) from None
 

@@ -1,9 +1,10 @@
 """The collection as pages of items: all of it or one folder, in random or folder order
-(no Gradio, no thumbnails here: ids in, ids out).
+(ids in, ids out; no thumbnails, no SQL here).
 
-The listing holds two arrays, the embedded ids and their folder (label) codes, read once
-from ``meta.sqlite`` (12 bytes an image: a million images take 12 MB); a page's paths and
-hashes are looked up for its items only.
+A :class:`Collection` holds two arrays, the embedded ids and their folder (label) codes
+(12 bytes an image: a million images take 12 MB); a page's paths and hashes are looked up
+for its items only. It also answers which ids a label has and how many each label has,
+for the label filter of a search and the label counts.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-
-from groco.index.store import DB_NAME, EMBEDDED, Store
 
 ORDERS = ("random", "folder")
 """``random``: a shuffle fixed by a seed (the same seed gives the same pages);
@@ -56,16 +54,6 @@ class Collection:
         self._by_folder = np.lexsort((self.ids, self.codes))
         self._ordered = lru_cache(maxsize=16)(self._order)
 
-    @classmethod
-    def of_index(cls, index_dir: str | Path) -> Collection:
-        """The embedded items recorded in ``INDEX/meta.sqlite``."""
-        ids, labels = [], []
-        with Store(Path(index_dir) / DB_NAME, readonly=True) as store:
-            for row in store.iter_rows(EMBEDDED):
-                ids.append(row.id)
-                labels.append(row.label)
-        return cls(np.array(ids, dtype=np.int64), labels)
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -77,6 +65,17 @@ class Collection:
             raise ValueError(f"Unknown folder/label: {folder!r}.")
         return folder or None, order
 
+    def label_counts(self) -> dict[str, int]:
+        """How many items each folder label has, by label (files in the root: no label)."""
+        counts = np.bincount(self.codes, minlength=len(self.folders) + 1)
+        return {label: int(counts[n + 1]) for n, label in enumerate(self.folders)}
+
+    def positions(self, folder: str) -> np.ndarray:
+        """Positions (into ``ids``) of the items of ``folder``, ascending; ``ValueError``
+        for an unknown folder."""
+        self.check(folder, ORDERS[0])
+        return np.flatnonzero(self.codes == self.folders.index(folder) + 1)
+
     def _order(self, folder: str | None, order: str, seed: int) -> np.ndarray:
         """The ids of the selection, in page order."""
         if order == "folder":
@@ -84,8 +83,7 @@ class Collection:
             if folder is not None:
                 positions = positions[self.codes[positions] == self.folders.index(folder) + 1]
             return self.ids[positions]
-        chosen = self.ids if folder is None else self.ids[
-            self.codes == self.folders.index(folder) + 1]
+        chosen = self.ids if folder is None else self.ids[self.positions(folder)]
         return chosen[np.random.default_rng(seed).permutation(len(chosen))]
 
     def page(self, number: int, per_page: int, folder: str | None = None,

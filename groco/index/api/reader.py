@@ -1,0 +1,202 @@
+"""One open index directory and everything a client reads of it: search (by image, vector
+or indexed item, with a label filter done inside the index), its items' metadata,
+collection pages, label counts, duplicate groups and the map.
+
+:class:`IndexReader` wraps :class:`groco.index.search.Searcher` (the index, the metadata
+and the encoder, loaded once, with its encoder check) and calls into the modules that do
+each job: :mod:`.filtered` (the label filter), :mod:`.pages` (pages and label counts),
+:mod:`groco.index.dupes` and :mod:`groco.index.map`. No torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
+from ..faiss.source import as_unit_vectors
+from ..map import MapData, has_map, iter_map_items, map_path, read_map
+from ..search import QueryImage, Result, Searcher
+from ..store import DB_NAME, EMBEDDED, FileRow, Store
+from ..stored import ShardSource
+from .filtered import search_subset
+from .pages import Collection, Page
+
+
+class IndexReader:
+    """A loaded index directory, ready to answer every read a client makes (thread-safe).
+
+    Opening checks what :class:`~groco.index.search.Searcher` checks: ``encoder_path``
+    defaults to the encoder recorded in the manifest, one whose hash differs raises
+    :class:`~groco.index.manifest.IndexMismatchError`, a missing, unfinished or damaged
+    directory :class:`~groco.index.manifest.IndexDirError`. The listing of the embedded
+    items (ids, labels and where their vectors are stored: 20 bytes an image) is read from
+    the metadata on first use (a page, a label count or a label filter), once.
+    """
+
+    def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
+                 providers: list[str] | None = None) -> None:
+        self._searcher = Searcher(index_dir, encoder_path, providers)
+        self.index_dir: Path = self._searcher.index_dir
+        self.root: Path = self._searcher.root
+        """The images root recorded in the manifest (a result's ``path`` is under it)."""
+        self.encoder = self._searcher.encoder
+        self.stale: bool = self._searcher.stale
+        self._lock = threading.Lock()
+        self._collection: Collection | None = None
+        self._locations: tuple[np.ndarray, np.ndarray] | None = None
+
+    def close(self) -> None:
+        self._searcher.close()
+
+    def __enter__(self) -> IndexReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- search
+
+    def embed_image(self, image: QueryImage) -> np.ndarray:
+        """The ``(dim,)`` unit embedding of a path, bytes, file object or PIL image
+        (:class:`groco.images.ImageError` for one that cannot be decoded)."""
+        return self._searcher.embed_image(image)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, label: str | None = None,
+                      exclude: int | None = None,
+                      min_score: float | None = None) -> list[Result]:
+        """The ``k`` nearest neighbours of a ``(dim,)`` embedding, best first.
+
+        ``label``: only items of that folder label, searched inside the index
+        (:mod:`.filtered`): ``min(k, items of the label)`` come back, however rare the
+        label; ``ValueError`` for a label the index does not have. ``exclude``: an id left
+        out. ``min_score``: results below this cosine similarity are left out (fewer come
+        back then).
+        """
+        if label is None:
+            return self._searcher.search_vector(vector, k, exclude=exclude,
+                                                min_score=min_score)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be in [-1, 1] (cosine similarity), got "
+                             f"{min_score:g}")
+        index = self._searcher.index
+        query = as_unit_vectors(vector, "query")
+        if query.shape != (1, index.d):
+            raise ValueError(f"vector has shape {query.shape[1:]}, the index dim {index.d}")
+        collection = self._listing()
+        positions = collection.positions(label)
+        ids = collection.ids[positions]
+        shards, rows = self._locations  # read with the collection
+        scores, found = search_subset(
+            index, query, k + (exclude is not None), ids,
+            lambda: ShardSource(self.index_dir, ids, shards[positions], rows[positions]))
+        floor = -np.inf if min_score is None else min_score
+        results = []
+        for i, s in zip(found[0].tolist(), scores[0].tolist(), strict=True):
+            if i >= 0 and i != exclude and s >= floor:
+                try:
+                    row = self._searcher.row(i)
+                except KeyError:  # deleted since the index was written
+                    continue
+                results.append(Result(id=row.id, path=str(self.root / row.path),
+                                      relpath=row.path, score=s, label=row.label))
+        return results[:k]
+
+    def search_image(self, image: QueryImage, k: int = 10, *, label: str | None = None,
+                     min_score: float | None = None) -> list[Result]:
+        """The ``k`` indexed images most similar to ``image`` (as :meth:`search_vector`);
+        an image that is itself indexed comes back first with a score of ~1."""
+        return self.search_vector(self.embed_image(image), k, label=label,
+                                  min_score=min_score)
+
+    def more_like(self, item: int | str | Path, k: int = 10, *, label: str | None = None,
+                  min_score: float | None = None) -> list[Result]:
+        """The ``k`` images most similar to an indexed one (id or path), *itself left out*,
+        from its stored embedding (as :meth:`search_vector`); ``KeyError`` for an unknown
+        item, ``ValueError`` for a broken one."""
+        row = self._searcher.row(item)
+        return self.search_vector(self._searcher.vector_of(row), k, label=label,
+                                  exclude=row.id, min_score=min_score)
+
+    # -- items and the collection
+
+    def row(self, item: int | str | Path) -> FileRow:
+        """The metadata row of an id or a path (relative or absolute); ``KeyError`` if none."""
+        return self._searcher.row(item)
+
+    def embedded_files(self) -> list[tuple[Path, str]]:
+        """(absolute path, content hash) of every embedded image."""
+        return self._searcher.embedded_files()
+
+    def label_counts(self) -> dict[str, int]:
+        """How many embedded images each folder label has, by label (files in the root:
+        no label)."""
+        return self._listing().label_counts()
+
+    def page(self, number: int, per_page: int, folder: str | None = None,
+             order: str = "random", seed: int = 0) -> Page:
+        """Page ``number`` (1-based, clamped) of ``per_page`` embedded items, of the whole
+        collection or one folder, in ``order`` (see :data:`.pages.ORDERS`); ``ValueError``
+        (one line) for an unknown folder or order."""
+        return self._listing().page(number, per_page, folder, order, seed)
+
+    def facts(self) -> dict[str, Any]:
+        """What a UI shows about the index (counts, encoder, index type, build date, dim)."""
+        return self._searcher.facts()
+
+    def _listing(self) -> Collection:
+        """The embedded items (read once): the :class:`Collection`, and in
+        ``_locations`` the shard and row of each one's stored vector."""
+        with self._lock:
+            if self._collection is None:
+                ids, labels, shards, rows = [], [], [], []
+                with Store(self.index_dir / DB_NAME, readonly=True) as store:
+                    for row in store.iter_rows(EMBEDDED):
+                        ids.append(row.id)
+                        labels.append(row.label)
+                        shards.append(row.shard)
+                        rows.append(row.shard_row)
+                self._locations = (np.array(shards, np.int32), np.array(rows, np.int32))
+                self._collection = Collection(np.array(ids, np.int64), labels)
+            return self._collection
+
+    # -- duplicates
+
+    def duplicate_scan(self, floor: float = DEFAULT_THRESHOLD) -> DuplicateScan:
+        """The candidate pairs scoring ``>= floor``, groupable at any threshold from
+        ``floor`` to 1 (:func:`groco.index.dupes.scan_duplicates` over the loaded index)."""
+        return scan_duplicates(self._searcher, floor)
+
+    def duplicate_groups(self, threshold: float = DEFAULT_THRESHOLD) -> list[DuplicateGroup]:
+        """The near-duplicate groups at cosine ``threshold``, largest first (byte copies
+        always grouped); as ``groco index dupes``."""
+        return self.duplicate_scan(threshold).groups(threshold)
+
+    # -- the map
+
+    def has_map(self) -> bool:
+        """Whether the index has a map (``groco index map``)."""
+        return has_map(self.index_dir)
+
+    def map_stamp(self) -> float | None:
+        """The modification time of the stored map, ``None`` without one: a changed stamp
+        means the map was written again."""
+        try:
+            return map_path(self.index_dir).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def read_map(self) -> MapData:
+        """The stored map; :class:`~groco.index.manifest.IndexDirError` without one."""
+        return read_map(self.index_dir)
+
+    def map_items(self, data: MapData | None = None) -> Iterator[dict[str, Any]]:
+        """Each mapped item as ``{"id", "path", "relpath", "x", "y", "cluster", "label"}``
+        (``path`` absolute), in id order."""
+        return iter_map_items(self.index_dir, data)
