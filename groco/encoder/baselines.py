@@ -43,9 +43,9 @@ RAW_PIXELS_CENTRE = True
 Chosen by measuring (``python benchmarks/raw_pixels.py``, 2026-12-02, 2-core AVX2 EPYC;
 weighted k-NN with :mod:`groco.knn`'s protocol values, cosine, through this ONNX encoder
 at the images' native size): Fashion-MNIST (60k training images as the bank, the 10k test
-images as queries, 28 px) top-1 85.18 % with per-image centring against 84.59 % without; scikit-learn's
-digits (1797 images leave-one-out, 8 px) 98.44 % against 98.27 %. Centring drops each
-image's overall brightness, which says little about what it shows, so it is on.
+images as queries, 28 px) top-1 85.18 % with per-image centring against 84.59 % without;
+scikit-learn's digits (1797 images leave-one-out, 8 px) 98.44 % against 98.27 %. Centring
+drops each image's overall brightness, which says little about what it shows, so it is on.
 """
 
 
