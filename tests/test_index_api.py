@@ -139,3 +139,28 @@ def test_no_map_yet(reader):
     assert not reader.has_map() and reader.map_stamp() is None
     with pytest.raises(IndexDirError, match="no map yet"):
         reader.read_map()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF8,Flat", "IVF8_HNSW32,Flat",
+                                     "OPQ4,IVF8_HNSW32,PQ4x4"])
+def test_every_index_groco_builds_takes_the_selector(factory):
+    """groco's index types (faiss.choose), wrapped as groco wraps them: a selector search
+    answers from the subset alone, and an exact one equals brute force over the subset."""
+    import faiss
+
+    from groco.index.api.filtered import search_selected
+    from groco.index.faiss.factory import is_exact, make_index, with_ids
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(600, 16)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    ids = np.arange(600, dtype=np.int64) * 3 + 5
+    index = with_ids(make_index(16, factory))
+    index.train(vectors)
+    index.add_with_ids(vectors, ids)
+    subset = ids[::40]
+    scores, found = search_selected(index, vectors[:1], 5, subset)
+    assert (found[0] >= 0).any() and np.isin(found[0][found[0] >= 0], subset).all()
+    if is_exact(index):
+        exact = np.argsort(-(vectors[::40] @ vectors[0]))[:5]
+        assert found[0].tolist() == subset[exact].tolist()

@@ -1,5 +1,5 @@
 """Search restricted to a subset of ids (a folder label), done inside the index: FAISS
-searches only those ids (an ``IDSelectorBatch`` in the search parameters), or the subset's
+searches only those ids (an ``IDSelectorBitmap`` in the search parameters), or the subset's
 stored vectors are searched exactly. Never an over-fetch of the unfiltered neighbours,
 which misses a rare label's items whenever more than the over-fetch of others are nearer.
 
@@ -59,12 +59,23 @@ def selector_params(index: faiss.Index, selector: faiss.IDSelector
     return None
 
 
+def id_bitmap(ids: np.ndarray) -> np.ndarray:
+    """The bitmap of ``IDSelectorBitmap``: bit ``i % 8`` of byte ``i // 8`` set for each
+    id ``i`` in ``ids`` (built in milliseconds, where an ``IDSelectorBatch``'s hash set of
+    500k ids takes 130 ms)."""
+    flags = np.zeros(int(ids.max()) + 1, dtype=bool)
+    flags[ids] = True
+    return np.packbits(flags, bitorder="little")
+
+
 def search_selected(index: faiss.Index, query: np.ndarray, k: int,
                     ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """FAISS's ``k`` nearest of one unit ``(1, d)`` query among ``ids``: ``(scores, ids)``
-    (``-1`` ids mark empty slots); ``None`` when ``index`` takes no selector."""
-    selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
-    params = selector_params(index, selector)
+    """FAISS's ``k`` nearest of one unit ``(1, d)`` query among ``ids`` (not empty):
+    ``(scores, ids)`` (``-1`` ids mark empty slots); ``None`` when ``index`` takes no
+    selector. The parameters are made for this search alone: ``IndexIDMap`` swaps their
+    selector while it searches."""
+    bitmap = id_bitmap(np.asarray(ids, dtype=np.int64))  # alive until the search returns
+    params = selector_params(index, faiss.IDSelectorBitmap(bitmap))
     if params is None:
         return None
     with omp_threads(SINGLE_QUERY_THREADS):
