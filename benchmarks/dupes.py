@@ -263,6 +263,7 @@ def write_synthetic_index(out: Path, n: int, dim: int, index_type: str = "auto",
     from index import make_world, sample  # benchmarks/index.py
 
     from groco.index import shards
+    from groco.index.faiss.spec import BuildSpec
     from groco.index.indexfile import write_index
     from groco.index.pipeline import content_hash
     from groco.index.store import EMBEDDED, FileRow, Store
@@ -303,7 +304,7 @@ def write_synthetic_index(out: Path, n: int, dim: int, index_type: str = "auto",
         del vectors
         log(f"{out}: building the auto index of {n} x {dim}")
         start = time.perf_counter()
-        manifest = write_index(out, store, index_type=index_type)
+        manifest = write_index(out, store, BuildSpec(factory=index_type))
         build_s = time.perf_counter() - start
     pairs = [[int(s), base + j] for j, s in enumerate(sources)]
     facts = {"n": n, "dim": dim, "near": near, "exact": exact, "pairs": pairs,

@@ -209,6 +209,7 @@ def _populate_hub_cache(home: Path, repo_id: str, weights: dict[str, torch.Tenso
     save_file(weights, str(repo / "snapshots" / commit / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_from_the_cache_offline(photos, tmp_path) -> None:
     """--pretrained goes the way timm users get weights (here a cache read offline); the
     file records the method, and embeds like the network with those weights."""

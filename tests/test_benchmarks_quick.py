@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -18,6 +20,7 @@ def test_has_table_needs_a_header_and_a_separator() -> None:
     assert not has_table("a | b\n---\n")
 
 
+@pytest.mark.slow
 def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) -> None:
     out = tmp_path / "tables.md"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],

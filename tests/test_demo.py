@@ -1,11 +1,13 @@
 """`groco demo` runs the whole flow: train, export, index, k-NN, on a given folder."""
 
+import pytest
 from conftest import make_collection
 from typer.testing import CliRunner
 
 from groco.cli import app
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_flow_without_the_ui(tmp_path):
     images = make_collection(tmp_path / "images", classes=4, per_class=20, size=24)
     work = tmp_path / "demo"

@@ -238,6 +238,7 @@ def test_refuses_to_write_an_encoder_that_disagrees_with_fp32(exported, runs, tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_takes_the_best_epoch_and_says_so(data, tmp_path) -> None:
     run = _make_run(tmp_path / "run", data, "resnet18")  # last.safetensors: seed 0
     config = _config(run, data, "resnet18")

@@ -35,6 +35,7 @@ def rows_by_path(index_dir: Path) -> dict[str, tuple[int, str, str]]:
         return {r.path: (r.id, r.hash, r.status) for r in store.iter_rows()}
 
 
+@pytest.mark.slow
 def test_ray_build_equals_the_plain_build(local_ray, encoder_file, tmp_path) -> None:
     images = make_collection(tmp_path / "images", classes=2, per_class=9, broken=1)
     plain = tmp_path / "plain"

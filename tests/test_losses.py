@@ -24,8 +24,20 @@ def test_groco_loss_is_lower_for_well_ordered_groups_than_for_inverted_ones():
     anchor = _groups()[0]
     inverted = loss([anchor, -anchor])
     assert ordered < inverted
-    # At steepness 1 the loss moves in a narrow band (REFERENCES.md: about 0.19-0.22).
-    assert 0.1 < ordered < inverted < 0.5
+
+
+def test_groco_loss_grows_as_each_positive_turns_away_from_its_anchor():
+    """The positive rotated from the anchor (cosine 1) to its antipode (cosine -1), the
+    negatives fixed: every step that ranks it lower among them costs more."""
+    gen = torch.Generator().manual_seed(0)
+    anchor = F.normalize(torch.randn(32, 16, generator=gen), dim=1)
+    away = torch.randn(32, 16, generator=gen)
+    away = F.normalize(away - (away * anchor).sum(1, keepdim=True) * anchor, dim=1)
+    loss = GroCoLoss(topk_neg=5, steepness=1.0)
+    angles = torch.linspace(0, torch.pi, 9)
+    values = [float(loss([anchor, torch.cos(t) * anchor + torch.sin(t) * away]))
+              for t in angles]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
 
 
 def test_groco_gradient_moves_an_anchor_toward_its_positive():

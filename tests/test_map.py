@@ -119,6 +119,7 @@ def test_map_is_up_to_date_on_rerun(mapped) -> None:
     assert json.loads((index / "map.json").read_text())["points_file"] == points
 
 
+@pytest.mark.slow
 def test_map_json_cli(mapped) -> None:
     images, index, _ = mapped
     result = run_cli("index", "map", str(index), "--json", "--no-progress")

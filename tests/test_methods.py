@@ -404,6 +404,7 @@ def _ddp_worker(rank, world, port, inputs, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_queues_and_gathered_losses_match_one_process():
     gen = torch.Generator().manual_seed(0)
     batch, dim = 8, 6

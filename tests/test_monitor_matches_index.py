@@ -80,6 +80,7 @@ def _index_eval(data: Path, encoder: Path, where: Path) -> float:
     return (report[0] if isinstance(report, list) else report)["knn_top1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [64, 96])
 @pytest.mark.parametrize("start", ["weights", "pretrained_file"])
 def test_export_of_a_run_from_weights_is_the_network_it_trained(tmp_path, start, size,

@@ -46,7 +46,7 @@ def test_train_cli_on_a_folder_with_broken_files(collection, tmp_path, backbone)
     best = knn.index(max(knn))
     assert [int(r["kept"]) for r in rows][best] == 1
     assert checkpoint.weights_metadata(run, checkpoint.BEST)["epoch"] == str(best)
-    assert f"kept: epoch {best}" in result.output or best == 0
+    assert f"kept epoch {best}" in result.output  # what the command says it kept
 
 
 def test_broken_files_are_skipped_and_counted(tmp_path):
@@ -61,6 +61,7 @@ def test_broken_files_are_skipped_and_counted(tmp_path):
     assert broken == 4  # 16 files, one batch of 16: every broken file is in it
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(collection,
                                                                             tmp_path):
     args = ["train", str(collection), "--epochs", "3", "--eval-every", "0", *FAST]
@@ -92,6 +93,7 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(coll
     assert curve(killed) == curve(straight)
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_trains(collection, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

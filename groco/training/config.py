@@ -11,7 +11,7 @@ import yaml
 
 from groco.knn import KNN_K, KNN_TEMPERATURE
 from groco.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from groco.training.methods import OPTIMIZERS, get_method
+from groco.training.methods import METHODS, OPTIMIZERS, get_method
 
 MAX_QUEUE_SIZE = 98304  # the papers' support set / memory bank size
 SCRATCH_EPOCHS = 100
@@ -42,60 +42,110 @@ def default_queue_size(data: str | Path) -> int:
     return max(1, min(MAX_QUEUE_SIZE, len(find_images(data))))
 
 
+def setting(default: Any, help: str, cli: bool = True) -> Any:
+    """A :class:`TrainConfig` field with its help, the one place a setting is described:
+    ``groco train`` makes an option of every field with ``cli`` (``--name-with-dashes``;
+    booleans as ``--x/--no-x``) from its type, default and this help."""
+    metadata = {"help": help, "cli": cli}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _methods_help() -> str:
+    return f"Training objective: {', '.join(METHODS)} (default: groco; README: Methods)."
+
+
 @dataclass
 class TrainConfig:
     """A training run. ``None`` fields are resolved by ``resolved()`` from the others."""
 
-    data: str
-    out: str
-    method: str = "groco"
-    backbone: str = "resnet18"
-    image_size: int = 224
-    small_stem: bool | None = None
-    weights: str | None = None
-    pretrained: bool = False  # timm's pretrained weights for backbone (hub, cache, offline)
-    pretrained_file: str | None = None  # a local file timm loads as those weights
-    finetune: bool | None = None  # None: on when starting from weights
-    trainable_stages: int | None = None  # last backbone stages trained (0 = all)
-    backbone_lr_scale: float | None = None  # backbone LR / head LR
-    head_warmup_epochs: int | None = None  # epochs with the backbone frozen
-    freeze_bn: bool | None = None  # keep the backbone's BatchNorm statistics
-    epochs: int | None = None  # 100, or 5 when fine-tuning
-    batch_size: int = 256
-    views: int = 2
-    optimizer: str = "sgd"
-    lr: float | None = None  # base learning rate per 256 images
-    weight_decay: float | None = None
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    projector_hidden: int = 2048
-    projector_dim: int | None = None  # the method's (groco.training.methods)
-    projector_layers: int = 3
-    topk_neg: int = 10
-    steepness: float = 1.0
-    network: str = "odd_even"
-    relaxation: str = "cauchy"
-    stop_grad: bool = True
-    temperature: float | None = None  # the method's
-    predictor_hidden: int | None = None  # the method's
-    queue_size: int | None = None  # default_queue_size(data) for queue methods
-    num_neighbors: int = 5  # All4One, SNCLR: k nearest queue rows per sample
-    momentum_base: float = 0.99  # EMA momentum at the start (BYOL, All4One, SNCLR)
-    momentum_final: float = 1.0  # ... and at the end of training (cosine in between)
-    device: str = "auto"
-    workers: int = 4
-    seed: int = 0
-    eval_every: int = 1
-    eval_data: str | None = None
-    knn_k: int = KNN_K
-    knn_temperature: float = KNN_TEMPERATURE
-    base_size: int | None = None  # side of the uint8 images the workers decode
-    eval_resize: int | None = None  # shorter side before the centre crop at evaluation
-    mean: list[float] | None = None  # the backbone's own (timm pretrained_cfg)
-    std: list[float] | None = None
-    max_steps_per_epoch: int | None = None
-    crop_min_scale: float = 0.14  # RandomResizedCrop scale (crop_min_scale, 1)
-    flip: bool = True
+    data: str = setting(dataclasses.MISSING, "Folder of images (searched recursively).",
+                        cli=False)
+    out: str = setting(dataclasses.MISSING, "Run directory to write checkpoints and logs to.",
+                       cli=False)
+    method: str = setting("groco", _methods_help())
+    backbone: str = setting("resnet18", "Any timm model name, or an hf-hub: name with "
+                            "--pretrained (default: resnet18).")
+    image_size: int = setting(224, "Training and search resolution (default: 224); compute "
+                              "grows with its square.")
+    small_stem: bool | None = setting(
+        None, "3x3 stride-1 CNN stem (default: on for untrained CNNs at <= 64 px; a start "
+        "from weights keeps the stem it had).")
+    weights: str | None = setting(None, "Local backbone weights to start from (groco run or "
+                                  "timm state dict). Turns on --finetune.")
+    pretrained: bool = setting(False, "Start from timm's pretrained weights for --backbone "
+                               "(Hugging Face cache; offline with HF_HUB_OFFLINE=1). Turns on "
+                               "--finetune.")
+    pretrained_file: str | None = setting(None, "A local file of timm's pretrained weights "
+                                          "for --backbone (implies --pretrained).")
+    finetune: bool | None = setting(
+        None, "The fine-tuning recipe (default: on when starting from weights; README, \"Your "
+        "own images\").")
+    trainable_stages: int | None = setting(None, "Last backbone stages trained (timm's coarse "
+                                           "groups), 0 = all (default: 3 when fine-tuning).")
+    backbone_lr_scale: float | None = setting(None, "Backbone LR / head LR (default: 1/3 when "
+                                              "fine-tuning, else 1).")
+    head_warmup_epochs: int | None = setting(None, "Epochs training only the heads, backbone "
+                                             "frozen (default: 1 when fine-tuning, else 0).")
+    freeze_bn: bool | None = setting(None, "Keep the backbone's BatchNorm statistics (default: "
+                                     "on when fine-tuning).")
+    epochs: int | None = setting(None, "Epochs (default: 100; 5 when fine-tuning).")
+    batch_size: int = setting(256, "Images per process and step (default: 256).")
+    views: int = setting(2, "Augmented views per image (default: 2).")
+    optimizer: str = setting("sgd", "sgd (default), lars or adamw.")
+    lr: float | None = setting(None, "Base LR per 256 images, scaled linearly (default: the "
+                               "method's, a tenth of it when fine-tuning, GroCo's in full).")
+    weight_decay: float | None = setting(None, "Weight decay (default: 1e-6 for sgd; 1e-4 for "
+                                         "simsiam/byol(+gsg) with sgd).")
+    momentum: float = setting(0.9, "SGD/LARS momentum (default: 0.9).")
+    warmup_epochs: float = setting(1.0, "Linear warm-up epochs (default: 1).")
+    projector_hidden: int = setting(2048, "Projector width (default: 2048).")
+    projector_dim: int | None = setting(None, "Projector output dim (default: 2048; 256 for "
+                                        "nnclr, all4one, snclr, byol).")
+    projector_layers: int = setting(3, "Projector layers (default: 3).")
+    topk_neg: int = setting(10, "GroCo: hardest negatives sorted (default: 10).")
+    steepness: float = setting(1.0, "GroCo: sorter steepness (default: 1.0).")
+    network: str = setting("odd_even", "GroCo: odd_even (default) or bitonic.")
+    relaxation: str = setting("cauchy", "GroCo: cauchy (default), logistic, logistic_phi, "
+                              "reciprocal, optimal.")
+    stop_grad: bool = setting(True, "GroCo: no gradient through the anchor's similarities "
+                              "(default: on).")
+    temperature: float | None = setting(None, "simclr, nnclr, all4one, snclr: softmax "
+                                        "temperature (default: 0.1; all4one and snclr 0.2).")
+    predictor_hidden: int | None = setting(None, "Predictor width (default: 4096; 512 for "
+                                           "simsiam, simsiam_gsg, byol_gsg).")
+    queue_size: int | None = setting(None, "nnclr, all4one, snclr: keys in the support queue "
+                                     "(default: images in IMAGES, at most 98304).")
+    num_neighbors: int = setting(5, "all4one, snclr: nearest queue keys per sample "
+                                 "(default: 5).")
+    momentum_base: float = setting(0.99, "byol, byol_gsg, all4one, snclr: EMA momentum at the "
+                                   "start (default: 0.99).")
+    momentum_final: float = setting(1.0, "EMA momentum at the end, cosine from "
+                                    "--momentum-base (default: 1.0).")
+    device: str = setting("auto", "auto (default), cpu or cuda.")
+    workers: int = setting(4, "Data-loading processes (default: 4).")
+    seed: int = setting(0, "Random seed (default: 0).")
+    eval_every: int = setting(
+        1, "Score the encoder (k-NN, or copy retrieval without labels) every N epochs and "
+        "at the start, keeping the best; 0 = off (default: 1).")
+    eval_data: str | None = setting(None, "Labelled folder for the k-NN monitor's queries "
+                                    "(default: leave-one-out on IMAGES).")
+    knn_k: int = setting(KNN_K, "Neighbours in the k-NN monitor's vote.", cli=False)
+    knn_temperature: float = setting(KNN_TEMPERATURE, "Temperature of the k-NN monitor's "
+                                     "vote.", cli=False)
+    base_size: int | None = setting(None, "Side of the uint8 images the workers decode "
+                                    "(default: 1.14 x --image-size).", cli=False)
+    eval_resize: int | None = setting(None, "Shorter side before the centre crop at "
+                                      "evaluation (default: --image-size).", cli=False)
+    mean: list[float] | None = setting(None, "Input mean (default: the backbone's own).",
+                                       cli=False)
+    std: list[float] | None = setting(None, "Input std (default: the backbone's own).",
+                                      cli=False)
+    max_steps_per_epoch: int | None = setting(None, "Cap on steps per epoch.")
+    crop_min_scale: float = setting(0.14, "Smallest random crop, as a fraction of the image "
+                                    "(default: 0.14, the paper's).")
+    flip: bool = setting(True, "Random horizontal flips (default: on).")
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults that depend on other fields filled in, values checked (the

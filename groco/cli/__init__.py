@@ -1,0 +1,15 @@
+"""The `groco` command: one module per command group, each thin (options, then one call into
+a component). ``app`` is the entry point; the commands are registered here, in the order
+``groco --help`` lists them."""
+
+from groco.cli import index
+from groco.cli.app import app
+from groco.cli.export import embed, export
+from groco.cli.search import search
+from groco.cli.serve import demo, serve
+from groco.cli.train import train
+
+for command in (train, export, embed, search, serve, demo):
+    app.command()(command)
+
+__all__ = ["app", "index"]

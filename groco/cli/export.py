@@ -1,0 +1,103 @@
+"""`groco export` (a run's encoder or a baseline to ONNX) and `groco embed` (images to a
+.npy file with an encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from groco.cli.app import fail
+
+
+def export(
+    run: Path = typer.Argument(None, help="Run directory written by `groco train` (or use "
+                                          "--backbone / --raw-pixels for a baseline)."),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 or int8 (static, calibrated)."),
+    data: Path = typer.Option(None, "--data", help="Images for the parity check and int8 "
+                                                   "calibration (default: the run's data)."),
+    last: bool = typer.Option(False, "--last", help="Export the last epoch even when the run "
+                                                    "kept a better one (best.safetensors)."),
+    backbone: str = typer.Option(None, "--backbone", help="Baseline: export this timm network "
+                                                          "as it is, without a run."),
+    image_size: int = typer.Option(None, "--image-size", help="Input size of --backbone "
+                                                              "(default: 224)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="--backbone with timm's "
+                                                                "pretrained weights."),
+    weights: Path = typer.Option(None, "--weights", help="--backbone with this local weights "
+                                                         "file (neither: untrained)."),
+    raw_pixels: int = typer.Option(None, "--raw-pixels", help="Baseline: the raw-pixel "
+                                   "encoder at N x N (resize, flatten, centre, L2)."),
+    small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
+                                    help="--backbone's stem, as `groco train` takes it "
+                                         "(default: the same automatic choice)."),
+) -> None:
+    """Export a run's encoder, or a baseline, to ONNX (unit-norm embeddings; facts in the
+    file's metadata).
+
+    From a run, takes its best epoch (best.safetensors) when it kept one, else the last, and
+    says which and why. Baselines index like any encoder: `--backbone NAME --image-size N
+    [--pretrained | --weights FILE]` (the network as it is, with its own mean/std) and
+    `--raw-pixels N`.
+    """
+    import logging
+
+    from groco.encoder.export import ExportError, export_encoder
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    given = [name for name, value in (("RUN", run), ("--backbone", backbone),
+                                      ("--raw-pixels", raw_pixels)) if value is not None]
+    if len(given) != 1:
+        fail(ValueError("give one of RUN, --backbone NAME or --raw-pixels N"
+                         + (f", not {' and '.join(given)}" if given else "")))
+    if backbone is None and (pretrained or weights is not None or image_size is not None
+                             or small_stem is not None):
+        fail(ValueError("--pretrained, --weights, --image-size and --small-stem go with "
+                         "--backbone"))
+    if run is None and last:
+        fail(ValueError("--last goes with a RUN directory"))
+    try:
+        if run is not None:
+            report = export_encoder(run, out, precision=precision, data=data, last=last)
+        elif backbone is not None:
+            from groco.encoder.baselines import export_backbone
+
+            report = export_backbone(backbone, image_size or 224, out, pretrained=pretrained,
+                                     weights=weights, precision=precision, data=data,
+                                     small_stem=small_stem)
+        else:
+            from groco.encoder.baselines import export_raw_pixels
+
+            if precision != "fp32":
+                raise ValueError("the raw-pixel encoder is fp32 only (it has no weights)")
+            report = export_raw_pixels(raw_pixels, out, data=data)
+    except (ExportError, ValueError, OSError) as error:
+        fail(error)
+    typer.echo(report.summary())
+
+
+def embed(
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (recursive)."),
+    encoder: Path = typer.Option(..., "--encoder", help="ONNX encoder from `groco export`."),
+    out: Path = typer.Option(..., "--out", help=".npy file for the (N, dim) float32 rows, in "
+                                                "argument order, folders in sorted order."),
+    batch_size: int = typer.Option(64, help="Images per inference batch."),
+) -> None:
+    """Embed images with an encoder into a .npy file (one unit-norm row per image)."""
+    import numpy as np
+
+    from groco.encoder.runtime import Encoder
+    from groco.fileio import atomic_path
+    from groco.images import find_images
+
+    try:
+        files = [f for p in images for f in (find_images(p) if p.is_dir() else [p])]
+        model = Encoder(encoder, batch_size=batch_size)
+        vectors = model.embed(files)
+        with atomic_path(out) as tmp, open(tmp, "wb") as file:
+            np.save(file, vectors)
+    except (ValueError, OSError) as error:
+        fail(error)
+    typer.echo(f"embedded {len(files)} images into {out} ({vectors.shape[1]} dims, "
+               f"{model.provider})")

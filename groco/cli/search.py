@@ -1,0 +1,39 @@
+"""`groco search`: the nearest neighbours of a query image, as lines or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from groco.cli.app import INDEX_ERRORS, fail, index_logging
+
+
+def search(
+    index: Path = typer.Argument(..., help="Index directory."),
+    image: Path = typer.Argument(..., help="Query image."),
+    k: int = typer.Option(10, "-k", help="Number of neighbours."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
+    min_score: float = typer.Option(None, "--min-score",
+                                    help="Leave out results below this cosine similarity "
+                                         "(-1..1), so fewer than k may come back."),
+) -> None:
+    """Print the nearest neighbours of IMAGE in INDEX."""
+    import json
+
+    index_logging(verbose=False)
+    from groco.index.api import IndexReader
+
+    try:
+        with IndexReader(index, encoder_path=encoder) as reader:
+            results = reader.search_image(image, k=k, min_score=min_score)
+    except INDEX_ERRORS as error:
+        fail(error)
+    if as_json:
+        rows = [{"rank": i + 1, **r.to_dict()} for i, r in enumerate(results)]
+        typer.echo(json.dumps({"query": str(image), "index": str(index), "k": k,
+                               "min_score": min_score, "results": rows}, indent=2))
+        return
+    for i, r in enumerate(results, 1):
+        typer.echo(f"{i:3d}  {r.score:.4f}  {r.label or '-':<16} {r.path}")
