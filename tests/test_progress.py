@@ -53,3 +53,21 @@ def test_the_default_interval_writes_few_lines_to_a_file(tmp_path):
     lines = log.read_text().splitlines()
     assert "\r" not in log.read_text()
     assert len(lines) == 2 and lines[-1].startswith("work: 50/50 img (100%)"), lines
+
+
+def test_an_index_build_logged_to_a_file_has_lines_not_frames(encoder_file, tmp_path):
+    from conftest import make_collection
+
+    images = make_collection(tmp_path / "images", classes=2, per_class=6)
+    log = tmp_path / "build.log"
+    with open(log, "w") as out:
+        result = subprocess.run([sys.executable, "-m", "groco.cli", "index", "build",
+                                 str(images), "--encoder", str(encoder_file), "--out",
+                                 str(tmp_path / "index"), "--batch-size", "4"],
+                                stderr=out, stdout=subprocess.PIPE, text=True, timeout=300)
+    assert result.returncode == 0, log.read_text()
+    text = log.read_text()
+    assert "\r" not in text
+    bar = [line for line in text.splitlines() if line.startswith("embedding")]
+    assert bar and bar[-1].startswith("embedding: 12/12 img (100%)"), text
+    assert "img/s" in bar[-1] and "left" in bar[-1]

@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from groco.encoder.runtime import Encoder
+from groco.progress import progress_bar
 
 from . import shards
 from .manifest import MANIFEST_NAME, IndexDirError, IndexMismatchError, check_encoder_hash
@@ -197,7 +197,7 @@ def copy_rows(out: Path, store: Store, dirs: list[Path], rows: list[tuple[FileRo
               shard_size: int, progress: bool) -> None:
     """Commit ``rows`` (each with the index of its directory in ``dirs``) with ids 0.. in
     order, copying their embeddings into shards of ``out`` of ``shard_size`` vectors."""
-    bar = tqdm(total=len(rows), desc="merging", unit="img", disable=not progress)
+    bar = progress_bar(len(rows), desc="merging", unit="img", disable=not progress)
     number, start = 1, 0
     try:
         while start < len(rows):

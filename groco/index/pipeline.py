@@ -29,12 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from groco.encoder.runtime import Encoder, default_threads
 from groco.images import ImageError, label_of_relpath, load_image
 from groco.prefetch import prefetch
+from groco.progress import progress_bar
 
 from . import shards
 from .store import BROKEN, EMBEDDED, FileRow, Store
@@ -226,8 +226,8 @@ def embed_files(
     stats = EmbedStats()
     writer = ShardWriter(index_dir, store, stats)
     start = time.perf_counter()
-    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(len(tasks), desc=desc, unit="img", disable=not progress,
+                       smoothing=0.1)
     bar.set_postfix(skipped=skipped, broken=0, refresh=False)
     batch: list[PreparedFile] = []
 

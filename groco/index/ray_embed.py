@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from groco.encoder.runtime import Encoder, default_providers
+from groco.progress import progress_bar
 
 from . import shards
 from .lock import writer_lock
@@ -162,8 +162,8 @@ def embed_on_ray(
                                        "use_gpu": gpus_per_worker > 0},
                 compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=1, num_gpus=gpus_per_worker or None)
-            with tqdm(total=len(todo), desc="embedding on Ray", unit="img",
-                      disable=not progress) as bar:
+            with progress_bar(len(todo), desc="embedding on Ray", unit="img",
+                              disable=not progress) as bar:
                 for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                     _write_batch(batch, writers, len(dirs), shard_size, stats)
                     bar.update(len(batch["path"]))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 import groco
+from groco.progress import progress_bar
 
 from .. import shards
 from ..indexfile import open_current
@@ -266,14 +265,16 @@ def update_map(index_dir: Path, store: Store, progress: bool = True) -> MapRepor
         knn_dist = np.full((len(new_pos), k), np.inf, np.float32)
         centroids = faiss.IndexFlatIP(old.centroids.shape[1])
         centroids.add(np.ascontiguousarray(old.centroids))
-        for lo, hi in tqdm(list(chunks(len(new_pos), KNN_CHUNK)), desc="placing",
-                           disable=not progress, file=sys.stderr, unit="chunk"):
-            sel = new_pos[lo:hi]
-            queries = shards.gather(index_dir, shard_numbers[sel], rows[sel])
-            knn_idx[lo:hi], knn_dist[lo:hi] = mapped_neighbours(index, queries, base_ids, k,
-                                                                want)
-            s, c = centroids.search(np.ascontiguousarray(queries), 1)
-            cluster_new[lo:hi], sim_new[lo:hi] = c[:, 0], s[:, 0]
+        with progress_bar(len(new_pos), desc="placing", unit="item",
+                          disable=not progress) as bar:
+            for lo, hi in chunks(len(new_pos), KNN_CHUNK):
+                sel = new_pos[lo:hi]
+                queries = shards.gather(index_dir, shard_numbers[sel], rows[sel])
+                knn_idx[lo:hi], knn_dist[lo:hi] = mapped_neighbours(index, queries, base_ids,
+                                                                    k, want)
+                s, c = centroids.search(np.ascontiguousarray(queries), 1)
+                cluster_new[lo:hi], sim_new[lo:hi] = c[:, 0], s[:, 0]
+                bar.update(hi - lo)
         lonely = knn_idx[:, 0] < 0
         if lonely.any():  # no mapped neighbour found: start at the cluster's centre
             log.warning("%d new items have no mapped neighbour in the index's answer",

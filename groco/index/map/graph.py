@@ -23,16 +23,15 @@ state or other parameters starts afresh. Nothing holds an ``N x N`` matrix.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 from groco.fileio import atomic_write_text
+from groco.progress import progress_bar
 
 from .. import shards
 from ..faiss.factory import apply_search_params
@@ -145,8 +144,8 @@ def build_graph(index_dir: Path, index: faiss.Index, manifest: dict[str, Any],
     apply_search_params(index, params)
     knn_idx = np.load(work / "knn-idx.npy", mmap_mode="r+")
     knn_dist = np.load(work / "knn-dist.npy", mmap_mode="r+")
-    with tqdm(total=n, initial=done, desc="k-NN graph", unit="item", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    with progress_bar(n, initial=done, desc="k-NN graph", unit="item",
+                      disable=not progress) as bar:
         for lo, hi in chunks(n, chunk_size, done):
             queries = shards.gather(index_dir, shard_numbers[lo:hi], rows[lo:hi])
             knn_idx[lo:hi], knn_dist[lo:hi] = _knn_rows(index, ids, queries, lo, k)
