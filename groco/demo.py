@@ -3,7 +3,8 @@
 images (``--data`` or scikit-learn's bundled handwritten digits written out as a folder)
 → ``groco train`` (a small GroCo encoder) → ``groco export`` → ``groco index build`` →
 k-NN accuracy from the folder labels, next to what a user has without training (raw pixels,
-the untrained network), each through the same export and index path → ``groco serve``.
+the untrained network), each through the same export and index path, and the map of the
+collection (``groco index map``, with the map extra) → ``groco serve``: every tab filled.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class DemoResult:
     random_knn_top1: float
     raw_knn_top1: float
     seconds: float
+    mapped: bool = False
 
     @property
     def beats_baselines(self) -> bool:
@@ -88,11 +90,14 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     encoder = work / "encoder.onnx"
     export_encoder(run, encoder)
 
-    log("[3/4] building the index")
+    log("[3/5] building the index")
     index = work / "index"
     build_index_dir(images, encoder, index, progress=True)
 
-    log("[4/4] measuring k-NN accuracy from the folder labels")
+    log("[4/5] drawing the map of the collection")
+    mapped = _draw_map(index, log)
+
+    log("[5/5] measuring k-NN accuracy from the folder labels")
     knn = _knn_of_index(index)
     # The floor: the same network, untrained, through the same export and index path.
     floor_run = work / "untrained"
@@ -102,7 +107,20 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     floor = _knn_of_index(floor_run / "index")
     raw = _raw_pixels_knn(images, work / "raw-pixels")
     return DemoResult(images, run, encoder, index, knn, floor, raw,
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, mapped)
+
+
+def _draw_map(index: Path, log) -> bool:
+    """The Map tab's layout of ``index`` (``groco index map``); False, said in a line, when
+    the map extra is not installed."""
+    from groco.index.map import MapExtraMissing, compute_map
+
+    try:
+        compute_map(index, seed=0, progress=True)
+    except MapExtraMissing as error:
+        log(f"no map: {error}")
+        return False
+    return True
 
 
 def _raw_pixels_knn(images: Path, work: Path) -> float:

@@ -19,6 +19,9 @@ def test_demo_runs_the_whole_flow_without_the_ui(tmp_path):
     assert (work / "encoder.onnx").is_file()
     assert (work / "index" / "manifest.json").is_file()
     assert (work / "run" / "last.safetensors").is_file()
+    from groco.index.map import has_map
+
+    assert has_map(work / "index")  # the Map tab has something to draw
 
 
 def test_demo_writes_the_bundled_digits(tmp_path):

@@ -278,7 +278,7 @@ def test_help_names_the_new_options() -> None:
 
     build = help_of("index", "build")
     assert "--on-disk" in build and "--ray" in build and "--ray-gpus" in build
-    assert "groco[ray]" in build and "memory-mapped" in build
+    assert "ray extra" in build and "memory-mapped" in build
     assert "--on-disk" in help_of("index", "merge")
 
 

@@ -56,5 +56,7 @@ def demo(
     if serve_ui:
         from groco.app.web import launch_app
 
-        typer.echo(f"serving {result.index} on http://127.0.0.1:{port} (Ctrl-C to stop)")
+        tabs = "Search, Duplicates and Map" if result.mapped else "Search and Duplicates"
+        typer.echo(f"serving {result.index} on http://127.0.0.1:{port} ({tabs} tabs; "
+                   "Ctrl-C to stop)")
         launch_app(result.index, port=port, block=True)
