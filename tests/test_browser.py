@@ -261,3 +261,42 @@ def test_map_hover_shows_a_thumbnail_and_a_box_lists_the_items_inside(served_map
                               browser.find_element(By.ID, "map-gallery").text))
     assert shown == expected
     assert "neighbours of" not in _text(browser, "map-result-status")
+
+
+OVERFLOW_JS = """
+const page = document.documentElement;
+const name = e => (e.id || e.className || e.tagName).toString().slice(0, 60);
+const wide = [...document.querySelectorAll('body *')].filter(e => {
+    const box = e.getBoundingClientRect();
+    return box.width > 0 && box.right > page.clientWidth + 1;
+}).map(name);
+const scrolls = [...document.querySelectorAll('body *')].filter(e => {
+    const x = getComputedStyle(e).overflowX;
+    return (x === 'auto' || x === 'scroll') && e.scrollWidth > e.clientWidth + 1;
+}).map(name);
+return {page: page.scrollWidth - page.clientWidth, wide: wide.slice(0, 5),
+        scrolls: scrolls.slice(0, 5)};
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 1400, 1920])
+def test_the_page_fits_its_window_without_sideways_scrolling(served, browser, width,
+                                                             tmp_path):
+    from selenium.webdriver.common.by import By
+
+    _, _, url = served
+    browser.set_window_size(width, 1000)
+    browser.get(url)
+    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#collection img"))
+                         >= 8)
+    overflow = browser.execute_script(OVERFLOW_JS)
+    if width == 1280:
+        browser.save_screenshot(str(tmp_path / "page-1280.png"))
+        screenshot = os.environ.get("GROCO_SCREENSHOT_1280")
+        if screenshot:
+            browser.save_screenshot(screenshot)
+    assert overflow["page"] <= 0 and not overflow["wide"] and not overflow["scrolls"], overflow
+    _wait(browser).until(lambda d: _tab(d, "Duplicates")).click()
+    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    overflow = browser.execute_script(OVERFLOW_JS)
+    assert overflow["page"] <= 0 and not overflow["wide"] and not overflow["scrolls"], overflow

@@ -40,6 +40,14 @@ __all__ = ["SearchHandlers", "build_app", "launch_app", "results_json", "serve"]
 
 log = logging.getLogger("groco.app")
 
+PAGE_CSS = """
+#collection .grid-container, #results .grid-container {
+    grid-template-columns: repeat(auto-fill, minmax(100px, 1fr)) !important;
+}
+"""
+"""The galleries lay out as many 100 px (or wider) columns as their panel holds, instead of
+Gradio's fixed count, whose minimum widths overflow a narrow panel into a sideways scroll."""
+
 
 def build_app(state: AppState) -> gr.Blocks:
     """The Blocks app over ``state`` (not launched)."""
@@ -72,7 +80,8 @@ def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860, block: boo
         max_file_size=state.settings.max_upload_bytes,
         app_kwargs={"middleware": [body_limit(state.settings.max_request_bytes)],
                     "routes": json_routes(state)},
-        prevent_thread_lock=not block, quiet=True, footer_links=["api"], **launch_kwargs)
+        prevent_thread_lock=not block, quiet=True, footer_links=["api"], css=PAGE_CSS,
+        **launch_kwargs)
     return app, url
 
 
