@@ -11,18 +11,11 @@ from torch import Tensor
 
 from groco.training.heads import CentroidTransformer, PredictionHead
 from groco.training.losses import All4OneLoss
-from groco.training.methods.base import (
-    Objective,
-    WithMomentum,
-    ignore_queue_in_ddp,
-    momentum_settings,
-    require_two_views,
-)
+from groco.training.methods.base import NeighbourQueueObjective, attach_queue, require_two_views
 from groco.training.methods.registry import MethodSpec, learning_rates, register
-from groco.training.queue import FeatureQueue
 
 
-class All4OneObjective(WithMomentum, Objective):
+class All4OneObjective(NeighbourQueueObjective):
     """All4One (ImaGonEs/all4one): online ``z = g(f(x))``, ``p = h(z)``, ``p̃ = h̃(z)``;
     momentum ``m = ĝ'(f'(x))``; ``NN(mᵛ)`` its ``k`` nearest queue rows (most similar
     first); centroids ``cᵛ = T(NN(mᵛ))[0]`` and ``ĉᵛ = T([p̃ᵛ, NN₁…NN_{k−1}])[0]`` by
@@ -36,21 +29,11 @@ class All4OneObjective(WithMomentum, Objective):
     def __init__(self, model: Any, queue_size: int, num_neighbors: int = 5,
                  predictor_hidden: int = 4096, temperature: float = 0.2,
                  momentum_base: float = 0.99, momentum_final: float = 1.0) -> None:
-        super().__init__(model)
-        self.add_momentum_encoder(momentum_base, momentum_final)
+        super().__init__(model, num_neighbors, predictor_hidden, momentum_base, momentum_final)
         dim = model.projector.out_dim
-        self.num_neighbors = num_neighbors
-        self.predictor = PredictionHead(dim, predictor_hidden, dim)
         self.predictor2 = PredictionHead(dim, predictor_hidden, dim)
         self.centroid = CentroidTransformer(dim, num_neighbors)
-        self.queue = FeatureQueue(queue_size, dim)
-        self.loss = All4OneLoss(temperature)
-        ignore_queue_in_ddp(self, "queue")
-
-    @classmethod
-    def from_config(cls, config: Any, model: Any, spec: MethodSpec) -> All4OneObjective:
-        return cls(model, config.queue_size, config.num_neighbors, config.predictor_hidden,
-                   config.temperature, **momentum_settings(config))
+        attach_queue(self, queue_size, All4OneLoss(temperature))
 
     def forward(self, views: list[Tensor]) -> Tensor:
         require_two_views(views, "all4one")

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from groco.training.heads import PredictionHead
 from groco.training.momentum import MomentumEncoder
+from groco.training.queue import FeatureQueue
 
 if TYPE_CHECKING:
     from groco.training.models import SSLModel
@@ -99,7 +101,30 @@ class WithMomentum:
         self.momentum_encoder.update((self.backbone, self.projector), progress)
 
 
-def ignore_queue_in_ddp(objective: nn.Module, queue_name: str) -> None:
-    """Keep DDP from broadcasting the queue every step: its rows are gathered from every
-    rank, so each rank's copy is already the same (see ``groco.training.queue``)."""
-    objective._ddp_params_and_buffers_to_ignore = [f"{queue_name}.keys", f"{queue_name}.ptr"]
+def attach_queue(objective: Objective, queue_size: int, loss: nn.Module) -> None:
+    """Give ``objective`` its ``queue`` (a :class:`~groco.training.queue.FeatureQueue` of
+    ``queue_size`` rows as wide as the projection) and its ``loss``, and keep DDP from
+    broadcasting the queue every step: its rows are gathered from every rank, so each
+    rank's copy is already the same (see ``groco.training.queue``)."""
+    objective.queue = FeatureQueue(queue_size, objective.projector.out_dim)
+    objective.loss = loss
+    objective._ddp_params_and_buffers_to_ignore = ["queue.keys", "queue.ptr"]
+
+
+class NeighbourQueueObjective(WithMomentum, Objective):
+    """All4One and SNCLR: a momentum encoder, a predictor and a queue of momentum keys
+    whose ``num_neighbors`` nearest rows per sample the loss reads. Subclasses add their
+    own heads, then :func:`attach_queue` with their loss."""
+
+    def __init__(self, model: SSLModel, num_neighbors: int, predictor_hidden: int,
+                 momentum_base: float, momentum_final: float) -> None:
+        super().__init__(model)
+        self.add_momentum_encoder(momentum_base, momentum_final)
+        dim = model.projector.out_dim
+        self.num_neighbors = num_neighbors
+        self.predictor = PredictionHead(dim, predictor_hidden, dim)
+
+    @classmethod
+    def from_config(cls, config: Any, model: SSLModel, spec: Any) -> Objective:
+        return cls(model, config.queue_size, config.num_neighbors, config.predictor_hidden,
+                   config.temperature, **momentum_settings(config))

@@ -9,9 +9,8 @@ from torch import Tensor
 
 from groco.training.heads import PredictionHead
 from groco.training.losses import NNCLRLoss
-from groco.training.methods.base import Objective, ignore_queue_in_ddp, require_two_views
+from groco.training.methods.base import Objective, attach_queue, require_two_views
 from groco.training.methods.registry import MethodSpec, learning_rates, register
-from groco.training.queue import FeatureQueue
 
 
 class NNCLRObjective(Objective):
@@ -25,9 +24,7 @@ class NNCLRObjective(Objective):
         super().__init__(model)
         dim = model.projector.out_dim
         self.predictor = PredictionHead(dim, predictor_hidden, dim)
-        self.queue = FeatureQueue(queue_size, dim)
-        self.loss = NNCLRLoss(temperature)
-        ignore_queue_in_ddp(self, "queue")
+        attach_queue(self, queue_size, NNCLRLoss(temperature))
 
     @classmethod
     def from_config(cls, config: Any, model: Any, spec: MethodSpec) -> NNCLRObjective:

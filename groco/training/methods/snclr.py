@@ -8,20 +8,12 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from groco.training.heads import PredictionHead
 from groco.training.losses import SoftNeighborLoss
-from groco.training.methods.base import (
-    Objective,
-    WithMomentum,
-    ignore_queue_in_ddp,
-    momentum_settings,
-    require_two_views,
-)
+from groco.training.methods.base import NeighbourQueueObjective, attach_queue, require_two_views
 from groco.training.methods.registry import MethodSpec, learning_rates, register
-from groco.training.queue import FeatureQueue
 
 
-class SNCLRObjective(WithMomentum, Objective):
+class SNCLRObjective(NeighbourQueueObjective):
     """SNCLR (ChongjianGE/SNCLR), MoCo v3 style: online projection ``q_pre = g(f(x))`` and
     prediction ``q = h(q_pre)``; momentum key ``k = g'(f'(x))``; the ``K`` nearest
     memory-bank rows of each key (bank as before this step) form its candidate set; loss
@@ -31,19 +23,8 @@ class SNCLRObjective(WithMomentum, Objective):
     def __init__(self, model: Any, queue_size: int, num_neighbors: int = 5,
                  predictor_hidden: int = 4096, temperature: float = 0.2,
                  momentum_base: float = 0.99, momentum_final: float = 1.0) -> None:
-        super().__init__(model)
-        self.add_momentum_encoder(momentum_base, momentum_final)
-        dim = model.projector.out_dim
-        self.num_neighbors = num_neighbors
-        self.predictor = PredictionHead(dim, predictor_hidden, dim)
-        self.queue = FeatureQueue(queue_size, dim)
-        self.loss = SoftNeighborLoss(temperature)
-        ignore_queue_in_ddp(self, "queue")
-
-    @classmethod
-    def from_config(cls, config: Any, model: Any, spec: MethodSpec) -> SNCLRObjective:
-        return cls(model, config.queue_size, config.num_neighbors, config.predictor_hidden,
-                   config.temperature, **momentum_settings(config))
+        super().__init__(model, num_neighbors, predictor_hidden, momentum_base, momentum_final)
+        attach_queue(self, queue_size, SoftNeighborLoss(temperature))
 
     def forward(self, views: list[Tensor]) -> Tensor:
         require_two_views(views, "snclr")
