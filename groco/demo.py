@@ -81,12 +81,12 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     images = data if data is not None else write_digits(work / "digits")
     settings = {**DEMO_SETTINGS, **({"epochs": epochs} if epochs else {})}
     run = work / "run"
-    log(f"[1/4] training a GroCo encoder on {images} ({settings['backbone']}, "
+    log(f"[1/5] training a GroCo encoder on {images} ({settings['backbone']}, "
         f"{settings['image_size']} px, {settings['epochs']} epochs)")
     Trainer(TrainConfig(data=str(images), out=str(run), **settings),
             resume=(run / checkpoint.STATE).exists()).fit()
 
-    log("[2/4] exporting it to ONNX")
+    log("[2/5] exporting it to ONNX")
     encoder = work / "encoder.onnx"
     export_encoder(run, encoder)
 

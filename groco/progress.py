@@ -48,16 +48,24 @@ def is_terminal(stream: IO[str]) -> bool:
         return False
 
 
+def bar_settings(total_known: bool = True, file: IO[str] | None = None) -> dict[str, Any]:
+    """The ``tqdm`` keywords of groco's progress on ``file`` (default stderr), for bars made
+    elsewhere (e.g. umap-learn's ``tqdm_kwds``): a live bar on a terminal; else the
+    :class:`LineStream`, :data:`LOG_INTERVAL` and the line format (without ETA when the
+    total is unknown)."""
+    stream = file if file is not None else sys.stderr
+    if is_terminal(stream):
+        return {"file": stream, "dynamic_ncols": True, "mininterval": 1.0}
+    return {"file": LineStream(stream), "mininterval": LOG_INTERVAL,
+            "maxinterval": LOG_INTERVAL,
+            "bar_format": LOG_FORMAT if total_known else LOG_FORMAT_OPEN}
+
+
 def progress_bar(total: int | None = None, desc: str = "", unit: str = "it",
                  disable: bool = False, file: IO[str] | None = None, **options: Any) -> tqdm:
     """A ``tqdm`` bar on ``file`` (default stderr): live on a terminal; otherwise a line per
-    :data:`LOG_INTERVAL` seconds (and the last) with count, rate and ETA, no ``\\r``."""
-    stream = file if file is not None else sys.stderr
-    if is_terminal(stream):
-        return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=stream,
-                    dynamic_ncols=True, **{"mininterval": 1.0, **options})
-    options.pop("dynamic_ncols", None)
-    return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=LineStream(stream),
-                mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL,
-                bar_format=LOG_FORMAT if total is not None else LOG_FORMAT_OPEN,
-                **{k: v for k, v in options.items() if k not in ("mininterval", "bar_format")})
+    :data:`LOG_INTERVAL` seconds (and the last) with count, rate and ETA, no ``\\r``
+    (:func:`bar_settings`; ``options`` other than those go to ``tqdm``)."""
+    settings = bar_settings(total is not None, file)
+    extra = {k: v for k, v in options.items() if k not in settings and k != "dynamic_ncols"}
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, **settings, **extra)

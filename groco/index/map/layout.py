@@ -18,18 +18,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import sys
 import warnings
 from types import ModuleType
 
 import numpy as np
+
+from groco.progress import bar_settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NEIGHBORS = 15
 DEFAULT_MIN_DIST = 0.1
 EXTRA_HINT = "pip install 'groco[map]'"
-_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 class MapExtraMissing(ImportError):
@@ -59,8 +59,8 @@ def fit_layout(umap_mod: ModuleType, vectors: np.ndarray,
     reducer = umap_mod.UMAP(n_neighbors=k, n_components=2, metric="euclidean",
                             min_dist=min_dist, n_epochs=n_epochs, random_state=seed,
                             precomputed_knn=graph, init="spectral", verbose=progress,
-                            tqdm_kwds={"desc": "layout epochs", "file": sys.stderr,
-                                       "disable": not progress, "bar_format": _BAR})
+                            tqdm_kwds={"desc": "layout epochs", "disable": not progress,
+                                       **bar_settings()})
     log.info("layout: UMAP's fuzzy graph and spectral start, then its epochs")
     # umap-learn's verbose lines go to stdout (which --json owns): dropped, its bar kept
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
