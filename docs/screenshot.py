@@ -4,7 +4,7 @@ Duplicates tab.
 
     python docs/screenshot.py groco-demo/index groco-demo/digits/3/0003.png docs/screenshot.png
     python docs/screenshot.py INDEX QUERY docs/screenshot.png --browse docs/browse.png \\
-        --duplicates docs/duplicates.png --encoder ENCODER.onnx
+        --duplicates docs/duplicates.png --map docs/map.png --encoder ENCODER.onnx
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("out", help="PNG of the results of QUERY.")
     parser.add_argument("--browse", help="PNG of the page as it opens (the collection).")
     parser.add_argument("--duplicates", help="PNG of the Duplicates tab.")
+    parser.add_argument("--map", help="PNG of the Map tab (the index needs `groco index map`).")
     parser.add_argument("--encoder", help="Encoder [default: the index's recorded one].")
     parser.add_argument("--order", default="folder", choices=["folder", "random"],
                         help="Collection order in the --browse shot.")
@@ -72,6 +73,15 @@ def main() -> None:
             wait.until(lambda d: "groups" in d.find_element(By.ID, "dupes-status").text)
             time.sleep(3)
             driver.save_screenshot(args.duplicates)
+        if args.map:
+            tab("Map")
+            wait.until(lambda d: "items" in d.find_element(By.ID, "map-status").text)
+            picture = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#map-image img"))
+            wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth",
+                                                  picture) > 0)
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", picture)
+            time.sleep(2)
+            driver.save_screenshot(args.map)
     finally:
         driver.quit()
         app.close()
