@@ -62,3 +62,25 @@ def test_ray_refuses_slices(encoder_file, tmp_path) -> None:
     with pytest.raises(ValueError, match="--ray"):
         build_index_dir(images, encoder_file, tmp_path / "out", ray_address="local",
                         shard=0, num_shards=2, **FAST)
+
+
+@pytest.mark.slow
+def test_the_ray_flag_builds_on_ray_alone_and_with_an_address(local_ray, encoder_file,
+                                                              tmp_path, monkeypatch) -> None:
+    """`groco index build IMAGES --ray` (no RAY_ADDRESS: Ray here) and `--ray local` on a
+    running local Ray: both embed through Ray into parts and end as the plain build."""
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    images = make_collection(tmp_path / "images", classes=2, per_class=5)
+    plain = tmp_path / "plain"
+    build_index_dir(images, encoder_file, plain, workers=1, **FAST)
+    for name, ray in (("alone", ["--ray"]), ("address", ["--ray", "local"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["index", "build", str(images), *ray, "--encoder",
+                                          str(encoder_file), "--out", str(out), "--workers",
+                                          "2", "--batch-size", "4", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert (out / "parts").is_dir() and rows_by_path(out) == rows_by_path(plain)

@@ -88,7 +88,7 @@ def test_export_of_a_run_from_weights_is_the_network_it_trained(tmp_path, start,
     """At <= 64 px an untrained CNN gets the stride-1 stem and a started one keeps its own:
     the export rebuilds the stem the run trained (its recorded facts), and its parity check
     is against the trained network's own features, so another stem could not pass."""
-    data = _hard_collection(tmp_path / "images")
+    data = _hard_collection(tmp_path / "images", classes=3, per_class=10)
     start_file = _start_file(tmp_path / "start.safetensors")
     common = dict(data=str(data), backbone="test_resnet", image_size=size, batch_size=12,
                   topk_neg=4, workers=0, projector_dim=16, projector_hidden=16, lr=0.5,
