@@ -148,6 +148,15 @@ def test_an_older_run_directory_with_weights_ahead_of_its_state_is_refused(tmp_p
     trainer = Trainer(_config(data, legacy, epochs=2), resume=True, show_progress=False)
     assert (trainer.epoch, len(trainer.metrics)) == (2, 3)
 
+    # Its next checkpoint turns the plain files into links through a generation.
+    settings = (legacy / checkpoint.CONFIG).read_text().replace("epochs: 2", "epochs: 3")
+    (legacy / checkpoint.CONFIG).write_text(settings)
+    _fit(_config(data, legacy), resume=True)
+    assert all((legacy / name).is_symlink() for name in checkpoint.GENERATION_FILES)
+    assert checkpoint.load_generation(legacy).epoch == 3
+    assert [row["epoch"] for row in checkpoint.read_metrics(legacy / checkpoint.METRICS)] == \
+        ["0", "1", "2", "3"]
+
 
 def test_resume_with_more_epochs_says_how_to_train_longer(tmp_path):
     data, run = _finished_run(tmp_path)
