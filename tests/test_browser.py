@@ -300,3 +300,17 @@ def test_the_page_fits_its_window_without_sideways_scrolling(served, browser, wi
     _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
     overflow = browser.execute_script(OVERFLOW_JS)
     assert overflow["page"] <= 0 and not overflow["wide"] and not overflow["scrolls"], overflow
+
+
+def test_a_link_to_a_tab_opens_it_filled(served, served_map, browser):
+    """The addresses `groco demo` prints: `?tab=duplicates` and `?tab=map` open those tabs
+    with their content, as a click on them would."""
+    from selenium.webdriver.common.by import By
+
+    from groco.app.web import tab_urls
+
+    browser.get(tab_urls(served[2])["duplicates"])
+    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    browser.get(tab_urls(served_map[1])["map"])
+    _wait(browser).until(lambda d: "items" in _text(d, "map-status"))
+    assert _tab(browser, "Map").get_attribute("aria-selected") == "true"

@@ -36,7 +36,7 @@ from groco.app.search_tab import SearchHandlers, results_json, search_tab
 from groco.app.settings import AppSettings
 from groco.app.state import AppState
 
-__all__ = ["SearchHandlers", "build_app", "launch_app", "results_json", "serve"]
+__all__ = ["SearchHandlers", "build_app", "launch_app", "results_json", "serve", "tab_urls"]
 
 log = logging.getLogger("groco.app")
 
@@ -47,6 +47,24 @@ PAGE_CSS = """
 """
 """The galleries lay out as many 100 px (or wider) columns as their panel holds, instead of
 Gradio's fixed count, whose minimum widths overflow a narrow panel into a sideways scroll."""
+
+TABS = ("search", "duplicates", "map")
+"""The page's tabs, each reachable at ``/?tab=NAME`` (:data:`TAB_FROM_URL`)."""
+TAB_FROM_URL = """() => {
+    const name = new URLSearchParams(window.location.search).get("tab");
+    if (!name) return;
+    const button = [...document.querySelectorAll("button[role=tab]")]
+        .find(b => b.textContent.trim().toLowerCase() === name.toLowerCase());
+    if (button) button.click();
+}"""
+"""Opens the tab a link names (``?tab=duplicates``) by clicking it, so it loads as a click
+would."""
+
+
+def tab_urls(url: str) -> dict[str, str]:
+    """The address of each tab of the page served at ``url``."""
+    base = url.rstrip("/")
+    return {name: base + ("/" if name == "search" else f"/?tab={name}") for name in TABS}
 
 
 def build_app(state: AppState) -> gr.Blocks:
@@ -62,6 +80,7 @@ def build_app(state: AppState) -> gr.Blocks:
                 dupes_tab(tab, state)
             with gr.Tab("Map", id="map", elem_id="map-tab") as tab:
                 map_tab(tab, state)
+        app.load(None, None, None, js=TAB_FROM_URL, api_name=False)
     app.queue(default_concurrency_limit=state.settings.concurrency)
     return app
 

@@ -54,9 +54,10 @@ def demo(
                    "this collection: train longer, or start from pretrained weights "
                    "(`groco train --pretrained`)")
     if serve_ui:
-        from groco.app.web import launch_app
+        from groco.app.web import launch_app, tab_urls
 
-        tabs = "Search, Duplicates and Map" if result.mapped else "Search and Duplicates"
-        typer.echo(f"serving {result.index} on http://127.0.0.1:{port} ({tabs} tabs; "
-                   "Ctrl-C to stop)")
+        typer.echo(f"serving {result.index} (Ctrl-C to stop):")
+        for name, url in tab_urls(f"http://127.0.0.1:{port}").items():
+            if name != "map" or result.mapped:
+                typer.echo(f"  {name:<10} {url}")
         launch_app(result.index, port=port, block=True)
