@@ -98,6 +98,25 @@ def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
     app.close()
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """`groco demo --data IMAGES --epochs 1 --no-serve` run once: (images, work dir, the
+    command's output). IMAGES has a byte copy, so the Duplicates tab has a group."""
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
+    base = tmp_path_factory.mktemp("demo")
+    images = make_collection(base / "images", classes=4, per_class=20, size=24)
+    (images / "class0" / "img000-copy.png").write_bytes(
+        (images / "class0" / "img000.png").read_bytes())
+    work = base / "demo"
+    result = CliRunner().invoke(app, ["demo", "--data", str(images), "--work", str(work),
+                                      "--epochs", "1", "--no-serve"])
+    assert result.exit_code == 0, result.output
+    return images, work, result.output
+
+
 # ----------------------------------------------------------------------------- index checks
 
 

@@ -1,26 +1,18 @@
 """`groco demo` runs the whole flow: train, export, index, k-NN, on a given folder."""
 
 import pytest
-from conftest import make_collection
-from typer.testing import CliRunner
-
-from groco.cli import app
 
 
 @pytest.mark.slow
-def test_demo_runs_the_whole_flow_without_the_ui(tmp_path):
-    images = make_collection(tmp_path / "images", classes=4, per_class=20, size=24)
-    work = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--data", str(images), "--work", str(work),
-                                      "--epochs", "1", "--no-serve"])
-    assert result.exit_code == 0, result.output
-    assert "k-NN top-1" in result.output and "untrained" in result.output
-    assert "raw pixels (32 px)" in result.output and (work / "raw-pixels" / "index").is_dir()
+def test_demo_runs_the_whole_flow_without_the_ui(demo_run):
+    from groco.index.map import has_map
+
+    _, work, output = demo_run
+    assert "k-NN top-1" in output and "untrained" in output
+    assert "raw pixels (32 px)" in output and (work / "raw-pixels" / "index").is_dir()
     assert (work / "encoder.onnx").is_file()
     assert (work / "index" / "manifest.json").is_file()
     assert (work / "run" / "last.safetensors").is_file()
-    from groco.index.map import has_map
-
     assert has_map(work / "index")  # the Map tab has something to draw
 
 
