@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +101,20 @@ def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor],
 def load_weights(run_dir: str | Path, prefix: str | None = None,
                  name: str = WEIGHTS) -> dict[str, torch.Tensor]:
     """The run's weights (``name``: :data:`WEIGHTS` or :data:`BEST`); with ``prefix``
-    (e.g. ``"backbone."``) only those, prefix removed."""
+    (e.g. ``"backbone."``) only those, prefix removed, and only those read from disk."""
+    from safetensors import safe_open
+
     path = Path(run_dir) / name
     if not path.is_file():
         raise RunError(f"{run_dir}: no checkpoint ({name}); has `groco train` finished "
                        "an epoch?")
     try:
-        weights = load_file(str(path))
+        with safe_open(str(path), framework="pt") as file:
+            names = file.keys()  # a safe_open handle: keys() is its listing
+            keys = [k for k in names if prefix is None or k.startswith(prefix)]
+            return {key[len(prefix or ""):]: file.get_tensor(key) for key in keys}
     except Exception as error:  # safetensors raises several types for a corrupt file
         raise RunError(f"{path}: unreadable checkpoint ({error})") from error
-    if prefix is None:
-        return weights
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def weights_metadata(run_dir: str | Path, name: str = WEIGHTS) -> dict[str, str]:
@@ -161,7 +163,6 @@ class Generation:
     metrics: list[dict[str, Any]]
     metric_fields: list[str]
     best: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None
-    files: dict[str, str] = field(default_factory=dict)  # name -> sha256, as written
 
 
 def generation_name(epoch: int) -> str:
@@ -225,8 +226,9 @@ def save_generation(run_dir: Path, generation: Generation) -> None:
     name = generation_name(generation.epoch)
     staging = folder / f".{name}.tmp"
     final = folder / name
+    previous = current_generation(run_dir)
     for stale in (staging, final):  # left by a kill before they became current
-        if stale.exists() and current_generation(run_dir) != stale.resolve():
+        if stale.exists() and previous != stale.resolve():
             shutil.rmtree(stale)
     staging.mkdir()
     sums = {
@@ -237,7 +239,6 @@ def save_generation(run_dir: Path, generation: Generation) -> None:
         METRICS: _write_synced(staging / METRICS, _metrics_bytes(generation.metrics,
                                                                  generation.metric_fields)),
     }
-    previous = current_generation(run_dir)
     if generation.best is not None:
         tensors, metadata = generation.best
         sums[BEST] = _write_synced(staging / BEST, save(_cpu(tensors), metadata))
@@ -259,7 +260,6 @@ def save_generation(run_dir: Path, generation: Generation) -> None:
     for old in folder.iterdir():
         if old.name != name:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
-    generation.files = sums
 
 
 def current_generation(run_dir: Path) -> Path | None:
