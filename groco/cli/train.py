@@ -74,12 +74,12 @@ def train(images: Path, out: Path, config: Path | None, resume: bool,
 
 def _signature() -> list[inspect.Parameter]:
     keyword = inspect.Parameter.KEYWORD_ONLY
+    help_of = {field.name: field.metadata["help"] for field in dataclasses.fields(TrainConfig)}
     return [
         inspect.Parameter("images", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
-                          default=typer.Argument(..., metavar="IMAGES", help=dataclasses.fields(
-                              TrainConfig)[0].metadata["help"])),
+                          default=typer.Argument(..., metavar="IMAGES", help=help_of["data"])),
         inspect.Parameter("out", keyword, annotation=Path, default=typer.Option(
-            ..., "--out", help="Run directory to write checkpoints and logs to.")),
+            ..., "--out", help=help_of["out"])),
         *setting_options(),
         inspect.Parameter("config", keyword, annotation=Path | None, default=typer.Option(
             None, "--config", help="YAML file of settings; flags win.")),
