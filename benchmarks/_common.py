@@ -52,12 +52,13 @@ def retrieval_figures(bank: np.ndarray, bank_labels: np.ndarray,
                       queries: np.ndarray | None = None,
                       query_labels: np.ndarray | None = None, k: int = 20,
                       temperature: float = 0.07, precision_k: int = 10,
-                      chunk: int = 256) -> dict[str, float]:
+                      chunk: int = 256, exclude_self: bool = False) -> dict[str, float]:
     """k-NN top-1, precision@``precision_k`` and mAP@R of queries against a bank (cosine).
 
     Rows must be L2-normalised. ``queries=None``: leave-one-out, every bank row is a query
-    and never its own neighbour. Per query with label ``y`` and its neighbours ranked by
-    cosine similarity (self excluded):
+    and never its own neighbour; ``exclude_self``: the queries are one per bank row (e.g. the
+    bank's rows transformed) and query ``i`` never has row ``i`` as a neighbour. Per query
+    with label ``y`` and its neighbours ranked by cosine similarity (self excluded):
 
     - **k-NN top-1**: :func:`groco.knn.weighted_knn_predict` (k, T; ``w = exp(s / T)``).
     - **precision@K**: the fraction of the first K neighbours labelled ``y``.
@@ -69,10 +70,10 @@ def retrieval_figures(bank: np.ndarray, bank_labels: np.ndarray,
     """
     from groco.knn import weighted_knn_predict
 
-    loo = queries is None
+    loo = queries is None or exclude_self
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     bank_labels = np.asarray(bank_labels, dtype=np.int64)
-    q = bank if loo else np.ascontiguousarray(queries, dtype=np.float32)
+    q = bank if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
     q_labels = bank_labels if loo else np.asarray(query_labels, dtype=np.int64)
     preds = weighted_knn_predict(bank, bank_labels, q, k=k, temperature=temperature,
                                  exclude_self=loo)

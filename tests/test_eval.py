@@ -150,7 +150,7 @@ def test_cli_prints_one_table_and_json(two) -> None:
     lines = result.output.strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("index"))
     assert "mAP@R" in lines[header] and "P@10" in lines[header]
-    rows = lines[header + 1:]
+    rows = [line for line in lines[header + 1:] if not line.startswith("  +")]
     assert [row.split()[0] for row in rows] == [str(a), str(b)]
     reports = evaluate_indexes([a, b], k=5, latency_queries=10)
     for row, report in zip(rows, reports, strict=True):

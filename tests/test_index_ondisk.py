@@ -201,8 +201,9 @@ def test_update_swaps_the_ivfdata_with_its_index(collection, encoder_file, tmp_p
     assert manifest["index_file"] == "index-000003.faiss"
     assert manifest["previous_index_file"] == "index-000002.faiss"
     on_disk = sorted(p.name for p in out.iterdir() if p.name.startswith("index-"))
-    assert on_disk == ["index-000002.faiss", "index-000002.ivfdata", "index-000003.faiss",
-                       "index-000003.ivfdata"]  # the first pair went with its state
+    assert on_disk == [f"index-00000{n}.{part}" for n in (2, 3)
+                       for part in ("expand-ids.npy", "expand.npy", "faiss", "ivfdata")
+                       ]  # the first generation went with its state
     assert_consistent(out)
     # the first reader's mapping stays valid after its files are unlinked
     assert [r.relpath for r in reader.search_image(images / "class0/img002.png", k=3)] == \

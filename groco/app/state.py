@@ -192,4 +192,4 @@ class AppState:
         return (f"**{f['count']:,} images** · encoder `{encoder['backbone']}` "
                 f"({encoder['image_size']} px, {encoder['provider']}, hash `{encoder['hash']}`)"
                 f" · index `{f['index_type']}`{f' ({params})' if params else ''}"
-                f" · built {f['built_at']}")
+                f" · post-processing: {f['postprocess']} · built {f['built_at']}")

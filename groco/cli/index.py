@@ -11,6 +11,7 @@ from typer.core import TyperCommand
 
 from groco.cli.app import INDEX_ERRORS, fail, index_app, index_logging
 from groco.index.faiss.spec import DEFAULT_TUNING
+from groco.index.postprocess import DEFAULT_POSTPROCESS
 from groco.knn import KNN_K, KNN_TEMPERATURE
 
 
@@ -35,6 +36,8 @@ _INDEX_TYPE_HELP = "auto (by collection size and --memory) or any FAISS factory 
 _MEMORY_HELP = "Memory budget for --index-type auto, e.g. 8G [default: half the free RAM]."
 _ON_DISK_HELP = ("IVF index whose inverted lists stay on disk (a memory-mapped .ivfdata "
                  "file), for collections larger than RAM.")
+_POSTPROCESS_HELP = ("Search post-processing: none, or + joined centre, dbaK (stored "
+                     "vectors averaged with K nearest), qeK (query expansion).")
 RAY_ALONE = "RAY_ADDRESS"
 """What a lone ``--ray`` stands for until :func:`ray_address` reads it: the cluster named by
 the ``RAY_ADDRESS`` environment variable, or Ray started on this machine without one."""
@@ -91,6 +94,8 @@ def index_build(
     on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help=_RAY_HELP),
     ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray worker (0: CPU)."),
+    postprocess: str = typer.Option(DEFAULT_POSTPROCESS.name, "--postprocess",
+                                    help=_POSTPROCESS_HELP),
 ) -> None:
     """Embed IMAGES and build a FAISS index; rerun to resume an interrupted build."""
     index_logging()
@@ -102,7 +107,7 @@ def index_build(
                                  num_shards=num_shards, batch_size=batch_size,
                                  shard_size=shard_size, workers=workers, progress=progress,
                                  on_disk=on_disk, ray_address=ray_address(ray),
-                                 ray_gpus=ray_gpus)
+                                 ray_gpus=ray_gpus, postprocess=postprocess)
     except INDEX_ERRORS as error:
         fail(error)
     typer.echo(_summary(report, "embedded"))
@@ -121,6 +126,8 @@ def index_update(
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
     workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    postprocess: str = typer.Option(None, "--postprocess",
+                                    help=_POSTPROCESS_HELP + " [default: as built]"),
 ) -> None:
     """Embed new files, drop deleted ones, re-embed changed ones."""
     index_logging()
@@ -130,7 +137,8 @@ def index_update(
         report = update_index_dir(index, encoder_path=encoder, index_type=index_type,
                                   memory=memory, target_recall=target_recall,
                                   batch_size=batch_size, shard_size=shard_size,
-                                  workers=workers, progress=progress)
+                                  workers=workers, progress=progress,
+                                  postprocess=postprocess)
     except INDEX_ERRORS as error:
         fail(error)
     typer.echo(f"{report.embedded} new, {report.changed} changed, {report.deleted} deleted, "
@@ -152,6 +160,8 @@ def index_merge(
     shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
+    postprocess: str = typer.Option(DEFAULT_POSTPROCESS.name, "--postprocess",
+                                    help=_POSTPROCESS_HELP),
 ) -> None:
     """Merge the parts of a sharded `index build` into one index (ids by path)."""
     index_logging()
@@ -160,7 +170,8 @@ def index_merge(
     try:
         report = merge_index_dirs(parts, out, index_type=index_type, memory=memory,
                                   target_recall=target_recall, shard_size=shard_size,
-                                  progress=progress, on_disk=on_disk)
+                                  progress=progress, on_disk=on_disk,
+                                  postprocess=postprocess)
     except INDEX_ERRORS as error:
         fail(error)
     typer.echo(_merge_summary(report))
@@ -227,13 +238,19 @@ def index_eval(
     first = reports[0]
     typer.echo(f"{first.count} images, {first.labelled} labelled in {first.classes} classes, "
                f"{first.queries} queries; k-NN: k={first.k}, T={first.temperature}, "
-               "leave-one-out; mAP@R and k-NN by exact search, precision@10 through the index")
+               "leave-one-out; mAP@R and k-NN by exact search, precision@10 through the index; "
+               "a '+' row: the same with the index's post-processing (what search returns)")
     if first.classes < 2:
         typer.echo("label figures n/a: they need 2+ labelled subfolders")
     header = ("index", "type", "k-NN top-1", "P@10", "mAP@R", "recall@10", "p50 ms", "p99 ms")
-    rows = [(r.index_dir, r.index_type, fig(r.knn_top1), fig(r.precision_at_10),
-             fig(r.map_at_r), f"{r.recall_at_10:.4f}", f"{r.latency_ms_p50:.3f}",
-             f"{r.latency_ms_p99:.3f}") for r in reports]
+    rows = []
+    for r in reports:
+        rows.append((str(r.index_dir), r.index_type, fig(r.knn_top1),
+                     fig(r.precision_at_10), fig(r.map_at_r), f"{r.recall_at_10:.4f}",
+                     f"{r.latency_ms_p50:.3f}", f"{r.latency_ms_p99:.3f}"))
+        if r.postprocess != "none":  # what search returns: the post-processed ranking
+            rows.append((f"  + {r.postprocess}", "", fig(r.post_knn_top1),
+                         fig(r.post_precision_at_10), fig(r.post_map_at_r), "", "", ""))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         typer.echo("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)

@@ -35,7 +35,13 @@ from groco.images import find_images
 
 from . import ray_embed, shards
 from .faiss.spec import DEFAULT_TUNING, BuildSpec, TuningSpec
-from .indexfile import finish_switch, index_is_current, recorded_specs, write_index
+from .indexfile import (
+    finish_switch,
+    index_is_current,
+    recorded_postprocess,
+    recorded_specs,
+    write_index,
+)
 from .lock import writer_lock
 from .manifest import IndexDirError, check_encoder_hash, read_manifest
 from .map import MapReport, update_map
@@ -51,6 +57,7 @@ from .parts import (
     slice_of,
 )
 from .pipeline import EmbedStats, Task, embed_files
+from .postprocess import DEFAULT_POSTPROCESS, Postprocess
 from .store import BROKEN, DB_NAME, EMBEDDED, Store
 
 log = logging.getLogger(__name__)
@@ -138,18 +145,24 @@ def _open_encoder(path: str | Path, batch_size: int) -> Encoder:
     return encoder
 
 
+def as_postprocess(value: Postprocess | str) -> Postprocess:
+    """``value``, or the :class:`Postprocess` its short form names (``centre+dba3``)."""
+    return value if isinstance(value, Postprocess) else Postprocess.parse(value)
+
+
 def _finish(report: BuildReport, store: Store, index_dir: Path, index_type: str,
             memory: int | None, target_recall: float, stats: EmbedStats | None,
-            on_disk: bool | None = False) -> BuildReport:
+            on_disk: bool | None, postprocess: Postprocess) -> BuildReport:
     if stats is not None:
         report.add(stats)
     build, tuning = BuildSpec(index_type, memory), TuningSpec(target_recall)
-    if index_is_current(index_dir, store, build, tuning, on_disk):
+    if index_is_current(index_dir, store, build, tuning, on_disk, postprocess):
         manifest = read_manifest(index_dir)
         finish_switch(index_dir, store, manifest)  # in case a kill stopped it
         log.info("%s is up to date", index_dir)
     else:
-        manifest = write_index(index_dir, store, build, tuning, on_disk=on_disk)
+        manifest = write_index(index_dir, store, build, tuning, on_disk=on_disk,
+                               postprocess=postprocess)
     report.count = manifest["count"]
     report.broken_total = manifest["broken"]
     report.index_type = manifest["index_type"]
@@ -183,6 +196,7 @@ def build_index_dir(
     on_disk: bool = False,
     ray_address: str | None = None,
     ray_gpus: float = 0.0,
+    postprocess: Postprocess | str = DEFAULT_POSTPROCESS,
 ) -> BuildReport:
     """Embed every image under ``images_root`` into ``out_dir`` and build its FAISS index.
 
@@ -205,6 +219,8 @@ def build_index_dir(
       ONNX Runtime actors (``ray_gpus`` GPUs each), into the parts of a sharded build
       under ``out_dir/parts``, then merge them into ``out_dir``
       (:mod:`groco.index.ray_embed`; needs ``groco[ray]``).
+    - ``postprocess``: the label-free post-processing of search
+      (:mod:`groco.index.expansion`), e.g. ``"centre+dba3"`` (the default) or ``"none"``.
 
     Broken images are recorded, counted, logged and listed in the report; they never stop
     the build. ``FileNotFoundError``/``NotADirectoryError`` for a bad ``images_root``,
@@ -212,6 +228,7 @@ def build_index_dir(
     """
     start = time.perf_counter()
     _check_settings(target_recall, batch_size, shard_size)
+    postprocess = as_postprocess(postprocess)
     memory_bytes = parse_memory(memory)
     root = Path(images_root).resolve()
     relpaths = _relpaths(root)
@@ -222,7 +239,7 @@ def build_index_dir(
             raise ValueError("--ray embeds every slice itself: leave out --shard/--num-shards")
         return _build_on_ray(root, relpaths, encoder_path, index_dir, index_type, memory,
                              target_recall, batch_size, shard_size, workers, progress,
-                             on_disk, ray_address, ray_gpus, start)
+                             on_disk, ray_address, ray_gpus, start, postprocess)
     if part is not None:
         index_dir = part_dir(out_dir, *part)
         relpaths = [p for p in relpaths if slice_of(p, part[1]) == part[0]]
@@ -245,7 +262,7 @@ def build_index_dir(
             report.count, report.broken_total = store.count(EMBEDDED), store.count(BROKEN)
         else:
             _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
-                    on_disk)
+                    on_disk, postprocess)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -253,13 +270,14 @@ def build_index_dir(
 def _build_on_ray(root: Path, relpaths: list[str], encoder_path: str | Path, out: Path,
                   index_type: str, memory: int | str | None, target_recall: float,
                   batch_size: int, shard_size: int, workers: int | None, progress: bool,
-                  on_disk: bool, address: str, gpus: float, start: float) -> BuildReport:
+                  on_disk: bool, address: str, gpus: float, start: float,
+                  postprocess: Postprocess) -> BuildReport:
     stats, skipped, parts = ray_embed.embed_on_ray(root, encoder_path, out, relpaths, address,
                                          workers or ray_embed.default_workers(), batch_size,
                                          shard_size, gpus, progress)
     report = merge_index_dirs([parts], out, index_type=index_type, memory=memory,
                               target_recall=target_recall, shard_size=shard_size,
-                              progress=progress, on_disk=on_disk)
+                              progress=progress, on_disk=on_disk, postprocess=postprocess)
     report.skipped, report.copied = skipped, 0
     report.add(stats)
     report.seconds = time.perf_counter() - start
@@ -279,6 +297,7 @@ def update_index_dir(
     shard_size: int = DEFAULT_SHARD_SIZE,
     workers: int | None = None,
     progress: bool = True,
+    postprocess: Postprocess | str | None = None,
 ) -> BuildReport:
     """Bring ``index_dir`` up to date with its images folder, re-embedding only what changed.
 
@@ -293,8 +312,10 @@ def update_index_dir(
       deleted ones (:func:`groco.index.map.update_map`; ``report.map``).
 
     ``encoder_path`` defaults to the one recorded; its hash must match
-    (:class:`IndexMismatchError`). ``index_type``/``memory``/``target_recall`` default to
-    the manifest's. Also finishes an interrupted build or update.
+    (:class:`IndexMismatchError`). ``index_type``/``memory``/``target_recall``/
+    ``postprocess`` default to the manifest's; the post-processed search vectors are
+    recomputed whenever the index is (every item: the mean and the neighbours move).
+    Also finishes an interrupted build or update.
     """
     start = time.perf_counter()
     index_dir = Path(index_dir)
@@ -308,6 +329,8 @@ def update_index_dir(
     memory_bytes = parse_memory(memory) if memory is not None else manifest.get("memory_bytes")
     if target_recall is None:
         target_recall = recorded_specs(manifest)[1].target_recall
+    postprocess = (recorded_postprocess(manifest) if postprocess is None
+                   else as_postprocess(postprocess))
     _check_settings(target_recall, batch_size, shard_size)
     report = BuildReport(index_dir=index_dir)
     with writer_lock(index_dir, "groco index update"), Store(index_dir / DB_NAME) as store:
@@ -328,7 +351,7 @@ def update_index_dir(
                             progress, desc="updating")
         report.touched, report.changed = stats.unchanged, stats.replaced
         _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
-                None)  # on disk or in RAM: as built
+                None, postprocess)  # on disk or in RAM: as built
         report.embedded -= stats.replaced  # new files and changed ones apart
         report.map = update_map(index_dir, store, progress)  # None: the index has no map
     log.info("update: %d new, %d changed, %d deleted, %d touched, %d broken",
@@ -370,6 +393,7 @@ def merge_index_dirs(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
     on_disk: bool = False,
+    postprocess: Postprocess | str = DEFAULT_POSTPROCESS,
 ) -> BuildReport:
     """Join the parts of a sharded build (or index dirs of one folder) into one index.
 
@@ -383,6 +407,7 @@ def merge_index_dirs(
     """
     start = time.perf_counter()
     _check_settings(target_recall, 1, shard_size)
+    postprocess = as_postprocess(postprocess)
     memory_bytes = parse_memory(memory)
     out = Path(out_dir)
     dirs = find_index_dirs(shard_dirs)
@@ -414,7 +439,7 @@ def merge_index_dirs(
                 report.copied = len(rows)
                 store.set_info({"merge_source": source})
             _finish(report, store, out, index_type, memory_bytes, target_recall, None,
-                    on_disk)
+                    on_disk, postprocess)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -22,6 +22,12 @@ from the stored embeddings, so no image is decoded and the encoder is not needed
   1 when every image's ``R_q`` nearest others are exactly its class, and unlike
   precision@10 it rewards the order of the whole class, not only the first ten.
 - **recall@10**: ``|index top-10 ∩ exact top-10| / 10`` (itself excluded from both).
+- **post-processed figures** (``post_*``): where the index post-processes search
+  (:mod:`groco.index.expansion`), the same three figures again as its search ranks: each
+  query expanded (:meth:`~groco.index.expansion.Expansion.expand`, itself never used),
+  k-NN top-1 and mAP@R by exact search over the stored search vectors, precision@10
+  through the index's own ranking of its candidate pool. The plain figures are the
+  encoder's own vectors.
 - **latency**: one query at a time through :func:`groco.index.faiss.query.search`
   (vector in, ids out; embedding the query image is not included), p50/p95/p99.
 
@@ -50,6 +56,8 @@ import numpy as np
 from groco.knn import KNN_K, KNN_TEMPERATURE, class_indices, knn_vote
 
 from . import shards
+from .dupes import DEFAULT_THRESHOLD
+from .expansion import POOL, Expansion
 from .faiss.query import recall_at_k, search
 from .indexfile import open_index
 from .manifest import IndexDirError, read_manifest
@@ -81,6 +89,10 @@ class EvalReport:
     latency_queries: int
     index_type: str
     search_params: dict[str, float]
+    postprocess: str = "none"
+    post_knn_top1: float | None = None
+    post_precision_at_10: float | None = None
+    post_map_at_r: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,14 +149,17 @@ def _labelled_bank(x: np.ndarray, labels: np.ndarray, queries: np.ndarray):
 
 
 def _knn_top1(x: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
-              temperature: float) -> float | None:
-    """Leave-one-out weighted k-NN accuracy over labelled rows, for query rows ``queries``."""
+              temperature: float, query_vectors: np.ndarray | None = None) -> float | None:
+    """Leave-one-out weighted k-NN accuracy over labelled rows, for query rows ``queries``
+    (searched with ``query_vectors[i]`` for ``queries[i]`` when given, else their rows)."""
     bank, bank_labels, q_rows = _labelled_bank(x, labels, queries)
     num_classes = int(labels.max()) + 1
     if num_classes < 2 or len(bank) < 2 or len(q_rows) == 0:
         return None
     k = min(k, len(bank) - 1)
-    sims, found = faiss.knn(bank[q_rows], bank, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    asked = bank[q_rows] if query_vectors is None else np.ascontiguousarray(
+        query_vectors[labels[queries] >= 0])
+    sims, found = faiss.knn(asked, bank, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
     keep = _not_self(found, q_rows)
     sims, found = sims[keep].reshape(-1, k), found[keep].reshape(-1, k)
     preds = knn_vote(sims, bank_labels[found], num_classes, temperature)
@@ -152,18 +167,21 @@ def _knn_top1(x: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
 
 
 def map_at_r(bank: np.ndarray, labels: np.ndarray,
-             queries: np.ndarray | None = None) -> float | None:
+             queries: np.ndarray | None = None,
+             query_vectors: np.ndarray | None = None) -> float | None:
     """mAP@R (module docstring) of bank rows ``queries`` against the rest of ``bank``.
 
     ``bank``: ``(n, d)`` unit vectors, all labelled; ``labels``: ``(n,)`` int labels;
-    ``queries``: row numbers (default: every row). Exact search by inner product; a
+    ``queries``: row numbers (default: every row); ``query_vectors[i]``: what row
+    ``queries[i]`` is searched with (default: its row). Exact search by inner product; a
     query whose class has no other member is skipped. ``None`` when no query counts.
     """
     labels = np.asarray(labels)
     queries = np.arange(len(bank)) if queries is None else np.asarray(queries)
+    asked = bank[queries] if query_vectors is None else np.asarray(query_vectors)
     sizes = np.bincount(labels)
     r = sizes[labels[queries]] - 1
-    queries, r = queries[r >= 1], r[r >= 1]
+    queries, r, asked = queries[r >= 1], r[r >= 1], asked[r >= 1]
     if len(queries) == 0:
         return None
     chunk = max(1, SIMS_PER_CHUNK // len(bank))
@@ -171,7 +189,7 @@ def map_at_r(bank: np.ndarray, labels: np.ndarray,
     for start in range(0, len(queries), chunk):
         q, rq = queries[start:start + chunk], r[start:start + chunk]
         top = int(rq.max())
-        sims = bank[q] @ bank.T
+        sims = asked[start:start + chunk] @ bank.T
         sims[np.arange(len(q)), q] = -np.inf  # never itself
         part = np.argpartition(-sims, top - 1, axis=1)[:, :top]
         order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
@@ -228,6 +246,9 @@ def _evaluate(c: _Collection, k: int, temperature: float, max_queries: int,
 
     sample = x[rng.choice(n, latency_queries, replace=n < latency_queries)]
     p50, p95, p99 = np.percentile(_latencies_ms(index, sample), [50, 95, 99])
+    expansion = Expansion.open(c.index_dir, c.manifest)
+    post = (_post_figures(c, x, queries, index, expansion, k, temperature)
+            if expansion is not None and has_labels else {})
     return EvalReport(
         index_dir=str(c.index_dir), count=n, labelled=int((labels >= 0).sum()),
         classes=len(c.classes), queries=len(queries), k=k, temperature=temperature,
@@ -236,7 +257,33 @@ def _evaluate(c: _Collection, k: int, temperature: float, max_queries: int,
         latency_ms_p95=float(p95), latency_ms_p99=float(p99),
         latency_queries=latency_queries, index_type=c.manifest["index_type"],
         search_params=c.manifest["search_params"],
+        postprocess="none" if expansion is None else expansion.settings.name, **post,
     )
+
+
+def _post_figures(c: _Collection, x: np.ndarray, queries: np.ndarray, index: faiss.Index,
+                  expansion: Expansion, k: int, temperature: float) -> dict[str, float | None]:
+    """The ``post_*`` figures (module docstring) of query rows ``queries``."""
+    labels = c.labels
+    _, d = expansion.search_vectors(c.ids)
+    scores, pools = search(index, x[queries], min(POOL + 1, len(x)))
+    expanded = np.stack([expansion.expand(x[r], pool, int(c.ids[r]))
+                         for r, pool in zip(queries, pools, strict=True)])
+    row_of = {int(i): r for r, i in enumerate(c.ids)}
+    same = []
+    for r, q, s, pool in zip(queries, expanded, scores, pools, strict=True):
+        if labels[r] < 0:
+            continue
+        ranked = expansion.rank(q, s, pool, DEFAULT_THRESHOLD)[1]
+        first = [row_of[int(i)] for i in ranked if int(i) != int(c.ids[r])][:PRECISION_K]
+        same.extend(labels[first] == labels[r])
+    bank, bank_labels, q_rows = _labelled_bank(d, labels, queries)
+    return {
+        "post_knn_top1": _knn_top1(d, labels, queries, k, temperature, expanded),
+        "post_precision_at_10": float(np.mean(same)) if same else None,
+        "post_map_at_r": map_at_r(bank, bank_labels, q_rows,
+                                  expanded[labels[queries] >= 0]),
+    }
 
 
 def _check_same_collection(first: _Collection, other: _Collection) -> None:

@@ -55,6 +55,11 @@ import numpy as np
 import groco
 
 from . import shards
+from .expansion import (
+    expansion_names,
+    is_expansion_file,
+    write_expansion,
+)
 from .faiss.choose import factory_for
 from .faiss.io import load_index, save_index
 from .faiss.spec import BuildSpec, TuningSpec
@@ -69,6 +74,7 @@ from .manifest import (
     write_manifest,
 )
 from .ondisk import IVFDATA_SUFFIX, build_ondisk_index, ivfdata_name
+from .postprocess import DEFAULT_POSTPROCESS, Postprocess
 from .store import BROKEN, Store
 from .stored import ShardSource
 
@@ -175,11 +181,20 @@ def recorded_specs(manifest: dict[str, Any] | None) -> tuple[BuildSpec, TuningSp
                                                        tuning.target_recall)))
 
 
+def recorded_postprocess(manifest: dict[str, Any] | None) -> Postprocess:
+    """The post-processing ``manifest`` records (the default for a new index, or one
+    written before post-processing existed)."""
+    if not manifest or "postprocess" not in manifest:
+        return DEFAULT_POSTPROCESS
+    return Postprocess.from_dict(manifest["postprocess"])
+
+
 def index_is_current(index_dir: Path, store: Store, build: BuildSpec, tuning: TuningSpec,
-                     on_disk: bool | None = None) -> bool:
+                     on_disk: bool | None = None,
+                     postprocess: Postprocess | None = None) -> bool:
     """True when the manifest was written from this metadata with these settings, and its
-    index file (and ``.ivfdata``) is there with the size it was written with.
-    ``on_disk=None``: either kind."""
+    index file (and ``.ivfdata``, and expansion) is there with the size it was written
+    with. ``on_disk=None``: either kind; ``postprocess=None``: any."""
     try:
         manifest = read_manifest(index_dir)
     except IndexDirError:
@@ -189,7 +204,9 @@ def index_is_current(index_dir: Path, store: Store, build: BuildSpec, tuning: Tu
             and manifest.get("index_type_requested") == build.factory
             and manifest.get("memory_bytes") == build.memory_bytes
             and manifest.get("target_recall") == tuning.target_recall
-            and (on_disk is None or bool(manifest.get("on_disk")) == on_disk))
+            and (on_disk is None or bool(manifest.get("on_disk")) == on_disk)
+            and (postprocess is None or (manifest.get("postprocess")
+                                         == postprocess.to_dict())))
 
 
 def write_index(
@@ -199,6 +216,7 @@ def write_index(
     tuning: TuningSpec = TuningSpec(),
     rebuild: bool = False,
     on_disk: bool | None = None,
+    postprocess: Postprocess | None = None,
 ) -> dict[str, Any]:
     """Write a new index state from the stored embeddings and make it current (module
     docstring): a new index file, then the manifest, then :func:`finish_switch`.
@@ -254,6 +272,8 @@ def write_index(
     recall = tuned.pop(tuning.key)
     kept = old is not None and _intact(index_dir, old)
     save_index(index, path)
+    expansion = write_expansion(index_dir, path.name, index, source,
+                                postprocess or recorded_postprocess(old))
     data = index_dir / ivfdata_name(path.name) if on_disk else None
     manifest = {
         "format": FORMAT,
@@ -283,6 +303,7 @@ def write_index(
         # the previous state stays for its readers, unless its index file is damaged
         "previous_index_file": old.get("index_file", INDEX_NAME) if kept else None,
         "previous_generation": old.get("generation") if kept else None,
+        **expansion,
     }
     del index  # unmaps the .ivfdata before the switch may delete older files
     write_manifest(index_dir, manifest)  # the switch: from here on the new state is current
@@ -297,11 +318,18 @@ def _intact(index_dir: Path, manifest: dict[str, Any]) -> bool:
     if not (path.is_file() and manifest.get("index_bytes", path.stat().st_size) ==
             path.stat().st_size):
         return False
+    if not _expansion_intact(index_dir, manifest):
+        return False
     data = manifest.get("ivfdata_file")
     if not data:
         return True
     data_path = Path(index_dir) / data
     return data_path.is_file() and manifest.get("ivfdata_bytes") == data_path.stat().st_size
+
+
+def _expansion_intact(index_dir: Path, manifest: dict[str, Any]) -> bool:
+    names = [manifest.get("expansion_file"), manifest.get("expansion_ids_file")]
+    return all((Path(index_dir) / name).is_file() for name in names if name)
 
 
 def _new_index_name(index_dir: Path, old: dict[str, Any] | None) -> str:
@@ -322,9 +350,11 @@ def finish_switch(index_dir: str | Path, store: Store, manifest: dict[str, Any])
     index_dir = Path(index_dir)
     keep = {manifest.get("index_file", INDEX_NAME), manifest.get("previous_index_file")}
     keep_data = {ivfdata_name(name) for name in keep if name}
+    keep_data |= {part for name in keep if name for part in expansion_names(name)}
     for f in index_dir.iterdir():
         old_index = (_VERSIONED.match(f.name) or f.name == INDEX_NAME) and f.name not in keep
-        old_data = f.name.endswith(IVFDATA_SUFFIX) and f.name not in keep_data
+        old_data = ((f.name.endswith(IVFDATA_SUFFIX) or is_expansion_file(f.name))
+                    and f.name not in keep_data)
         if f.name.startswith(".") and f.name.endswith(".tmp"):  # killed writes
             if f.is_dir():
                 shutil.rmtree(f, ignore_errors=True)

@@ -20,6 +20,8 @@ from groco.encoder.runtime import Encoder, EncoderError
 from groco.images import load_image
 
 from . import shards
+from .dupes import DEFAULT_THRESHOLD
+from .expansion import POOL, Expansion
 from .faiss.query import search
 from .indexfile import open_current
 from .manifest import (
@@ -50,6 +52,9 @@ class Result:
     """Cosine similarity to the query, in [-1, 1] (1 = same embedding)."""
     label: str | None
     """First subfolder under the images root, ``None`` for files directly in it."""
+    rank_score: float | None = None
+    """The similarity results are ordered by when the index post-processes search
+    (:mod:`groco.index.expansion`), ``None`` when it does not (``score`` orders them)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +75,7 @@ class Searcher:
                  providers: list[str] | None = None) -> None:
         self.index_dir = Path(index_dir)
         self.manifest, self.index = open_current(self.index_dir)
+        self.expansion = Expansion.open(self.index_dir, self.manifest)
         self.root = Path(self.manifest["images_root"])
         if not (self.index_dir / DB_NAME).is_file():
             raise damaged(self.index_dir / DB_NAME, "missing", self.index_dir)
@@ -125,7 +131,9 @@ class Searcher:
         ``exclude``: an id left out of the results. ``min_score``: a cut-off on the cosine
         similarity (like immich's ``maxDistance``): results scoring below it are left
         out. Fewer than ``k`` come back then, or when the index holds fewer vectors (or a
-        stale index returns files since deleted).
+        stale index returns files since deleted). With post-processing
+        (:mod:`groco.index.expansion`) the order is the post-processed one and ``score``
+        stays the encoder's cosine similarity.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -136,13 +144,38 @@ class Searcher:
         if vector.shape[1] != self.index.d:
             raise ValueError(f"vector has dim {vector.shape[1]}, the index {self.index.d}")
         want = min(k + (exclude is not None), self.index.ntotal)
+        if self.expansion is not None:
+            want = min(max(POOL, want), self.index.ntotal)
         scores, ids = search(self.index, vector, want)
+        return self.results(self.expand(vector[0], ids[0], exclude), scores[0], ids[0], k,
+                            exclude, min_score)
+
+    def expand(self, query: np.ndarray, pool_ids: np.ndarray,
+               exclude: int | None = None) -> np.ndarray | None:
+        """The post-processed query (:meth:`groco.index.expansion.Expansion.expand`) from
+        its unfiltered candidates ``pool_ids``; ``None`` without post-processing."""
+        if self.expansion is None:
+            return None
+        return self.expansion.expand(query, pool_ids, exclude)
+
+    def results(self, expanded: np.ndarray | None, scores: np.ndarray, ids: np.ndarray,
+                k: int, exclude: int | None = None,
+                min_score: float | None = None) -> list[Result]:
+        """The first ``k`` of one query's candidates ``(scores, ids)`` (best first by the
+        encoder's similarity, ``-1`` ids empty) as results: ranked by the expanded query
+        ``expanded`` (:meth:`expand`) when the index post-processes, without ``exclude``,
+        deleted files or scores below ``min_score``."""
+        ranks: list[float | None] = [None] * len(ids)
+        if self.expansion is not None and expanded is not None:
+            scores, ids, rank_scores = self.expansion.rank(expanded, scores, ids,
+                                                           DEFAULT_THRESHOLD)
+            ranks = rank_scores.tolist()
         floor = -np.inf if min_score is None else min_score
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                 if i >= 0 and i != exclude and s >= floor]
+        picked = [(int(i), float(s), r) for i, s, r in zip(ids, scores, ranks, strict=True)
+                  if i >= 0 and i != exclude and s >= floor]
         with self._lock:
-            rows = self._store.rows(i for i, _ in pairs)
-        results = [self._result(rows[i], s) for i, s in pairs if i in rows]
+            rows = self._store.rows(i for i, _, _ in picked)
+        results = [self._result(rows[i], s, r) for i, s, r in picked if i in rows]
         return results[:k]
 
     def more_like(self, item: int | str | Path, k: int = 10,
@@ -188,9 +221,9 @@ class Searcher:
                                                                          row.shard)
         return np.array(vectors[row.shard_row], dtype=np.float32)
 
-    def _result(self, row: FileRow, score: float) -> Result:
+    def _result(self, row: FileRow, score: float, rank_score: float | None = None) -> Result:
         return Result(id=row.id, path=str(self.root / row.path), relpath=row.path,
-                      score=score, label=row.label)
+                      score=score, label=row.label, rank_score=rank_score)
 
     def embedded_files(self) -> list[tuple[Path, str]]:
         """(absolute path, content hash) of every embedded image."""
@@ -224,4 +257,6 @@ class Searcher:
                         "provider": self.encoder.provider},
             "groco_version": m["groco_version"],
             "stale": self.stale,
+            "postprocess": ("none" if self.expansion is None
+                            else self.expansion.settings.describe()),
         }

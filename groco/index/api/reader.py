@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
+from ..expansion import POOL
+from ..faiss.query import search
 from ..faiss.source import as_unit_vectors
 from ..map import MapData, has_map, iter_map_items, map_path, read_map
 from ..search import QueryImage, Result, Searcher
@@ -93,20 +95,16 @@ class IndexReader:
         positions = collection.positions(label)
         ids = collection.ids[positions]
         shards, rows = self._locations  # read with the collection
+        expansion = self._searcher.expansion
+        want = k + (exclude is not None)
+        expanded = None
+        if expansion is not None:  # expanded from the whole collection, as unfiltered
+            pool = search(index, query, min(max(POOL, want), index.ntotal))[1][0]
+            expanded = expansion.expand(query[0], pool, exclude)
         scores, found = search_subset(
-            index, query, k + (exclude is not None), ids,
+            index, query, want if expansion is None else max(POOL, want), ids,
             lambda: ShardSource(self.index_dir, ids, shards[positions], rows[positions]))
-        floor = -np.inf if min_score is None else min_score
-        results = []
-        for i, s in zip(found[0].tolist(), scores[0].tolist(), strict=True):
-            if i >= 0 and i != exclude and s >= floor:
-                try:
-                    row = self._searcher.row(i)
-                except KeyError:  # deleted since the index was written
-                    continue
-                results.append(Result(id=row.id, path=str(self.root / row.path),
-                                      relpath=row.path, score=s, label=row.label))
-        return results[:k]
+        return self._searcher.results(expanded, scores[0], found[0], k, exclude, min_score)
 
     def search_image(self, image: QueryImage, k: int = 10, *, label: str | None = None,
                      min_score: float | None = None) -> list[Result]:
