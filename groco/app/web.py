@@ -69,7 +69,7 @@ def tab_urls(url: str) -> dict[str, str]:
 
 def build_app(state: AppState) -> gr.Blocks:
     """The Blocks app over ``state`` (not launched)."""
-    with gr.Blocks(title="groco visual search") as app:
+    with gr.Blocks(title="groco visual search", analytics_enabled=False) as app:
         gr.Markdown("## groco visual search\nClick any image of the collection, or drop "
                     "your own, to find its nearest neighbours; click a result for more "
                     "like it.")

@@ -14,7 +14,7 @@ from groco.knn import KNN_K
 def serve(
     index: Path = typer.Argument(..., help="Index directory."),
     host: str = typer.Option("127.0.0.1", help="Address to bind to."),
-    port: int = typer.Option(7860, help="Port to listen on."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     encoder: Path = typer.Option(None, help="Encoder file [default: the index's]."),
 ) -> None:
     """Serve the visual search web UI over INDEX (on 127.0.0.1 unless --host says else)."""
@@ -33,7 +33,7 @@ def demo(
                                                        "and index."),
     epochs: int = typer.Option(None, help="Training epochs [default: 6]."),
     serve_ui: bool = typer.Option(True, "--serve/--no-serve", help="Open the web UI at the end."),
-    port: int = typer.Option(7860, help="Port of the web UI."),
+    port: int = typer.Option(7860, min=1, max=65535, help="Port of the web UI."),
 ) -> None:
     """Train, export and index a small collection, report k-NN accuracy, open the web UI."""
     import logging
