@@ -1,0 +1,146 @@
+"""A candidate demo collection: scikit-learn's handwritten digits "in the wild" (tried for
+``groco demo``; BENCHMARKS.md, "groco demo: what training buys").
+
+Each of scikit-learn's 1,797 bundled 8×8 digit scans (``sklearn.datasets.load_digits``, no
+download) is drawn once onto a ``SIZE``-pixel RGB picture:
+
+- background: a linear gradient between two random colours, a soft blotchy texture, or a
+  flat colour, with pixel noise;
+- clutter: a few random lines, rectangles and rings in random colours, behind the digit;
+- the digit: scaled to ``DIGIT_SCALE`` of the picture, rotated by up to ``MAX_ROTATION``
+  degrees, in a random colour that stands out from the background under it, at a random
+  position inside the picture.
+
+The label (the folder) is the digit; everything else is nuisance a search should ignore.
+Raw pixels compare backgrounds and positions, not digits; an encoder trained on the
+collection with random crops and colour jitter learns to look past them. Drawing is
+deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SIZE = 32
+DIGIT_SCALE = (0.6, 0.95)
+MAX_ROTATION = 20.0
+CLUTTER = (0, 1)
+SATURATION = 0.4
+BACKGROUNDS = (0.5, 0.25, 0.25)  # gradient, texture, flat
+NOISE = 8.0  # std of the pixel noise, in 0-255 units
+DESCRIPTION = ("scikit-learn's 1,797 handwritten digits (10 classes) drawn at random "
+               "positions, sizes, angles and colours on random gradients, textures and "
+               f"clutter, {SIZE} px")
+FOLDER = "digits-in-the-wild"  # the collection's folder under the demo's work folder
+
+
+def _muted(rng: np.random.Generator, shape: tuple[int, ...] = ()) -> np.ndarray:
+    """Random colours (``shape + (3,)``, 0-255) of random brightness and at most
+    ``SATURATION`` of full saturation."""
+    value = rng.uniform(0, 255, shape + (1,))
+    tint = rng.uniform(-1, 1, shape + (3,)) * SATURATION
+    return (value * (1 + tint)).clip(0, 255)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``(size, size, 3)`` float array in [0, 255]: gradient, texture or flat colour."""
+    kind = rng.choice(3, p=BACKGROUNDS)
+    if kind == 0:
+        start, end = _muted(rng, (2,))
+        angle = rng.uniform(0, 2 * np.pi)
+        ys, xs = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+        t = (np.cos(angle) * xs + np.sin(angle) * ys) / np.sqrt(0.5) + 0.5
+        return start + t[..., None].clip(0, 1) * (end - start)
+    if kind == 1:
+        cells = int(rng.integers(2, 6))
+        grid = _muted(rng, (cells, cells)).astype(np.uint8)
+        smooth = Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(smooth, dtype=np.float64)
+    return np.broadcast_to(_muted(rng), (size, size, 3)).copy()
+
+
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(c) for c in _muted(rng))
+
+
+def _clutter(picture: Image.Image, rng: np.random.Generator) -> None:
+    """A few random lines, rectangles and rings, drawn onto ``picture`` in place."""
+    draw = ImageDraw.Draw(picture)
+    size = picture.width
+    for _ in range(int(rng.integers(CLUTTER[0], CLUTTER[1] + 1))):
+        x0, y0, x1, y1 = rng.uniform(-0.1 * size, 1.1 * size, 4)
+        box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+        width = int(rng.integers(1, 3))
+        shape = rng.integers(3)
+        if shape == 0:
+            draw.line([x0, y0, x1, y1], fill=_colour(rng), width=width)
+        elif shape == 1:
+            draw.rectangle(box, fill=_colour(rng) if rng.random() < 0.5 else None,
+                           outline=_colour(rng), width=width)
+        else:
+            draw.ellipse(box, outline=_colour(rng), width=width)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _digit_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """A random colour whose luminance is at least 90 (of 255) from the mean luminance of
+    ``under`` (the background pixels the digit covers)."""
+    target = float(_luminance(under).mean())
+    for _ in range(100):
+        colour = _muted(rng)
+        if abs(float(_luminance(colour)) - target) >= 90:
+            return colour
+    return np.full(3, 0.0 if target > 127 else 255.0)
+
+
+def render_digit(scan: np.ndarray, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
+    """One 8×8 digit scan (values 0-16, sklearn's ``load_digits().images[i]``) drawn as a
+    ``size``-pixel RGB picture with a random background, clutter, scale, angle, colour and
+    position (the module docstring's recipe), all drawn from ``rng``."""
+    picture = Image.fromarray(_background(rng, size).clip(0, 255).astype(np.uint8))
+    _clutter(picture, rng)
+    side = max(8, round(size * rng.uniform(*DIGIT_SCALE)))
+    grey = Image.fromarray((scan * (255.0 / 16.0)).clip(0, 255).astype(np.uint8))
+    mask = grey.resize((side, side), Image.Resampling.BICUBIC)
+    mask = mask.rotate(rng.uniform(-MAX_ROTATION, MAX_ROTATION), Image.Resampling.BICUBIC,
+                       expand=True)
+    mask = mask.crop(mask.getbbox() or (0, 0, mask.width, mask.height))
+    if mask.width > size or mask.height > size:
+        mask.thumbnail((size, size), Image.Resampling.BICUBIC)
+    x = int(rng.integers(0, size - mask.width + 1))
+    y = int(rng.integers(0, size - mask.height + 1))
+    base = np.asarray(picture, dtype=np.float64)
+    alpha = np.asarray(mask, dtype=np.float64)[..., None] / 255.0
+    under = base[y:y + mask.height, x:x + mask.width]
+    colour = _digit_colour(rng, under[alpha[..., 0] > 0.5] if (alpha > 0.5).any() else under)
+    base[y:y + mask.height, x:x + mask.width] = under * (1 - alpha) + colour * alpha
+    base += rng.normal(0.0, NOISE, base.shape)
+    picture = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    return picture.filter(ImageFilter.GaussianBlur(0.3))
+
+
+def write_digits_in_the_wild(folder: Path, seed: int = 0, size: int = SIZE,
+                             count: int | None = None) -> Path:
+    """The collection as ``folder/<digit>/<n>.png`` (``n`` the scan's index in
+    ``load_digits``, 4 digits), ``size``-pixel RGB, written once: a ``.complete`` marker
+    makes a second call return at once. ``count`` keeps the first ``count`` scans (all
+    1,797 by default). The same ``seed`` writes the same pixels."""
+    from sklearn.datasets import load_digits
+
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    scans = list(zip(digits.images, digits.target, strict=True))[:count]
+    for n, (scan, target) in enumerate(scans):
+        (folder / str(target)).mkdir(parents=True, exist_ok=True)
+        render_digit(scan, rng, size).save(folder / str(target) / f"{n:04d}.png")
+    done.write_text("ok\n")
+    return folder
