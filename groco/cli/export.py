@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from groco.cli.app import fail
+from groco.training.geometry import DEFAULT_MAX_COST
 
 
 def export(
@@ -32,6 +33,11 @@ def export(
     small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
                                     help="--backbone's stem, as `groco train` takes it "
                                          "(default: the same automatic choice)."),
+    geometry: str = typer.Option(None, "--geometry", help="--backbone's input size and "
+                                 "stem: auto (scored on --data) or e.g. 96, 64s1."),
+    max_cost: float = typer.Option(DEFAULT_MAX_COST, "--max-cost", help="--geometry auto: "
+                                   "FLOPs cap, relative to the network at its pretraining "
+                                   "size."),
 ) -> None:
     """Export a run's encoder, or a baseline, to ONNX (unit-norm embeddings; facts in the
     file's metadata).
@@ -52,9 +58,12 @@ def export(
         fail(ValueError("give one of RUN, --backbone NAME or --raw-pixels N"
                          + (f", not {' and '.join(given)}" if given else "")))
     if backbone is None and (pretrained or weights is not None or image_size is not None
-                             or small_stem is not None):
-        fail(ValueError("--pretrained, --weights, --image-size and --small-stem go with "
-                         "--backbone"))
+                             or small_stem is not None or geometry is not None):
+        fail(ValueError("--pretrained, --weights, --image-size, --small-stem and --geometry "
+                         "go with --backbone"))
+    if geometry is not None and (image_size is not None or small_stem is not None):
+        fail(ValueError("--geometry sets the size and stem: give it, or --image-size and "
+                         "--small-stem, not both"))
     if run is None and last:
         fail(ValueError("--last goes with a RUN directory"))
     try:
@@ -62,6 +71,10 @@ def export(
             report = export_encoder(run, out, precision=precision, data=data, last=last)
         elif backbone is not None:
             from groco.encoder.baselines import export_backbone
+
+            if geometry is not None:
+                image_size, small_stem = _geometry(geometry, backbone, data, pretrained,
+                                                   weights, max_cost, out)
 
             report = export_backbone(backbone, image_size or 224, out, pretrained=pretrained,
                                      weights=weights, precision=precision, data=data,
@@ -75,6 +88,29 @@ def export(
     except (ExportError, ValueError, OSError) as error:
         fail(error)
     typer.echo(report.summary())
+
+
+def _geometry(text: str, backbone: str, data: Path | None, pretrained: bool,
+              weights: Path | None, max_cost: float, out: Path) -> tuple[int, bool]:
+    """``(image_size, small_stem)`` of ``--geometry``: parsed, or for ``auto`` scored on
+    ``data``, printed and recorded beside ``out`` (``OUT.geometry.json``)."""
+    import json
+
+    from groco.training.geometry import Geometry, candidates, score_geometries
+
+    if text.strip().lower() != "auto":
+        chosen = Geometry.parse(text)
+        return chosen.image_size, chosen.small_stem
+    if data is None:
+        raise ValueError("--geometry auto scores the candidates on your images: give --data")
+    if not pretrained and weights is None:
+        raise ValueError("--geometry auto measures a start: give --pretrained or --weights")
+    choice = score_geometries(backbone, data, candidates(), pretrained=pretrained,
+                              weights=weights, max_cost=max_cost, progress=typer.echo)
+    typer.echo(choice.table())
+    record = out.with_name(out.name + ".geometry.json")
+    record.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
+    return choice.chosen.image_size, choice.chosen.small_stem
 
 
 def embed(

@@ -72,6 +72,11 @@ class TrainConfig:
     small_stem: bool | None = setting(
         None, "3x3 stride-1 CNN stem (default: on for untrained CNNs at <= 64 px; a start "
         "from weights keeps the stem it had).")
+    geometry: str | None = setting(
+        None, "auto: score sizes x stems of the start on IMAGES, train at the best; or e.g. "
+        "96, 64s1 (s1: stride-1 stem). Overrides --image-size.")
+    geometry_max_cost: float = setting(
+        1.0, "--geometry auto: FLOPs cap, relative to the network at its pretraining size.")
     weights: str | None = setting(None, "Local backbone weights to start from (groco run or "
                                   "timm state dict). Turns on --finetune.")
     pretrained: bool = setting(False, "Start from timm's pretrained weights for --backbone "

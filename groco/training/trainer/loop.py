@@ -29,6 +29,7 @@ from groco.training.checkpoint import PARITY
 from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
+from groco.training.geometry import with_geometry
 from groco.training.methods import Objective, build_objective, get_method
 from groco.training.models import build_model, is_vit, network_facts
 from groco.training.optim import build_optimizer, learning_rate
@@ -68,7 +69,7 @@ class Trainer:
         elif not resume and (self.run_dir / checkpoint.STATE).exists():
             raise TrainError(f"{self.run_dir} already holds a run; pass --resume to continue it "
                              "or choose another --out")
-        config = config.resolved()
+        config = with_geometry(config, self.run_dir).resolved()
         self.device = pick_device(config.device)
         self.show_progress = show_progress and rank() == 0
         torch.manual_seed(config.seed)  # same initial weights on every rank

@@ -24,6 +24,8 @@ def check_resume_settings(run_dir: Path, saved: TrainConfig, asked: Mapping[str,
     keeps its own settings (the LR schedule spans its ``epochs``). Training longer is a new
     run from its weights, which the message gives."""
     values = {**asked}
+    if values.get("geometry") == "auto":  # the run recorded what auto chose
+        values.pop("geometry")
     for key in ("data", "eval_data", "weights", "pretrained_file"):
         if values.get(key) is not None:
             values[key] = str(Path(values[key]).expanduser().resolve())

@@ -1,0 +1,273 @@
+"""The serving geometry of a start, chosen by measuring it on the user's collection.
+
+A geometry is an input size and, for a CNN, the stem's stride: ``96`` is 96 px through the
+network's own (stride-2) stem, ``64s1`` is 64 px with the stem's stride set to 1 (4x the
+pixels through the body, the pretrained 3x3 weights kept). Which one searches a collection
+best is not knowable in advance (FixRes, Touvron et al. 2019: a network serves best at a
+higher resolution than it trained at, and small images gain from the stride-1 stem), so
+:func:`score_geometries` measures each candidate on a sample of the collection, with the
+training monitor's own scores (:class:`groco.training.trainer.monitor.Monitor`: the
+figures epoch 0 of a run at that geometry would log):
+
+- with 2+ labelled folders, weighted k-NN top-1 (leave-one-out on the sample);
+- without labels, copy retrieval (:func:`groco.training.labelfree.copy_retrieval`) when
+  :data:`LABEL_FREE_CHOOSES` says it ranks geometries as k-NN does on the benchmark
+  collections, else the :data:`FALLBACK` rule.
+
+**Cost** of a geometry: the network's forward FLOPs for one image
+(``torch.utils.flop_counter``), relative to the same network at the input size its weights
+were trained at (timm's ``pretrained_cfg["input_size"]``; 224 when it has none). A
+candidate costing more than ``max_cost`` is listed but not scored. Among scores within
+:data:`TIE` of the best, the cheapest wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZES = (64, 96, 128)
+"""Input sizes tried by default, each with the network's own stem and the stride-1 stem."""
+DEFAULT_MAX_COST = 1.0
+"""Candidates cost at most the network at its own pretraining resolution."""
+SAMPLE = 1000
+"""Images of the collection each candidate is scored on."""
+TIE = 0.005
+"""Scores this close to the best count as equal; the cheaper geometry wins."""
+LABEL_FREE_CHOOSES = False
+"""Whether copy retrieval decides without labels. It does not: over the candidates within
+the default cap it ranks them as k-NN does on Fashion-MNIST (Kendall tau +0.81) but hardly
+on the digits (+0.14), where the costliest-candidate rule does better (+0.65; +0.85 on
+Fashion-MNIST; BENCHMARKS.md, "Serving geometry")."""
+FALLBACK = "costliest"
+"""The rule without labels: the costliest candidate within the cost cap (for a CNN, the
+most pixels through its body). On the benchmarks it picks 96s1: the best on Fashion-MNIST,
+0.9 k-NN points below the best on the digits."""
+
+
+@dataclass(frozen=True, order=True)
+class Geometry:
+    """An input size and whether the stem's stride is set to 1."""
+
+    image_size: int
+    small_stem: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.image_size}{'s1' if self.small_stem else ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> Geometry:
+        """``96`` or ``64s1``; ``ValueError`` naming what it cannot read."""
+        text = text.strip().lower()
+        stem = text.endswith("s1")
+        size = text.removesuffix("s1")
+        if not size.isdigit() or int(size) < 8:
+            raise ValueError(f"geometry {text!r}: use a size of 8+ px, with s1 for the "
+                             "stride-1 stem (e.g. 96 or 64s1)")
+        return cls(int(size), stem)
+
+
+def candidates(sizes: Sequence[int] = DEFAULT_SIZES, stems: bool = True) -> list[Geometry]:
+    """Every size with the network's own stem, and with the stride-1 stem when ``stems``."""
+    return sorted({Geometry(s, stem) for s in sizes for stem in ((False, True) if stems
+                                                                  else (False,))})
+
+
+@dataclass
+class GeometryScore:
+    """One candidate's row of the table."""
+
+    geometry: Geometry
+    cost: float | None
+    knn_top1: float | None = None
+    copy_top1: float | None = None
+    seconds: float = 0.0
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"geometry": self.geometry.name, "image_size": self.geometry.image_size,
+                "small_stem": self.geometry.small_stem, "cost": self.cost,
+                "knn_top1": self.knn_top1, "copy_top1": self.copy_top1,
+                "seconds": round(self.seconds, 2), "skipped": self.skipped}
+
+
+@dataclass
+class GeometryChoice:
+    """The measured table and the geometry chosen from it (``criterion`` says how)."""
+
+    backbone: str
+    rows: list[GeometryScore]
+    chosen: Geometry
+    criterion: str
+    sample: int
+    max_cost: float
+    labelled: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "chosen": self.chosen.name,
+                "image_size": self.chosen.image_size, "small_stem": self.chosen.small_stem,
+                "criterion": self.criterion, "sample": self.sample,
+                "max_cost": self.max_cost, "labelled": self.labelled,
+                "rows": [r.to_dict() for r in self.rows], "notes": self.notes}
+
+    def table(self) -> str:
+        """The table as the CLI prints it, the chosen row marked ``*``."""
+
+        def fig(value: float | None) -> str:
+            return "-" if value is None else f"{100 * value:.1f}"
+
+        lines = [f"serving geometry of {self.backbone} on {self.sample} images "
+                 f"(cost: FLOPs relative to its pretraining size; cap {self.max_cost:g})",
+                 f"  {'geometry':<9} {'cost':>6} {'k-NN':>6} {'copy':>6}"]
+        for r in self.rows:
+            mark = "*" if r.geometry == self.chosen else " "
+            cost = "-" if r.cost is None else f"{r.cost:.2f}"
+            tail = f"  ({r.skipped})" if r.skipped else ""
+            lines.append(f"{mark} {r.geometry.name:<9} {cost:>6} {fig(r.knn_top1):>6} "
+                         f"{fig(r.copy_top1):>6}{tail}")
+        lines.append(f"chosen: {self.chosen.name} ({self.criterion})")
+        return "\n".join(lines + self.notes)
+
+
+def forward_flops(backbone: Any, image_size: int) -> float:
+    """FLOPs of one forward pass of one ``image_size`` image (``torch.utils.flop_counter``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backbone.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        backbone(torch.zeros(1, 3, image_size, image_size))
+    return float(counter.get_total_flops())
+
+
+def pretraining_size(backbone: Any) -> int:
+    """The input side the network's weights were trained at (224 when timm does not say)."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") or (3, 224, 224)
+    return int(size[-1])
+
+
+def choose(rows: Sequence[GeometryScore], labelled: bool) -> tuple[Geometry, str]:
+    """The chosen geometry of the scored ``rows`` and the criterion that chose it."""
+    scored = [r for r in rows if r.skipped is None]
+    if not scored:
+        raise ValueError("no candidate geometry could be scored (raise --max-cost?)")
+    if labelled:
+        key, criterion = (lambda r: r.knn_top1), "highest k-NN top-1 from the folder labels"
+    elif LABEL_FREE_CHOOSES:
+        key, criterion = (lambda r: r.copy_top1), "highest copy retrieval (no labels)"
+    else:
+        key = lambda r: r.cost  # noqa: E731
+        criterion = "no labels: the costliest candidate within the cost cap"
+    best = max(key(r) for r in scored)
+    tie = TIE if labelled or LABEL_FREE_CHOOSES else 0.0
+    near = [r for r in scored if key(r) >= best - tie]
+    pick = min(near, key=lambda r: (r.cost or 0.0, r.geometry))
+    return pick.geometry, criterion
+
+
+def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geometry],
+                     *, pretrained: bool = False, pretrained_file: str | Path | None = None,
+                     weights: str | Path | None = None, sample: int = SAMPLE,
+                     max_cost: float = DEFAULT_MAX_COST, seed: int = 0, workers: int = 0,
+                     progress: Callable[[str], None] = log.info) -> GeometryChoice:
+    """Score each of ``geometries`` for the start ``backbone`` (+ weights) on a fixed
+    sample of ``data`` (module docstring) and choose one. Imports torch
+    only when called (the CLI imports this module). ``ValueError`` for a folder
+    without images or when no candidate fits ``max_cost``."""
+    import torch
+    from torch import nn
+
+    from groco.training import labelfree
+    from groco.training.config import TrainConfig
+    from groco.training.data import ImageFolderDataset
+    from groco.training.models import build_backbone
+    from groco.training.trainer.monitor import Monitor
+
+    listing = ImageFolderDataset(data, base_size=8)
+    picked = labelfree.sample_indices(len(listing.files), sample, seed)
+    files = [listing.files[i] for i in picked]
+    targets = [listing.targets[i] for i in picked]
+    labelled = len({t for t in targets if t >= 0}) >= 2
+    start = {"pretrained": pretrained, "pretrained_file": pretrained_file,
+             "weights": None if weights is None else str(weights)}
+    rows, notes, reference = [], [], None
+    for geometry in sorted(geometries):
+        began = time.perf_counter()
+        try:
+            network, _ = build_backbone(backbone, geometry.image_size, geometry.small_stem,
+                                        **start)
+        except ValueError as error:  # e.g. a stride-1 stem asked of a ViT
+            rows.append(GeometryScore(geometry, None, skipped=str(error).split(";")[0]))
+            continue
+        if reference is None:
+            reference = forward_flops(network, pretraining_size(network))
+        cost = forward_flops(network, geometry.image_size) / reference
+        row = GeometryScore(geometry, cost)
+        rows.append(row)
+        if cost > max_cost:
+            row.skipped = f"over the cost cap {max_cost:g}"
+            continue
+        config = TrainConfig(data=str(data), out=".", backbone=backbone,
+                             image_size=geometry.image_size, small_stem=geometry.small_stem,
+                             workers=workers, seed=seed, device="cpu", **start)
+        config = config.resolved().with_network(network)
+        monitor = Monitor(config, files, targets, listing.classes, torch.device("cpu"),
+                          channels_last=False, autocast_dtype=None)
+        start_network = nn.Module()
+        start_network.backbone = network  # the shape the monitor scores
+        knn, scores = monitor.evaluate(start_network)
+        row.knn_top1, row.copy_top1 = knn, scores.get("copy_top1")
+        row.seconds = time.perf_counter() - began
+        progress(f"geometry {geometry.name}: cost {cost:.2f}, k-NN "
+                 f"{'-' if knn is None else f'{100 * knn:.1f}'}, copy retrieval "
+                 f"{100 * (row.copy_top1 or 0):.1f} ({row.seconds:.0f} s)")
+    chosen, criterion = choose(rows, labelled)
+    if not labelled:
+        notes.append("(no labelled subfolders: k-NN n/a; copy retrieval is shown, not used: "
+                     "it does not rank geometries as k-NN does on the benchmarks)")
+    return GeometryChoice(backbone, rows, chosen, criterion, len(files), max_cost, labelled,
+                          notes)
+
+
+RECORD = "geometry.json"
+"""The file in a run directory that records ``--geometry auto``'s table and choice."""
+
+
+def with_geometry(config: Any, run_dir: Path) -> Any:
+    """``config`` (a :class:`~groco.training.config.TrainConfig`) at its ``geometry``:
+    ``None`` leaves it as it is; ``"96"``/``"64s1"`` sets ``image_size`` and ``small_stem``;
+    ``"auto"`` scores :func:`candidates` for the start on ``config.data`` (capped at
+    ``config.geometry_max_cost``), logs the table, records it in ``run_dir``/:data:`RECORD`
+    and sets the chosen one (``geometry`` becomes its name, so a resumed run keeps it).
+    ``ValueError`` for ``auto`` without a start from weights: an untrained network has no
+    serving geometry to measure."""
+    if config.geometry is None:
+        return config
+    if config.geometry.strip().lower() == "auto":
+        if not config.starts_from_weights:
+            raise ValueError("--geometry auto measures a start: give it --pretrained, "
+                             "--pretrained-file or --weights (or a size such as 96)")
+        choice = score_geometries(
+            config.backbone, config.data, candidates(), pretrained=config.pretrained,
+            pretrained_file=config.pretrained_file, weights=config.weights,
+            max_cost=config.geometry_max_cost, seed=config.seed, workers=config.workers)
+        log.info("%s", choice.table())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RECORD).write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
+        chosen = choice.chosen
+    else:
+        chosen = Geometry.parse(config.geometry)
+    return dataclasses.replace(config, image_size=chosen.image_size,
+                               small_stem=chosen.small_stem, geometry=chosen.name)

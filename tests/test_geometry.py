@@ -1,0 +1,139 @@
+"""The serving geometry of a start, measured on the collection: candidates, cost, the
+choice with and without labels, `groco export --geometry` and `groco train --geometry`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import timm
+import torch
+from conftest import make_collection
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from groco.cli import app
+from groco.training.config import TrainConfig
+from groco.training.geometry import (
+    RECORD,
+    Geometry,
+    GeometryScore,
+    candidates,
+    choose,
+    score_geometries,
+    with_geometry,
+)
+
+SMALL = [Geometry(16), Geometry(16, True), Geometry(24)]
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A weights file of timm's ``test_resnet`` (as a download would give it) and a small
+    labelled collection."""
+    base = tmp_path_factory.mktemp("geometry")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False)
+    weights = base / "test_resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return weights, make_collection(base / "images", classes=3, per_class=6, size=24)
+
+
+def test_a_geometry_reads_and_names_its_short_form():
+    assert Geometry.parse("64s1") == Geometry(64, True) and Geometry(64, True).name == "64s1"
+    assert Geometry.parse(" 96 ") == Geometry(96)
+    for bad in ("s1", "4", "96px"):
+        with pytest.raises(ValueError, match="64s1"):
+            Geometry.parse(bad)
+    assert candidates((64, 96)) == [Geometry(64), Geometry(64, True), Geometry(96),
+                                    Geometry(96, True)]
+
+
+def test_labels_choose_by_knn_and_a_tie_goes_to_the_cheaper():
+    rows = [GeometryScore(Geometry(64), 0.1, knn_top1=0.80),
+            GeometryScore(Geometry(64, True), 0.4, knn_top1=0.852),
+            GeometryScore(Geometry(96), 0.2, knn_top1=0.85),
+            GeometryScore(Geometry(128), 9.0, skipped="over the cost cap 1")]
+    assert choose(rows, labelled=True)[0] == Geometry(96)  # 0.002 below: a tie, cheaper
+    rows[1].knn_top1 = 0.9
+    assert choose(rows, labelled=True)[0] == Geometry(64, True)
+    # without labels: the costliest of the scored
+    assert choose(rows, labelled=False)[0] == Geometry(64, True)
+    with pytest.raises(ValueError, match="max-cost"):
+        choose(rows[3:], labelled=True)
+
+
+def test_score_measures_cost_and_knn_and_skips_what_the_cap_excludes(start, one_thread):
+    weights, images = start
+    choice = score_geometries("test_resnet", images, SMALL, weights=weights, max_cost=0.02,
+                              sample=12, workers=0)
+    rows = {r.geometry: r for r in choice.rows}
+    # the stride-1 stem (and no max-pool) puts 16x the pixels through a ResNet's body
+    assert 8.0 < rows[Geometry(16, True)].cost / rows[Geometry(16)].cost < 17.0
+    assert rows[Geometry(24)].cost == pytest.approx(rows[Geometry(16)].cost * 2.25, rel=0.2)
+    assert choice.sample == 12 and choice.labelled
+    for row in choice.rows:
+        if row.cost > 0.02:
+            assert row.skipped and row.knn_top1 is None
+        else:
+            assert row.skipped is None and 0.0 <= row.knn_top1 <= 1.0
+            assert 0.0 <= row.copy_top1 <= 1.0
+    assert rows[choice.chosen].skipped is None
+    assert "chosen: " + choice.chosen.name in choice.table()
+
+
+def test_train_config_takes_a_named_geometry_and_auto_needs_a_start(tmp_path, start):
+    _, images = start
+    config = TrainConfig(data=str(images), out=str(tmp_path / "run"), geometry="64s1")
+    applied = with_geometry(config, tmp_path / "run")
+    assert (applied.image_size, applied.small_stem, applied.geometry) == (64, True, "64s1")
+    with pytest.raises(ValueError, match="--pretrained"):
+        with_geometry(TrainConfig(data=str(images), out=str(tmp_path), geometry="auto"),
+                      tmp_path)
+
+
+def test_export_geometry_auto_scores_prints_records_and_exports_the_choice(start, tmp_path):
+    weights, images = start
+    out = tmp_path / "start.onnx"
+    result = CliRunner().invoke(app, [
+        "export", "--backbone", "test_resnet", "--weights", str(weights), "--data",
+        str(images), "--geometry", "auto", "--max-cost", "0.4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "chosen: " in result.output
+    record = json.loads((tmp_path / "start.onnx.geometry.json").read_text())
+    chosen = Geometry(record["image_size"], record["small_stem"])
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["groco.input_size"] == str(chosen.image_size)
+    assert {r["geometry"] for r in record["rows"]} == {g.name for g in candidates()}
+
+
+def test_export_geometry_refuses_what_it_cannot_do(start, tmp_path):
+    weights, images = start
+    runner = CliRunner()
+    for args, says in ((["--geometry", "auto", "--weights", str(weights)], "--data"),
+                       (["--geometry", "auto", "--data", str(images)], "--pretrained"),
+                       (["--geometry", "64", "--image-size", "64"], "not both")):
+        result = runner.invoke(app, ["export", "--backbone", "test_resnet", "--out",
+                                     str(tmp_path / "x.onnx"), *args])
+        assert result.exit_code == 1 and says in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_train_geometry_auto_trains_at_the_choice_and_resumes_it(start, tmp_path):
+    weights, images = start
+    run = tmp_path / "run"
+    args = ["train", str(images), "--out", str(run), "--backbone", "test_resnet",
+            "--weights", str(weights), "--geometry", "auto", "--geometry-max-cost", "0.4",
+            "--epochs", "1", "--batch-size", "8", "--topk-neg", "4", "--workers", "0",
+            "--projector-dim", "16", "--projector-hidden", "16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / RECORD).read_text())
+    saved = TrainConfig.from_yaml(run / "config.yaml")
+    assert (saved.image_size, saved.small_stem, saved.geometry) == (
+        record["image_size"], record["small_stem"], record["chosen"])
+    # the same command resumes: auto stands for what the run chose
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
