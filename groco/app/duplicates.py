@@ -56,12 +56,15 @@ class Duplicates:
         self.floor = float(floor)
         self.default = max(float(default), self.floor)
         self._scan: DuplicateScan | None = None
+        self._scanned_generation = -1
         self._lock = threading.Lock()
 
     def scan(self) -> DuplicateScan:
-        """The index's candidate pairs at ``floor`` (scanned on the first call)."""
+        """The index's candidate pairs at ``floor`` (scanned on the first call, and again
+        after the reader switched to a newer index state)."""
         with self._lock:
-            if self._scan is None:
+            if self._scan is None or self._scanned_generation != self.searcher.generation:
+                self._scanned_generation = self.searcher.generation
                 self._scan = self.searcher.duplicate_scan(self.floor)
             return self._scan
 

@@ -22,6 +22,8 @@ class AppSettings:
     - ``browse_page``: thumbnails per page of the collection grid.
     - ``reduce_queries``: decode queries reduced to what the encoder needs (on; off only
       to measure what it saves).
+    - ``refresh_seconds``: how often the server looks for a newer index state written by
+      ``groco index update`` and switches to it (1 s).
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -33,6 +35,7 @@ class AppSettings:
     max_k: int = 50
     browse_page: int = 24
     reduce_queries: bool = True
+    refresh_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",
@@ -40,6 +43,8 @@ class AppSettings:
                      "concurrency", "default_k", "max_k", "browse_page"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.refresh_seconds > 0:
+            raise ValueError(f"refresh_seconds must be > 0, got {self.refresh_seconds}")
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
 

@@ -3,6 +3,7 @@ settings and the query decoder, with what the UI asks of them (no Gradio here)."
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from groco.app.settings import AppSettings
 from groco.app.thumbnails import ThumbnailCache
 from groco.app.uploads import QueryDecoder, UploadError
 from groco.index.api import EMBEDDED, FileRow, IndexReader, Page, Result
+
+log = logging.getLogger("groco.app")
 
 ALL_LABELS = "all"
 
@@ -39,6 +42,8 @@ class AppState:
                                     min_side=min_side if self.settings.reduce_queries else None,
                                     upload_folder=upload_folder)
         self.warmup: threading.Thread | None = None
+        self.watch: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: str | Path | None = None,
@@ -51,7 +56,27 @@ class AppState:
         return cls(searcher, ThumbnailCache(folder), settings)
 
     def close(self) -> None:
+        self._stop.set()
         self.searcher.close()
+
+    def start_index_watch(self) -> threading.Thread:
+        """Look for a newer index state every ``settings.refresh_seconds`` in a background
+        thread and switch to it between queries (:meth:`IndexReader.refresh`): a running
+        server answers from what ``groco index update`` wrote, without a restart."""
+        if self.watch is None:
+            self.watch = threading.Thread(target=self._watch_index, name="groco-index-watch",
+                                          daemon=True)
+            self.watch.start()
+        return self.watch
+
+    def _watch_index(self) -> None:
+        while not self._stop.wait(self.settings.refresh_seconds):
+            try:
+                if self.searcher.refresh():
+                    log.info("switched to the index's newer state (%s)",
+                             self.searcher.index_dir)
+            except (ValueError, OSError) as error:  # e.g. a damaged newer state
+                log.warning("keeping the index state being served: %s", error)
 
     # -- the collection's thumbnails
 

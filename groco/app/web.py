@@ -108,8 +108,9 @@ def launch_app(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
                encoder: str | Path | None = None, block: bool = True,
                settings: AppSettings | None = None,
                **launch_kwargs: Any) -> tuple[gr.Blocks, str]:
-    """Load the index once, start making its thumbnails in the background, serve the app;
-    returns (app, local URL)."""
+    """Load the index once, start making its thumbnails and watching for newer index
+    states in the background, serve the app; returns (app, local URL)."""
     state = AppState.open(index_dir, encoder, settings)
     state.start_thumbnail_warmup()
+    state.start_index_watch()
     return serve(state, host, port, block, **launch_kwargs)

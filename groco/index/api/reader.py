@@ -21,6 +21,7 @@ from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_dupli
 from ..expansion import POOL
 from ..faiss.query import search
 from ..faiss.source import as_unit_vectors
+from ..manifest import IndexDirError, read_manifest
 from ..map import MapData, has_map, iter_map_items, map_path, read_map
 from ..search import QueryImage, Result, Searcher
 from ..store import DB_NAME, EMBEDDED, FileRow, Store
@@ -43,6 +44,10 @@ class IndexReader:
     def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
                  providers: list[str] | None = None) -> None:
         self._searcher = Searcher(index_dir, encoder_path, providers)
+        self._opening = (encoder_path, providers)
+        self._previous: Searcher | None = None
+        self.generation = 0
+        """How many newer index states this reader has switched to (:meth:`refresh`)."""
         self.index_dir: Path = self._searcher.index_dir
         self.root: Path = self._searcher.root
         """The images root recorded in the manifest (a result's ``path`` is under it)."""
@@ -54,6 +59,33 @@ class IndexReader:
 
     def close(self) -> None:
         self._searcher.close()
+        if self._previous is not None:
+            self._previous.close()
+
+    def refresh(self) -> bool:
+        """Switch to the directory's newest state when ``groco index update`` (or a
+        rebuild) has written one since this reader opened its own; True when it switched.
+
+        A state is named by the manifest's ``index_file``; an unreadable or half-written
+        directory leaves the reader on its state. The state before stays open until the
+        next switch, so a query that started on it finishes (an update keeps the previous
+        state's files for such readers). The encoder is checked as on opening."""
+        try:
+            manifest = read_manifest(self.index_dir)
+        except (IndexDirError, OSError):
+            return False
+        if manifest.get("index_file") == self._searcher.manifest.get("index_file"):
+            return False
+        newer = Searcher(self.index_dir, *self._opening)
+        with self._lock:
+            older, self._previous = self._previous, self._searcher
+            self._searcher = newer
+            self.root, self.encoder, self.stale = newer.root, newer.encoder, newer.stale
+            self._collection, self._locations = None, None
+            self.generation += 1
+        if older is not None:
+            older.close()
+        return True
 
     def __enter__(self) -> IndexReader:
         return self
