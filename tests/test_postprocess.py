@@ -179,3 +179,17 @@ def test_a_bad_postprocess_is_one_line(built, tmp_path: Path):
                                       "--out", str(tmp_path / "i"), "--postprocess", "blur"])
     assert result.exit_code != 0
     assert "cannot read 'blur'" in result.output
+
+
+def test_a_label_filter_keeps_the_post_processed_order(encoder_file: Path, tmp_path: Path):
+    from groco.index.api import IndexReader
+
+    images = make_collection(tmp_path / "images", classes=3, per_class=6)
+    for setting in ("centre+dba3", "centre+dba2+qe2"):
+        index_dir = tmp_path / setting
+        build_index_dir(images, encoder_file, index_dir, postprocess=setting, **FAST)
+        with IndexReader(index_dir) as reader:
+            query = reader.embed_image(images / "class0/img002.png")
+            every = reader.search_vector(query, 18)
+            only = reader.search_vector(query, 6, label="class1")
+        assert [r.id for r in only] == [r.id for r in every if r.label == "class1"]

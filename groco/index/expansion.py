@@ -179,6 +179,11 @@ class Expansion:
     def settings(self) -> Postprocess:
         return self.fitted.settings
 
+    @property
+    def expands_queries(self) -> bool:
+        """Whether :meth:`expand` reads its candidate pool (alpha-QE is on)."""
+        return self.settings.qe_k > 0
+
     def search_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, d)``: which of ``ids`` the expansion holds, and their search vectors."""
         positions = np.searchsorted(self.ids, ids)

@@ -131,7 +131,8 @@ class IndexReader:
         want = k + (exclude is not None)
         expanded = None
         if expansion is not None:  # expanded from the whole collection, as unfiltered
-            pool = search(index, query, min(max(POOL, want), index.ntotal))[1][0]
+            pool = (search(index, query, min(max(POOL, want), index.ntotal))[1][0]
+                    if expansion.expands_queries else np.empty(0, np.int64))
             expanded = expansion.expand(query[0], pool, exclude)
         scores, found = search_subset(
             index, query, want if expansion is None else max(POOL, want), ids,
