@@ -73,8 +73,13 @@ def export(
             from groco.encoder.baselines import export_backbone
 
             if geometry is not None:
-                image_size, small_stem = _geometry(geometry, backbone, data, pretrained,
-                                                   weights, max_cost, out)
+                from groco.training.geometry import resolve_geometry
+
+                chosen = resolve_geometry(geometry, backbone, data, pretrained=pretrained,
+                                          weights=weights, max_cost=max_cost,
+                                          record=out.with_name(out.name + ".geometry.json"),
+                                          progress=typer.echo)
+                image_size, small_stem = chosen.image_size, chosen.small_stem
 
             report = export_backbone(backbone, image_size or 224, out, pretrained=pretrained,
                                      weights=weights, precision=precision, data=data,
@@ -88,29 +93,6 @@ def export(
     except (ExportError, ValueError, OSError) as error:
         fail(error)
     typer.echo(report.summary())
-
-
-def _geometry(text: str, backbone: str, data: Path | None, pretrained: bool,
-              weights: Path | None, max_cost: float, out: Path) -> tuple[int, bool]:
-    """``(image_size, small_stem)`` of ``--geometry``: parsed, or for ``auto`` scored on
-    ``data``, printed and recorded beside ``out`` (``OUT.geometry.json``)."""
-    import json
-
-    from groco.training.geometry import Geometry, candidates, score_geometries
-
-    if text.strip().lower() != "auto":
-        chosen = Geometry.parse(text)
-        return chosen.image_size, chosen.small_stem
-    if data is None:
-        raise ValueError("--geometry auto scores the candidates on your images: give --data")
-    if not pretrained and weights is None:
-        raise ValueError("--geometry auto measures a start: give --pretrained or --weights")
-    choice = score_geometries(backbone, data, candidates(), pretrained=pretrained,
-                              weights=weights, max_cost=max_cost, progress=typer.echo)
-    typer.echo(choice.table())
-    record = out.with_name(out.name + ".geometry.json")
-    record.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
-    return choice.chosen.image_size, choice.chosen.small_stem
 
 
 def embed(

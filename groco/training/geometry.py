@@ -245,29 +245,46 @@ RECORD = "geometry.json"
 """The file in a run directory that records ``--geometry auto``'s table and choice."""
 
 
+def resolve_geometry(text: str, backbone: str, data: str | Path | None, *,
+                     pretrained: bool = False, pretrained_file: str | Path | None = None,
+                     weights: str | Path | None = None, max_cost: float = DEFAULT_MAX_COST,
+                     seed: int = 0, workers: int = 0, record: Path | None = None,
+                     progress: Callable[[str], None] = log.info) -> Geometry:
+    """The geometry ``--geometry TEXT`` names: ``"96"``/``"64s1"`` parsed; ``"auto"``
+    scored (:func:`score_geometries` over :func:`candidates` on ``data``), its table given
+    to ``progress`` and written as JSON to ``record``. ``ValueError`` for ``auto`` without
+    ``data`` or without a start from weights: an untrained network has no serving geometry
+    to measure."""
+    if text.strip().lower() != "auto":
+        return Geometry.parse(text)
+    if data is None:
+        raise ValueError("--geometry auto scores the candidates on your images: give --data")
+    if not (pretrained or pretrained_file or weights):
+        raise ValueError("--geometry auto measures a start from weights: give --pretrained "
+                         "or --weights (or a size such as 96)")
+    choice = score_geometries(backbone, data, candidates(), pretrained=pretrained,
+                              pretrained_file=pretrained_file, weights=weights,
+                              max_cost=max_cost, seed=seed, workers=workers,
+                              progress=progress)
+    progress(choice.table())
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
+    return choice.chosen
+
+
 def with_geometry(config: Any, run_dir: Path) -> Any:
-    """``config`` (a :class:`~groco.training.config.TrainConfig`) at its ``geometry``:
-    ``None`` leaves it as it is; ``"96"``/``"64s1"`` sets ``image_size`` and ``small_stem``;
-    ``"auto"`` scores :func:`candidates` for the start on ``config.data`` (capped at
-    ``config.geometry_max_cost``), logs the table, records it in ``run_dir``/:data:`RECORD`
-    and sets the chosen one (``geometry`` becomes its name, so a resumed run keeps it).
-    ``ValueError`` for ``auto`` without a start from weights: an untrained network has no
-    serving geometry to measure."""
+    """``config`` (a :class:`~groco.training.config.TrainConfig`) at its ``geometry``
+    (:func:`resolve_geometry`; ``None`` leaves it as it is): ``image_size`` and
+    ``small_stem`` set, ``auto`` capped at ``config.geometry_max_cost`` and recorded in
+    ``run_dir``/:data:`RECORD`; ``geometry`` becomes the chosen name, so a resumed run
+    keeps it."""
     if config.geometry is None:
         return config
-    if config.geometry.strip().lower() == "auto":
-        if not config.starts_from_weights:
-            raise ValueError("--geometry auto measures a start: give it --pretrained, "
-                             "--pretrained-file or --weights (or a size such as 96)")
-        choice = score_geometries(
-            config.backbone, config.data, candidates(), pretrained=config.pretrained,
-            pretrained_file=config.pretrained_file, weights=config.weights,
-            max_cost=config.geometry_max_cost, seed=config.seed, workers=config.workers)
-        log.info("%s", choice.table())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RECORD).write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
-        chosen = choice.chosen
-    else:
-        chosen = Geometry.parse(config.geometry)
+    chosen = resolve_geometry(
+        config.geometry, config.backbone, config.data, pretrained=config.pretrained,
+        pretrained_file=config.pretrained_file, weights=config.weights,
+        max_cost=config.geometry_max_cost, seed=config.seed, workers=config.workers,
+        record=run_dir / RECORD)
     return dataclasses.replace(config, image_size=chosen.image_size,
                                small_stem=chosen.small_stem, geometry=chosen.name)
