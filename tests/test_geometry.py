@@ -82,6 +82,10 @@ def test_score_measures_cost_and_knn_and_skips_what_the_cap_excludes(start, one_
             assert 0.0 <= row.copy_top1 <= 1.0
     assert rows[choice.chosen].skipped is None
     assert "chosen: " + choice.chosen.name in choice.table()
+    # the cost is relative to the network's own stem, whichever candidates are asked
+    alone = score_geometries("test_resnet", images, [Geometry(16, True)], weights=weights,
+                             max_cost=1.0, sample=12, workers=0)
+    assert alone.rows[0].cost == pytest.approx(rows[Geometry(16, True)].cost)
 
 
 def test_train_config_takes_a_named_geometry_and_auto_needs_a_start(tmp_path, start):

@@ -211,8 +211,10 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
         except ValueError as error:  # e.g. a stride-1 stem asked of a ViT
             rows.append(GeometryScore(geometry, None, skipped=str(error).split(";")[0]))
             continue
-        if reference is None:
-            reference = forward_flops(network, pretraining_size(network))
+        if reference is None:  # the network with its own stem, at its pretraining size
+            own = (build_backbone(backbone, geometry.image_size, False, **start)[0]
+                   if geometry.small_stem else network)
+            reference = forward_flops(own, pretraining_size(own))
         cost = forward_flops(network, geometry.image_size) / reference
         row = GeometryScore(geometry, cost)
         rows.append(row)
