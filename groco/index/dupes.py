@@ -50,6 +50,7 @@ from scipy.sparse.csgraph import connected_components
 
 from . import shards
 from .faiss.query import search
+from .faiss.source import positions_of
 from .indexfile import open_current
 from .manifest import damaged
 from .store import DB_NAME, EMBEDDED, FileRow, Store
@@ -336,7 +337,7 @@ def _scan(index_dir: Path, index: faiss.Index, ids: np.ndarray, shard_numbers: n
             scores, neighbour_ids = scores.ravel(), neighbour_ids.ravel()
             keep = ((neighbour_ids >= 0) & (neighbour_ids != query_ids) & (scores >= cut))
             a, b, s = query_ids[keep], neighbour_ids[keep], scores[keep]
-            known = _positions(ids, b) >= 0  # a stale index may return deleted ids
+            known = positions_of(ids, b) >= 0  # a stale index may return deleted ids
             a, b, s = a[known], b[known], s[known]
             if approximate and len(a):
                 s = _exact_scores(index_dir, ids, shard_numbers, shard_rows, a, b)
@@ -396,16 +397,10 @@ def _stars(n: int, a: np.ndarray, b: np.ndarray, score: np.ndarray, best: np.nda
     return stars
 
 
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each of ``wanted`` in the sorted ``ids``; -1 where absent."""
-    at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
-    return np.where(ids[at] == wanted, at, -1) if len(ids) else np.full(len(wanted), -1)
-
-
 def _exact_scores(index_dir: Path, ids: np.ndarray, shard_numbers: np.ndarray,
                   shard_rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of each pair ``(a[i], b[i])`` from the stored vectors."""
-    pa, pb = _positions(ids, a), _positions(ids, b)
+    pa, pb = positions_of(ids, a), positions_of(ids, b)
     va = shards.gather(index_dir, shard_numbers[pa], shard_rows[pa])
     vb = shards.gather(index_dir, shard_numbers[pb], shard_rows[pb])
     return np.einsum("ij,ij->i", va, vb)

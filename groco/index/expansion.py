@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 
 from .faiss.query import search
-from .faiss.source import VectorSource
+from .faiss.source import VectorSource, positions_of
 from .postprocess import Fitted, Postprocess, weighted_mean
 
 log = logging.getLogger(__name__)
@@ -122,16 +122,12 @@ def _dba_rows(fitted: Fitted, ids: np.ndarray, vectors: np.ndarray, index: faiss
         return centred
     _, found = search(index, vectors, min(CANDIDATES * k + 1, index.ntotal))
     found = np.where(found == ids[:, None], -1, found)  # never itself
-    wanted = np.unique(found[found >= 0])
-    known = source_ids(source)
-    positions = np.searchsorted(known, wanted)
-    present = (positions < len(known)) & (known[np.minimum(positions, len(known) - 1)]
-                                          == wanted)
-    _, neighbour_vectors = source.take(positions[present])
-    lookup = {int(i): r for r, i in enumerate(wanted[present])}
-    rows = np.vectorize(lambda i: lookup.get(int(i), -1), otypes=[np.int64])(found)
-    if not lookup:
+    positions = positions_of(source_ids(source), found)  # -1: no result, or not stored
+    wanted = np.unique(positions[positions >= 0])
+    if len(wanted) == 0:
         return centred
+    _, neighbour_vectors = source.take(wanted)
+    rows = np.where(positions >= 0, np.searchsorted(wanted, positions), -1)
     others = fitted.centred(neighbour_vectors)[np.maximum(rows, 0)]  # (n, k + 1, dim)
     sims = np.where(rows >= 0, np.einsum("nd,nkd->nk", centred, others), -np.inf)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
@@ -186,9 +182,8 @@ class Expansion:
 
     def search_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, d)``: which of ``ids`` the expansion holds, and their search vectors."""
-        positions = np.searchsorted(self.ids, ids)
-        found = (positions < len(self.ids)) & (
-            self.ids[np.minimum(positions, len(self.ids) - 1)] == ids)
+        positions = positions_of(self.ids, ids)
+        found = positions >= 0
         return found, np.asarray(self.vectors[positions[found]], dtype=np.float32)
 
     def expand(self, query: np.ndarray, pool_ids: np.ndarray,

@@ -1,6 +1,7 @@
 """Vectors read a chunk at a time: the :class:`VectorSource` protocol an index is built
 from, :class:`ArraySource` (one array in memory), :class:`MaskedSource` (a subset of
-another source), and the checks every vector and id passes (unit rows, distinct ids)."""
+another source), the checks every vector and id passes (unit rows, distinct ids), and
+:func:`positions_of` (where ids sit in a sorted id list)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from typing import Protocol
 
 import faiss
 import numpy as np
+
+
+def positions_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The position of each of ``wanted`` (any shape) in the ascending, non-negative
+    ``ids``; ``-1`` where it is not there (FAISS's ``-1``, no result, included)."""
+    wanted = np.asarray(wanted)
+    if len(ids) == 0:
+        return np.full(wanted.shape, -1, np.int64)
+    at = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    return np.where(ids[at] == wanted, at, -1)
 
 
 def as_unit_vectors(x: np.ndarray, name: str = "vectors") -> np.ndarray:

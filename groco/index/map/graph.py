@@ -36,6 +36,7 @@ from groco.progress import progress_bar
 from .. import shards
 from ..faiss.factory import apply_search_params
 from ..faiss.query import search
+from ..faiss.source import positions_of
 
 WORK_DIR = "map-work"
 GRAPH_EF_SEARCH = 64
@@ -53,12 +54,6 @@ def chunks(n: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]:
     """``(lo, hi)`` row ranges of at most ``size`` rows covering ``start..n``."""
     for lo in range(start, n, size):
         yield lo, min(n, lo + size)
-
-
-def _positions(ids: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """The row of each ``found`` id in the sorted ``ids``; ``-1`` where it is not there."""
-    pos = np.searchsorted(ids, found).clip(0, len(ids) - 1)
-    return np.where((found >= 0) & (ids[pos] == found), pos, -1)
 
 
 def _found_first(pos: np.ndarray, scores: np.ndarray, width: int
@@ -79,7 +74,7 @@ def _knn_rows(index: faiss.Index, ids: np.ndarray, queries: np.ndarray, lo: int,
     (``inf`` = none) of each query's ``k`` nearest items, itself first."""
     m = len(queries)
     scores, found = search(index, queries, k)
-    pos = _positions(ids, found)
+    pos = positions_of(ids, found)
     own = np.arange(lo, lo + m)
     pos[pos == own[:, None]] = -1  # self goes first, once
     out_idx = np.empty((m, k), dtype=np.int32)
@@ -94,7 +89,7 @@ def mapped_neighbours(index: faiss.Index, queries: np.ndarray, mapped_ids: np.nd
     """Each query's ``k`` nearest items among ``mapped_ids`` (sorted): their positions in
     it (``-1`` = none) and distances, from the index's ``want`` nearest items."""
     scores, found = search(index, queries, want)
-    return _found_first(_positions(mapped_ids, found), scores, k)
+    return _found_first(positions_of(mapped_ids, found), scores, k)
 
 
 def graph_search_params(manifest: dict[str, Any]) -> dict[str, float]:
