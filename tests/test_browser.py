@@ -340,3 +340,39 @@ def test_the_demo_page_fills_all_three_tabs(demo_run, browser):
                              in _text(d, "map-status"))
     finally:
         app.close()
+
+
+def test_a_signed_in_browser_searches(encoder_file, tmp_path, browser):
+    """With --auth the page loads and searches for a browser that sends the credentials
+    with every request (as one does after its sign-in prompt)."""
+    import base64
+    import socket
+
+    from conftest import make_collection
+    from selenium.webdriver.common.by import By
+
+    from groco.app.auth import Credentials, set_password
+    from groco.app.web import launch_app
+    from groco.index.build import build_index_dir
+
+    images = make_collection(tmp_path / "images", classes=2, per_class=5, size=32)
+    build_index_dir(images, encoder_file, tmp_path / "index", batch_size=8, progress=False)
+    set_password(tmp_path / "users", "alice", "secret")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app, url = launch_app(tmp_path / "index", port=port, block=False,
+                          credentials=Credentials.read(tmp_path / "users"))
+    try:
+        token = base64.b64encode(b"alice:secret").decode()
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders",
+                                {"headers": {"Authorization": f"Basic {token}"}})
+        browser.get(url)
+        upload = _wait(browser).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
+        upload.send_keys(str(images / "class1" / "img003.png"))
+        _wait(browser).until(lambda d: "neighbours of" in _text(d, "search-status"))
+        assert "class1/img003.png" in _text(browser, "results")
+    finally:
+        app.close()

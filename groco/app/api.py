@@ -14,7 +14,8 @@ caps). Query parameters: ``k``, ``label`` (a folder, or ``all``), ``min_score`` 
 cut-off, -1 for none). The answer is ``{"results": [{"id", "relpath", "score", "label",
 "thumbnail"}], "ms": server time}`` with ``thumbnail`` a URL path on this server;
 a bad request gets HTTP 400 and ``{"error": "one line"}``. At most
-``settings.concurrency`` searches run at once, as in the UI's queue.
+``settings.concurrency`` requests run at once and ``settings.queue_size`` more wait, as
+in the UI's queue; past that a request gets HTTP 429 (``Retry-After: 1``) at once.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class JsonApi:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self._limiter: anyio.CapacityLimiter | None = None
+        self._admitted = 0  # running or waiting; changed only in the event loop
 
     def routes(self) -> list[Route]:
         return [Route(f"{PREFIX}/search", self.search, methods=["POST"]),
@@ -58,9 +60,15 @@ class JsonApi:
                 Route(f"{PREFIX}/browse", self.browse, methods=["GET"])]
 
     async def _run(self, work: Callable[[], dict[str, Any]]) -> JSONResponse:
+        settings = self.state.settings
         if self._limiter is None:  # made inside the server's event loop
-            self._limiter = anyio.CapacityLimiter(self.state.settings.concurrency)
+            self._limiter = anyio.CapacityLimiter(settings.concurrency)
+        if self._admitted >= settings.concurrency + settings.queue_size:
+            return JSONResponse({"error": f"busy: {settings.queue_size} requests are already "
+                                          "waiting; try again in a moment"},
+                                status_code=429, headers={"Retry-After": "1"})
         started = time.perf_counter()
+        self._admitted += 1
         try:
             answer = await anyio.to_thread.run_sync(work, limiter=self._limiter)
         except UploadError as error:
@@ -69,6 +77,8 @@ class JsonApi:
             log.exception("JSON API request failed")
             return JSONResponse({"error": "internal error (see the server log)"},
                                 status_code=500)
+        finally:
+            self._admitted -= 1
         answer["ms"] = round((time.perf_counter() - started) * 1000, 2)
         return JSONResponse(answer)
 

@@ -18,6 +18,9 @@ class AppSettings:
     - ``decode_concurrency``: how many large query images (over ``large_query_pixels``)
       are decoded at once; more wait, smaller ones do not.
     - ``concurrency``: how many searches run at once (Gradio's queue).
+    - ``queue_size``: how many more may wait, on the page and on the JSON routes each;
+      past it a query is refused at once ("busy", HTTP 429 on the JSON routes) instead of
+      waiting without bound.
     - ``default_k``: neighbours shown by default; ``max_k``: the slider's end.
     - ``browse_page``: thumbnails per page of the collection grid.
     - ``reduce_queries``: decode queries reduced to what the encoder needs (on; off only
@@ -31,6 +34,7 @@ class AppSettings:
     decode_concurrency: int = 2
     large_query_pixels: int = 4_000_000
     concurrency: int = 4
+    queue_size: int = 32
     default_k: int = 12
     max_k: int = 50
     browse_page: int = 24
@@ -40,7 +44,7 @@ class AppSettings:
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",
                      "large_query_pixels",
-                     "concurrency", "default_k", "max_k", "browse_page"):
+                     "concurrency", "queue_size", "default_k", "max_k", "browse_page"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.refresh_seconds > 0:

@@ -16,7 +16,9 @@ pixel caps; a query that is not a readable image gets a one-line message.
 Safety: binds to 127.0.0.1 unless told otherwise; serves thumbnails from the index's cache
 folder only (``allowed_paths``; static, so Gradio neither hashes nor copies them per
 answer), never an original or any other file; reads only files in Gradio's upload folder;
-every request body is capped (:mod:`groco.app.limits`).
+every request body is capped (:mod:`groco.app.limits`); with credentials, every route
+asks for them (:mod:`groco.app.auth`); at most ``settings.queue_size`` queries wait, the
+rest are refused at once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import gradio as gr
 
 from groco.app.api import json_routes
+from groco.app.auth import Credentials, basic_auth
 from groco.app.dupes_tab import dupes_tab
 from groco.app.limits import body_limit
 from groco.app.map_tab import map_tab
@@ -81,24 +84,29 @@ def build_app(state: AppState) -> gr.Blocks:
             with gr.Tab("Map", id="map", elem_id="map-tab") as tab:
                 map_tab(tab, state)
         app.load(None, None, None, js=TAB_FROM_URL, api_name=False)
-    app.queue(default_concurrency_limit=state.settings.concurrency)
+    app.queue(default_concurrency_limit=state.settings.concurrency,
+              max_size=state.settings.queue_size)
     return app
 
 
 def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-          **launch_kwargs: Any) -> tuple[gr.Blocks, str]:
-    """Build the app over ``state`` and serve it; returns (app, local URL). Large freed
+          credentials: Credentials | None = None, **launch_kwargs: Any,
+          ) -> tuple[gr.Blocks, str]:
+    """Build the app over ``state`` and serve it; returns (app, local URL). With
+    ``credentials`` every route asks for them (:mod:`groco.app.auth`). Large freed
     blocks go back to the OS at once (:mod:`groco.app.memory`)."""
     return_large_blocks()
     thumbnails = str(state.thumbnails.folder.resolve())
     gr.set_static_paths([thumbnails])  # immutable files (named by content hash)
     app = build_app(state)
+    middleware = [body_limit(state.settings.max_request_bytes)]
+    if credentials is not None:
+        middleware.insert(0, basic_auth(credentials))
     _, url, _ = app.launch(
         server_name=host, server_port=port,
         allowed_paths=[thumbnails],
         max_file_size=state.settings.max_upload_bytes,
-        app_kwargs={"middleware": [body_limit(state.settings.max_request_bytes)],
-                    "routes": json_routes(state)},
+        app_kwargs={"middleware": middleware, "routes": json_routes(state)},
         prevent_thread_lock=not block, quiet=True, footer_links=["api"], css=PAGE_CSS,
         **launch_kwargs)
     return app, url
@@ -106,11 +114,11 @@ def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860, block: boo
 
 def launch_app(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
                encoder: str | Path | None = None, block: bool = True,
-               settings: AppSettings | None = None,
+               settings: AppSettings | None = None, credentials: Credentials | None = None,
                **launch_kwargs: Any) -> tuple[gr.Blocks, str]:
     """Load the index once, start making its thumbnails and watching for newer index
     states in the background, serve the app; returns (app, local URL)."""
     state = AppState.open(index_dir, encoder, settings)
     state.start_thumbnail_warmup()
     state.start_index_watch()
-    return serve(state, host, port, block, **launch_kwargs)
+    return serve(state, host, port, block, credentials, **launch_kwargs)

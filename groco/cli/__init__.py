@@ -6,10 +6,10 @@ from groco.cli import index
 from groco.cli.app import app
 from groco.cli.export import embed, export
 from groco.cli.search import search
-from groco.cli.serve import demo, serve
+from groco.cli.serve import demo, passwd, serve
 from groco.cli.train import train
 
-for command in (train, export, embed, search, serve, demo):
+for command in (train, export, embed, search, serve, passwd, demo):
     app.command()(command)
 
 __all__ = ["app", "index"]

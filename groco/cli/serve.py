@@ -4,26 +4,98 @@ collection, ending in the web UI)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from groco.app.settings import AppSettings
 from groco.cli.app import fail
 from groco.knn import KNN_K
+
+if TYPE_CHECKING:
+    from groco.app.auth import Credentials
 
 
 def serve(
     index: Path = typer.Argument(..., help="Index directory."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind to."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind to; any other than this "
+                                                "machine's loopback needs --auth (or --no-auth)."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     encoder: Path = typer.Option(None, help="Encoder file [default: the index's]."),
+    auth: str = typer.Option(None, "--auth", metavar="FILE|env:NAME",
+                             help="Ask every request for a user and password: a file of "
+                                  "user:HASH lines (`groco passwd FILE USER` writes them), or "
+                                  "env:NAME for user:password lines in the environment "
+                                  "variable NAME."),
+    no_auth: bool = typer.Option(False, "--no-auth",
+                                 help="Serve a non-loopback --host to anyone who can reach it."),
+    ssl_certfile: Path = typer.Option(None, exists=True, dir_okay=False,
+                                      help="TLS certificate (PEM): serve https."),
+    ssl_keyfile: Path = typer.Option(None, exists=True, dir_okay=False,
+                                     help="TLS private key (PEM) of --ssl-certfile."),
+    queue_size: int = typer.Option(AppSettings.queue_size, min=1, max=100_000,
+                                   help="Queries that may wait; past it one is refused at "
+                                        "once (busy, HTTP 429)."),
 ) -> None:
     """Serve the visual search web UI over INDEX (on 127.0.0.1 unless --host says else)."""
+    from groco.app.auth import is_loopback
     from groco.app.web import launch_app
 
     try:
-        launch_app(index, host=host, port=port, encoder=encoder, block=True)
+        credentials = sign_in(host, auth, no_auth)
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        tls = {} if ssl_certfile is None else {
+            "ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile),
+            "ssl_verify": False}
+        if credentials is not None and not tls and not is_loopback(host):
+            typer.echo("warning: without --ssl-certfile/--ssl-keyfile the password crosses "
+                       "the network readable", err=True)
+        launch_app(index, host=host, port=port, encoder=encoder, block=True,
+                   settings=AppSettings(queue_size=queue_size), credentials=credentials,
+                   **tls)
     except (ValueError, OSError) as error:
         fail(error)
+
+
+def sign_in(host: str, auth: str | None, no_auth: bool) -> Credentials | None:
+    """The credentials every request must carry, or None; refuses a non-loopback host
+    with neither ``--auth`` nor ``--no-auth``."""
+    from groco.app.auth import Credentials, is_loopback
+    if auth is not None and no_auth:
+        raise ValueError("--auth and --no-auth contradict each other")
+    if auth is not None:
+        return Credentials.read(auth)
+    if not no_auth and not is_loopback(host):
+        raise ValueError(f"--host {host} serves the collection to the network: add --auth "
+                         "FILE (`groco passwd FILE USER` makes one), or --no-auth to serve "
+                         "it to anyone who can reach it")
+    return None
+
+
+def passwd(
+    file: Path = typer.Argument(..., dir_okay=False, help="Credentials file for "
+                                                          "`groco serve --auth`."),
+    user: str = typer.Argument(..., help="User name (no colon)."),
+    password_stdin: bool = typer.Option(False, "--password-stdin",
+                                        help="Read the password from standard input's first "
+                                             "line instead of asking twice."),
+) -> None:
+    """Add USER to FILE, or change their password: the line is user:HASH (PBKDF2-SHA256),
+    so no password is kept at rest."""
+    import sys
+
+    from groco.app.auth import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        new = set_password(file, user, password)
+    except (ValueError, OSError) as error:
+        fail(error)
+    typer.echo(f"{'added' if new else 'changed the password of'} {user} in {file}")
 
 
 def demo(
