@@ -23,13 +23,14 @@ def export(
     backbone: str = typer.Option(None, "--backbone", help="Baseline: export this timm network "
                                                           "as it is, without a run."),
     image_size: int = typer.Option(None, "--image-size", help="Input size of --backbone "
-                                                              "(default: 224)."),
+                                                              "(default: 224).", min=8, max=4096),
     pretrained: bool = typer.Option(False, "--pretrained", help="--backbone with timm's "
                                                                 "pretrained weights."),
     weights: Path = typer.Option(None, "--weights", help="--backbone with this local weights "
                                                          "file (neither: untrained)."),
     raw_pixels: int = typer.Option(None, "--raw-pixels", help="Baseline: the raw-pixel "
-                                   "encoder at N x N (resize, flatten, centre, L2)."),
+                                   "encoder at N x N (resize, flatten, centre, L2).",
+                                   min=1, max=1024),
     small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
                                     help="--backbone's stem, as `groco train` takes it "
                                          "(default: the same automatic choice)."),
@@ -37,7 +38,7 @@ def export(
                                  "stem: auto (scored on --data) or e.g. 96, 64s1."),
     max_cost: float = typer.Option(DEFAULT_MAX_COST, "--max-cost", help="--geometry auto: "
                                    "FLOPs cap, relative to the network at its pretraining "
-                                   "size."),
+                                   "size.", min=0.001, max=1000.0),
 ) -> None:
     """Export a run's encoder, or a baseline, to ONNX (unit-norm embeddings; facts in the
     file's metadata).
@@ -100,7 +101,7 @@ def embed(
     encoder: Path = typer.Option(..., "--encoder", help="ONNX encoder from `groco export`."),
     out: Path = typer.Option(..., "--out", help=".npy file for the (N, dim) float32 rows, in "
                                                 "argument order, folders in sorted order."),
-    batch_size: int = typer.Option(64, help="Images per inference batch."),
+    batch_size: int = typer.Option(64, help="Images per inference batch.", min=1, max=65_536),
 ) -> None:
     """Embed images with an encoder into a .npy file (one unit-norm row per image)."""
     import numpy as np

@@ -79,21 +79,27 @@ def index_build(
     index_type: str = typer.Option("auto", "--index-type", help=_INDEX_TYPE_HELP),
     memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
     target_recall: float = typer.Option(DEFAULT_TUNING.target_recall, "--target-recall",
-                                        help="recall@10 the search parameters are tuned to."),
+                                        help="recall@10 the search parameters are tuned to.",
+                                        min=0.01, max=1.0),
     shard: int = typer.Option(None, "--shard", help="Embed only slice I of --num-shards "
-                                                    "[default: RANK under torchrun]."),
+                                                    "[default: RANK under torchrun].",
+                              min=0, max=1_000_000),
     num_shards: int = typer.Option(None, "--num-shards", help="Number of slices "
-                                                              "[default: WORLD_SIZE]."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call."),
+                                                              "[default: WORLD_SIZE].",
+                                   min=1, max=1_000_000),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call.",
+                                   min=1, max=65_536),
     shard_size: int = typer.Option(10_000, "--shard-size",
-                                   help="Images per embedding file (the resume granularity)."),
+                                   help="Images per embedding file (the resume granularity).",
+                                   min=1, max=1_000_000_000),
     workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]; "
                                                         "with --ray, Ray workers [default: "
-                                                        "one per CPU]."),
+                                                        "one per CPU].", min=1, max=100_000),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help=_RAY_HELP),
-    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray worker (0: CPU)."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="GPUs per Ray worker (0: CPU).",
+                                   min=0.0, max=64.0),
     postprocess: str = typer.Option(DEFAULT_POSTPROCESS.name, "--postprocess",
                                     help=_POSTPROCESS_HELP),
 ) -> None:
@@ -121,10 +127,14 @@ def index_update(
                                    " [default: as built]"),
     memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
     target_recall: float = typer.Option(None, "--target-recall",
-                                        help="recall@10 target [default: as built]."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call."),
-    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
-    workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4]."),
+                                        help="recall@10 target [default: as built].",
+                                        min=0.01, max=1.0),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder call.",
+                                   min=1, max=65_536),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file.",
+                                   min=1, max=1_000_000_000),
+    workers: int = typer.Option(None, "--workers", help="Decoding threads [default: 4].",
+                                min=1, max=100_000),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     postprocess: str = typer.Option(None, "--postprocess",
                                     help=_POSTPROCESS_HELP + " [default: as built]"),
@@ -156,8 +166,10 @@ def index_merge(
     index_type: str = typer.Option("auto", "--index-type", help=_INDEX_TYPE_HELP),
     memory: str = typer.Option(None, "--memory", help=_MEMORY_HELP),
     target_recall: float = typer.Option(DEFAULT_TUNING.target_recall, "--target-recall",
-                                        help="recall@10 target."),
-    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file."),
+                                        help="recall@10 target.",
+                                        min=0.01, max=1.0),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="Images per embedding file.",
+                                   min=1, max=1_000_000_000),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     on_disk: bool = typer.Option(False, "--on-disk", help=_ON_DISK_HELP),
     postprocess: str = typer.Option(DEFAULT_POSTPROCESS.name, "--postprocess",
@@ -209,10 +221,12 @@ def index_eval(
     indexes: list[Path] = typer.Argument(..., help="Index directories of one collection (the "
                                                    "same folder, e.g. built with several "
                                                    "encoders): one table row each."),
-    k: int = typer.Option(KNN_K, "-k", help="Neighbours in the k-NN vote."),
+    k: int = typer.Option(KNN_K, "-k", help="Neighbours in the k-NN vote.", min=1, max=10_000),
     temperature: float = typer.Option(KNN_TEMPERATURE, "--temperature",
-                                      help="k-NN vote temperature."),
-    max_queries: int = typer.Option(10_000, "--max-queries", help="Query sample size."),
+                                      help="k-NN vote temperature.",
+                                      min=1e-6, max=100.0),
+    max_queries: int = typer.Option(10_000, "--max-queries", help="Query sample size.",
+                                    min=1, max=1_000_000_000),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per "
                                                        "index."),
 ) -> None:
@@ -262,11 +276,13 @@ def index_dupes(
     index: Path = typer.Argument(..., help="Index directory."),
     threshold: float = typer.Option(None, "--threshold",
                                     help="Cosine similarity from which two images are near "
-                                         "copies [default: 0.97]; same bytes always group."),
+                                         "copies [default: 0.97]; same bytes always group.",
+                                    min=-1.0, max=1.0),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of groups."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per file."),
     neighbours: int = typer.Option(None, "--neighbours",
-                                   help="Candidates searched per image [default: 16]."),
+                                   help="Candidates searched per image [default: 16].",
+                                   min=1, max=10_000),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Group exact duplicates (same content hash) and near-duplicates (cosine >= threshold),
@@ -330,15 +346,17 @@ def index_map(
     index: Path = typer.Argument(..., help="Index directory."),
     neighbors: int = typer.Option(15, "--neighbors", help="Neighbours per item in the "
                                                           "layout's k-NN graph (itself "
-                                                          "included)."),
+                                                          "included).", min=2, max=1000),
     clusters: int = typer.Option(None, "--clusters", help="k-means clusters (default: "
-                                                          "sqrt(N/10), 2..50)."),
-    min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist."),
+                                                          "sqrt(N/10), 2..50).",
+                                 min=1, max=100_000),
+    min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP min_dist.",
+                                   min=0.0, max=1.0),
     epochs: int = typer.Option(None, "--epochs", help="UMAP epochs (default: 200 above "
-                                                      "10k items, else 500)."),
+                                                      "10k items, else 500).", min=1, max=100_000),
     seed: int = typer.Option(None, "--seed", help="Fix the layout's randomness (UMAP then "
                                                   "runs on one core; default: random, on "
-                                                  "all cores)."),
+                                                  "all cores).", min=0, max=2**32 - 1),
     force: bool = typer.Option(False, "--force", help="Recompute an up-to-date map."),
     as_json: bool = typer.Option(False, "--json", help="Print each item's coordinates, "
                                                        "cluster and path, and the clusters."),

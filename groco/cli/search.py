@@ -12,12 +12,13 @@ from groco.cli.app import INDEX_ERRORS, fail, index_logging
 def search(
     index: Path = typer.Argument(..., help="Index directory."),
     image: Path = typer.Argument(..., help="Query image."),
-    k: int = typer.Option(10, "-k", help="Number of neighbours."),
+    k: int = typer.Option(10, "-k", help="Number of neighbours.", min=1, max=10_000),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
     min_score: float = typer.Option(None, "--min-score",
                                     help="Leave out results below this cosine similarity "
-                                         "(-1..1), so fewer than k may come back."),
+                                         "(-1..1), so fewer than k may come back.",
+                                    min=-1.0, max=1.0),
 ) -> None:
     """Print the nearest neighbours of IMAGE in INDEX."""
     import json

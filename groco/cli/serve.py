@@ -23,10 +23,8 @@ def serve(
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     encoder: Path = typer.Option(None, help="Encoder file [default: the index's]."),
     auth: str = typer.Option(None, "--auth", metavar="FILE|env:NAME",
-                             help="Ask every request for a user and password: a file of "
-                                  "user:HASH lines (`groco passwd FILE USER` writes them), or "
-                                  "env:NAME for user:password lines in the environment "
-                                  "variable NAME."),
+                             help="Sign-in for every request: user:HASH lines (`groco "
+                                  "passwd FILE USER`), or env:NAME for user:password lines."),
     no_auth: bool = typer.Option(False, "--no-auth",
                                  help="Serve a non-loopback --host to anyone who can reach it."),
     ssl_certfile: Path = typer.Option(None, exists=True, dir_okay=False,
@@ -103,7 +101,7 @@ def demo(
                                                           "[default: scikit-learn's digits]."),
     work: Path = typer.Option(Path("groco-demo"), help="Folder for the demo's run, encoder "
                                                        "and index."),
-    epochs: int = typer.Option(None, help="Training epochs [default: 6]."),
+    epochs: int = typer.Option(None, help="Training epochs [default: 6].", min=1, max=10_000),
     serve_ui: bool = typer.Option(True, "--serve/--no-serve", help="Open the web UI at the end."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port of the web UI."),
 ) -> None:

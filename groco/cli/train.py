@@ -38,7 +38,8 @@ def setting_options() -> list[inspect.Parameter]:
         kind = Path if field.name in PATH_SETTINGS else _option_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         names = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,)
-        option = typer.Option(None, *names, help=field.metadata["help"], show_default=False)
+        option = typer.Option(None, *names, help=field.metadata["help"], show_default=False,
+                              min=field.metadata["low"], max=field.metadata["high"])
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=option, annotation=kind | None))
     return params

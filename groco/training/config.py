@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,14 @@ def default_queue_size(data: str | Path) -> int:
     return max(1, min(MAX_QUEUE_SIZE, len(find_images(data))))
 
 
-def setting(default: Any, help: str, cli: bool = True) -> Any:
-    """A :class:`TrainConfig` field with its help, the one place a setting is described:
-    ``groco train`` makes an option of every field with ``cli`` (``--name-with-dashes``;
-    booleans as ``--x/--no-x``) from its type, default and this help."""
-    metadata = {"help": help, "cli": cli}
+def setting(default: Any, help: str, cli: bool = True, low: float | None = None,
+            high: float | None = None) -> Any:
+    """A :class:`TrainConfig` field with its help and, for a number, its range ``[low,
+    high]``: the one place a setting is described. ``groco train`` makes an option of every
+    field with ``cli`` (``--name-with-dashes``; booleans as ``--x/--no-x``) from its type,
+    default, help and range; :meth:`TrainConfig.resolved` checks the range whatever set
+    the value (a flag or ``--config``)."""
+    metadata = {"help": help, "cli": cli, "low": low, "high": high}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -68,7 +72,7 @@ class TrainConfig:
     backbone: str = setting("resnet18", "Any timm model name, or an hf-hub: name with "
                             "--pretrained (default: resnet18).")
     image_size: int = setting(224, "Training and search resolution (default: 224); compute "
-                              "grows with its square.")
+                              "grows with its square.", low=8, high=4096)
     small_stem: bool | None = setting(
         None, "3x3 stride-1 CNN stem (default: on for untrained CNNs at <= 64 px; a start "
         "from weights keeps the stem it had).")
@@ -76,7 +80,8 @@ class TrainConfig:
         None, "auto: score sizes x stems of the start on IMAGES, train at the best; or e.g. "
         "96, 64s1 (s1: stride-1 stem). Overrides --image-size.")
     geometry_max_cost: float = setting(
-        1.0, "--geometry auto: FLOPs cap, relative to the network at its pretraining size.")
+        1.0, "--geometry auto: FLOPs cap, relative to the network at its pretraining size.",
+        low=0.001, high=1000.0)
     weights: str | None = setting(None, "Local backbone weights to start from (groco run or "
                                   "timm state dict). Turns on --finetune.")
     pretrained: bool = setting(False, "Start from timm's pretrained weights for --backbone "
@@ -88,52 +93,61 @@ class TrainConfig:
         None, "The fine-tuning recipe (default: on when starting from weights; README, \"Your "
         "own images\").")
     trainable_stages: int | None = setting(None, "Last backbone stages trained (timm's coarse "
-                                           "groups), 0 = all (default: 3 when fine-tuning).")
+                                           "groups), 0 = all (default: 3 when fine-tuning).",
+                                           low=0, high=100)
     backbone_lr_scale: float | None = setting(None, "Backbone LR / head LR (default: 1/3 when "
-                                              "fine-tuning, else 1).")
+                                              "fine-tuning, else 1).", low=0.0, high=100.0)
     head_warmup_epochs: int | None = setting(None, "Epochs training only the heads, backbone "
-                                             "frozen (default: 1 when fine-tuning, else 0).")
+                                             "frozen (default: 1 when fine-tuning, else 0).",
+                                             low=0, high=100000)
     freeze_bn: bool | None = setting(None, "Keep the backbone's BatchNorm statistics (default: "
                                      "on when fine-tuning).")
-    epochs: int | None = setting(None, "Epochs (default: 100; 5 when fine-tuning).")
-    batch_size: int = setting(256, "Images per process and step (default: 256).")
-    views: int = setting(2, "Augmented views per image (default: 2).")
+    epochs: int | None = setting(None, "Epochs (default: 100; 5 when fine-tuning).",
+                                 low=1, high=100000)
+    batch_size: int = setting(256, "Images per process and step (default: 256).",
+                              low=2, high=1000000)
+    views: int = setting(2, "Augmented views per image (default: 2).", low=2, high=64)
     optimizer: str = setting("sgd", "sgd (default), lars or adamw.")
     lr: float | None = setting(None, "Base LR per 256 images, scaled linearly (default: the "
-                               "method's, a tenth of it when fine-tuning, GroCo's in full).")
+                               "method's, a tenth of it when fine-tuning, GroCo's in full).",
+                               low=0.0, high=100.0)
     weight_decay: float | None = setting(None, "Weight decay (default: 1e-6 for sgd; 1e-4 for "
-                                         "simsiam/byol(+gsg) with sgd).")
-    momentum: float = setting(0.9, "SGD/LARS momentum (default: 0.9).")
-    warmup_epochs: float = setting(1.0, "Linear warm-up epochs (default: 1).")
-    projector_hidden: int = setting(2048, "Projector width (default: 2048).")
+                                         "simsiam/byol(+gsg) with sgd).", low=0.0, high=1.0)
+    momentum: float = setting(0.9, "SGD/LARS momentum (default: 0.9).", low=0.0, high=1.0)
+    warmup_epochs: float = setting(1.0, "Linear warm-up epochs (default: 1).",
+                                   low=0.0, high=100000.0)
+    projector_hidden: int = setting(2048, "Projector width (default: 2048).", low=1, high=65536)
     projector_dim: int | None = setting(None, "Projector output dim (default: 2048; 256 for "
-                                        "nnclr, all4one, snclr, byol).")
-    projector_layers: int = setting(3, "Projector layers (default: 3).")
-    topk_neg: int = setting(10, "GroCo: hardest negatives sorted (default: 10).")
-    steepness: float = setting(1.0, "GroCo: sorter steepness (default: 1.0).")
+                                        "nnclr, all4one, snclr, byol).", low=1, high=65536)
+    projector_layers: int = setting(3, "Projector layers (default: 3).", low=1, high=16)
+    topk_neg: int = setting(10, "GroCo: hardest negatives sorted (default: 10).", low=1, high=4096)
+    steepness: float = setting(1.0, "GroCo: sorter steepness (default: 1.0).",
+                               low=1e-06, high=1000000.0)
     network: str = setting("odd_even", "GroCo: odd_even (default) or bitonic.")
     relaxation: str = setting("cauchy", "GroCo: cauchy (default), logistic, logistic_phi, "
                               "reciprocal, optimal.")
     stop_grad: bool = setting(True, "GroCo: no gradient through the anchor's similarities "
                               "(default: on).")
     temperature: float | None = setting(None, "simclr, nnclr, all4one, snclr: softmax "
-                                        "temperature (default: 0.1; all4one and snclr 0.2).")
+                                        "temperature (default: 0.1; all4one and snclr 0.2).",
+                                        low=1e-06, high=100.0)
     predictor_hidden: int | None = setting(None, "Predictor width (default: 4096; 512 for "
-                                           "simsiam, simsiam_gsg, byol_gsg).")
+                                           "simsiam, simsiam_gsg, byol_gsg).", low=1, high=65536)
     queue_size: int | None = setting(None, "nnclr, all4one, snclr: keys in the support queue "
-                                     "(default: images in IMAGES, at most 98304).")
+                                     "(default: images in IMAGES, at most 98304).",
+                                     low=1, high=100000000)
     num_neighbors: int = setting(5, "all4one, snclr: nearest queue keys per sample "
-                                 "(default: 5).")
+                                 "(default: 5).", low=1, high=4096)
     momentum_base: float = setting(0.99, "byol, byol_gsg, all4one, snclr: EMA momentum at the "
-                                   "start (default: 0.99).")
+                                   "start (default: 0.99).", low=0.0, high=1.0)
     momentum_final: float = setting(1.0, "EMA momentum at the end, cosine from "
-                                    "--momentum-base (default: 1.0).")
+                                    "--momentum-base (default: 1.0).", low=0.0, high=1.0)
     device: str = setting("auto", "auto (default), cpu or cuda.")
-    workers: int = setting(4, "Data-loading processes (default: 4).")
-    seed: int = setting(0, "Random seed (default: 0).")
+    workers: int = setting(4, "Data-loading processes (default: 4).", low=0, high=1024)
+    seed: int = setting(0, "Random seed (default: 0).", low=0, high=4294967295)
     eval_every: int = setting(
         1, "Score the encoder (k-NN, or copy retrieval without labels) every N epochs and "
-        "at the start, keeping the best; 0 = off (default: 1).")
+        "at the start, keeping the best; 0 = off (default: 1).", low=0, high=100000)
     eval_data: str | None = setting(None, "Labelled folder for the k-NN monitor's queries "
                                     "(default: leave-one-out on IMAGES).")
     knn_k: int = setting(KNN_K, "Neighbours in the k-NN monitor's vote.", cli=False)
@@ -147,26 +161,24 @@ class TrainConfig:
                                        cli=False)
     std: list[float] | None = setting(None, "Input std (default: the backbone's own).",
                                       cli=False)
-    max_steps_per_epoch: int | None = setting(None, "Cap on steps per epoch.")
+    max_steps_per_epoch: int | None = setting(None, "Cap on steps per epoch.",
+                                              low=1, high=1000000000)
     crop_min_scale: float = setting(0.14, "Smallest random crop, as a fraction of the image "
-                                    "(default: 0.14, the paper's).")
+                                    "(default: 0.14, the paper's).", low=0.01, high=1.0)
     flip: bool = setting(True, "Random horizontal flips (default: on).")
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults that depend on other fields filled in, values checked (the
         network's own facts come with it: :meth:`with_network`)."""
+        self.check_ranges()
         spec = get_method(self.method)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if self.views < 2:
-            raise ValueError(f"--views must be at least 2, got {self.views}")
         changes: dict[str, Any] = {
             "data": str(Path(self.data).expanduser().resolve()),
             "out": str(Path(self.out).expanduser().resolve()),
         }
         changes.update(self._start_defaults())
-        if changes.get("epochs", self.epochs) < 1 or self.batch_size < 2:
-            raise ValueError("--epochs must be >= 1 and --batch-size >= 2")
         if self.eval_data is not None:
             changes["eval_data"] = str(Path(self.eval_data).expanduser().resolve())
         if self.lr is None:
@@ -180,6 +192,20 @@ class TrainConfig:
         if self.eval_resize is None:
             changes["eval_resize"] = self.image_size
         return dataclasses.replace(self, **changes)
+
+    def check_ranges(self) -> None:
+        """Every number set within its setting's ``[low, high]`` (finite; a one-line
+        ``ValueError`` naming the flag)."""
+        for field in dataclasses.fields(self):
+            low, high = field.metadata.get("low"), field.metadata.get("high")
+            value = getattr(self, field.name)
+            if value is None or low is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                flag = "--" + field.name.replace("_", "-")
+                raise ValueError(f"{flag} must be a number in [{low:g}, {high:g}], got "
+                                 f"{value!r}")
 
     def with_network(self, backbone: Any) -> TrainConfig:
         """A copy recording what building ``backbone`` (a timm model from
@@ -215,10 +241,6 @@ class TrainConfig:
         for key, (tuned, scratch) in recipe.items():
             if getattr(self, key) is None:
                 changes[key] = tuned if finetune else scratch
-        if (self.trainable_stages or 0) < 0 or (self.head_warmup_epochs or 0) < 0:
-            raise ValueError("--trainable-stages and --head-warmup-epochs must be >= 0")
-        if self.backbone_lr_scale is not None and self.backbone_lr_scale < 0:
-            raise ValueError(f"--backbone-lr-scale must be >= 0, got {self.backbone_lr_scale}")
         return changes
 
     def _method_defaults(self, data: str) -> dict[str, Any]:
@@ -233,13 +255,9 @@ class TrainConfig:
             changes["predictor_hidden"] = spec.predictor_hidden
         if self.temperature is None:
             changes["temperature"] = spec.temperature
-        if self.temperature is not None and self.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.momentum_base <= self.momentum_final <= 1.0:
             raise ValueError("--momentum-base and --momentum-final need 0 <= base <= final "
                              f"<= 1, got {self.momentum_base} and {self.momentum_final}")
-        if self.num_neighbors < 1:
-            raise ValueError(f"--num-neighbors must be >= 1, got {self.num_neighbors}")
         if spec.queue:
             needed = spec.queue_rows(self)
             size = self.queue_size
