@@ -100,21 +100,44 @@ def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    """`groco demo --data IMAGES --epochs 1 --no-serve` run once: (images, work dir, the
-    command's output). IMAGES has a byte copy, so the Duplicates tab has a group."""
-    from typer.testing import CliRunner
+    """`groco demo --data IMAGES --epochs 1` run once as a user runs it, in its own process
+    with outbound connections refused (:mod:`outbound`), serving until the session ends:
+    (images, work dir, what it printed up to its addresses, URL, the refused-connections
+    log). IMAGES has a byte copy, so the Duplicates tab has a group."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
 
-    from groco.cli import app
+    from outbound import guarded_env
 
     base = tmp_path_factory.mktemp("demo")
     images = make_collection(base / "images", classes=4, per_class=20, size=24)
     (images / "class0" / "img000-copy.png").write_bytes(
         (images / "class0" / "img000.png").read_bytes())
-    work = base / "demo"
-    result = CliRunner().invoke(app, ["demo", "--data", str(images), "--work", str(work),
-                                      "--epochs", "1", "--no-serve"])
-    assert result.exit_code == 0, result.output
-    return images, work, result.output
+    work, log, printed = base / "demo", base / "outbound.log", base / "demo.out"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with printed.open("wb") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "groco.cli", "demo", "--data",
+                                 str(images), "--work", str(work), "--epochs", "1",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**guarded_env(base / "guard", log),
+                                     "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=10).read()
+                break
+            except OSError:
+                assert demo.poll() is None, printed.read_text()
+                assert time.monotonic() < deadline, printed.read_text()
+                time.sleep(1)
+        yield images, work, printed.read_text(), url, log
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- index checks

@@ -49,9 +49,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _search(url: str, image: Path, k: int) -> list[str]:
-    request = urllib.request.Request(f"{url}groco/api/search?k={k}", data=image.read_bytes(),
-                                     method="POST")
+def _search(url: str, image: Path, k: int, label: str = "all") -> list[str]:
+    request = urllib.request.Request(f"{url}groco/api/search?k={k}&label={label}",
+                                     data=image.read_bytes(), method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
         return [r["relpath"] for r in json.loads(response.read())["results"]]
 
@@ -80,5 +80,15 @@ def test_the_server_serves_the_update_within_seconds(encoder_file: Path, tmp_pat
         assert (images / added).read_bytes() == added_bytes
         for _ in range(3):
             assert deleted not in _search(url, probe, 11)
+        new_folder = images / "class7"
+        new_folder.mkdir()
+        (images / added).rename(new_folder / "moved.png")
+        update_index_dir(tmp_path / "index", **FAST)
+        deadline = time.monotonic() + 5
+        while _search(url, new_folder / "moved.png", 1) != ["class7/moved.png"]:
+            assert time.monotonic() < deadline, "the server never served the new folder"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the folder list follows the switch
+        assert _search(url, probe, 3, label="class7") == ["class7/moved.png"]
     finally:
         app.close()

@@ -1,11 +1,10 @@
-"""`groco serve` makes no outbound connection: every non-loopback connect or name lookup
-in the server process is refused and recorded, the environment asks for Gradio's
-telemetry, and the page, the Gradio API and the JSON routes are all exercised."""
+"""`groco serve` and `groco demo` make no outbound connection: every non-loopback connect
+or name lookup in their process is refused and recorded, the environment asks for
+Gradio's telemetry, and the page, the Gradio API and the JSON routes are all exercised."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,58 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import make_collection
+from outbound import guarded_env
 
 gradio_client = pytest.importorskip("gradio_client")
 
-GUARD = '''
-import ipaddress, os, socket
-
-_LOG = os.environ["GROCO_OUTBOUND_LOG"]
-
-
-def _local(host):
-    host = str(host).strip("[]")
-    if host in ("localhost", "", "0.0.0.0", "::"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _refuse(what):
-    with open(_LOG, "a") as log:
-        log.write(what + "\\n")
-    raise OSError("outbound connection refused by the test: " + what)
-
-
-_connect = socket.socket.connect
-_connect_ex = socket.socket.connect_ex
-_getaddrinfo = socket.getaddrinfo
-
-
-def connect(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
-        _refuse("connect %r" % (address,))
-    return _connect(self, address)
-
-
-def connect_ex(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
-        _refuse("connect_ex %r" % (address,))
-    return _connect_ex(self, address)
-
-
-def getaddrinfo(host, *args, **kwargs):
-    if host is not None and not _local(host if isinstance(host, str) else host.decode()):
-        _refuse("getaddrinfo %r" % (host,))
-    return _getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect = connect
-socket.socket.connect_ex = connect_ex
-socket.getaddrinfo = getaddrinfo
-'''
 
 
 def _free_port() -> int:
@@ -80,20 +31,44 @@ def _get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+def exercise(url: str, images: Path) -> None:
+    """The page, the JSON routes and the Gradio API of the server at ``url`` over
+    ``images`` (a collection with class0/img000.png, class0/img001.png and
+    class1/img002.png)."""
+    assert _get(url)[0] == 200
+    query = (images / "class1" / "img002.png").read_bytes()
+    request = urllib.request.Request(f"{url}groco/api/search?k=3", data=query,
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        found = json.loads(response.read())
+    assert found["results"][0]["relpath"] == "class1/img002.png"
+    assert _get(f"{url}groco/api/more_like_this?item=class0/img001.png&k=2")[0] == 200
+    assert _get(f"{url}groco/api/browse?page=0")[0] == 200
+    client = gradio_client.Client(url, verbose=False)
+    client.predict(gradio_client.handle_file(str(images / "class0/img000.png")), 3,
+                   "all", api_name="/search")
+    client.view_api(print_info=False)
+
+
+def test_the_demo_makes_no_outbound_connection(demo_run):
+    """`groco demo`, as a user runs it (train, export, index, serve), with outbound
+    connections refused from its first line."""
+    images, _, output, url, log = demo_run
+    assert "k-NN top-1" in output
+    exercise(url, images)
+    time.sleep(3)
+    assert not log.exists(), log.read_text()
+
+
 def test_the_server_makes_no_outbound_connection(encoder_file: Path, tmp_path: Path):
     from groco.index.build import build_index_dir
 
     images = make_collection(tmp_path / "images", classes=2, per_class=6, size=32)
     index = tmp_path / "index"
     build_index_dir(images, encoder_file, index, batch_size=8, progress=False)
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(GUARD)
     log = tmp_path / "outbound.log"
+    env = guarded_env(tmp_path / "guard", log)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(guard), os.environ.get(
-        "PYTHONPATH", "")]), "GROCO_OUTBOUND_LOG": str(log),
-        "GRADIO_ANALYTICS_ENABLED": "True", "HF_HUB_DISABLE_TELEMETRY": "0"}
     server = subprocess.Popen([sys.executable, "-m", "groco.cli", "serve", str(index),
                                "--port", str(port)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
@@ -108,18 +83,7 @@ def test_the_server_makes_no_outbound_connection(encoder_file: Path, tmp_path: P
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(server.stdout.read().decode()) from None
                 time.sleep(1)
-        query = (images / "class1" / "img002.png").read_bytes()
-        request = urllib.request.Request(f"{url}groco/api/search?k=3", data=query,
-                                         method="POST")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            found = json.loads(response.read())
-        assert found["results"][0]["relpath"] == "class1/img002.png"
-        assert _get(f"{url}groco/api/more_like_this?item=class0/img001.png&k=2")[0] == 200
-        assert _get(f"{url}groco/api/browse?page=0")[0] == 200
-        client = gradio_client.Client(url, verbose=False)
-        client.predict(gradio_client.handle_file(str(images / "class0/img000.png")), 3,
-                       "all", api_name="/search")
-        client.view_api(print_info=False)
+        exercise(url, images)
         time.sleep(3)  # background threads (Gradio's version check) have had their chance
     finally:
         server.terminate()

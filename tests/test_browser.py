@@ -318,28 +318,23 @@ def test_a_link_to_a_tab_opens_it_filled(served, served_map, browser):
 
 @pytest.mark.slow
 def test_the_demo_page_fills_all_three_tabs(demo_run, browser):
-    """`groco demo`'s result served as `groco demo` serves it: the collection on Search,
-    its groups on Duplicates, its map on Map, each opened from the address the demo
-    prints."""
-    from conftest import _free_port
+    """`groco demo`'s own server: the collection on Search, its groups on Duplicates, its
+    map on Map, each opened from the address the demo prints."""
     from selenium.webdriver.common.by import By
 
-    from groco.app.web import launch_app, tab_urls
-
-    images, work, output = demo_run
-    app, url = launch_app(work / "index", port=_free_port(), block=False)
-    try:
-        urls = tab_urls(url)
-        browser.get(urls["search"])
-        _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
-                                                           "#collection img")) >= 8)
-        browser.get(urls["duplicates"])
-        _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
-        browser.get(urls["map"])
-        _wait(browser).until(lambda d: f"{len(list(images.rglob('*.png')))} items"
-                             in _text(d, "map-status"))
-    finally:
-        app.close()
+    images, _, output, url, _ = demo_run
+    urls = {line.split()[0]: line.split()[1] for line in output.splitlines()
+            if line.startswith("  ") and "http://" in line}
+    assert set(urls) == {"search", "duplicates", "map"}, output
+    assert urls["search"].startswith(url)
+    browser.get(urls["search"])
+    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
+                                                       "#collection img")) >= 8)
+    browser.get(urls["duplicates"])
+    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    browser.get(urls["map"])
+    _wait(browser).until(lambda d: f"{len(list(images.rglob('*.png')))} items"
+                         in _text(d, "map-status"))
 
 
 def test_a_signed_in_browser_searches(encoder_file, tmp_path, browser):

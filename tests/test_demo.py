@@ -4,10 +4,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_demo_runs_the_whole_flow_without_the_ui(demo_run):
+def test_demo_runs_the_whole_flow(demo_run):
     from groco.index.map import has_map
 
-    _, work, output = demo_run
+    _, work, output, _, _ = demo_run
     assert "k-NN top-1" in output and "untrained" in output
     assert "raw pixels (32 px)" in output and (work / "raw-pixels" / "index").is_dir()
     assert (work / "encoder.onnx").is_file()

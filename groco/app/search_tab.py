@@ -76,6 +76,12 @@ class SearchHandlers:
             raise gr.Error("Click a thumbnail to search from it.")
         return self.more_like_item(ids[event.index], k, label, min_score)
 
+    def index_state(self):
+        """The facts line and the folder choices of the index state now served."""
+        choices = [ALL_LABELS, *self.state.labels]
+        return (self.state.facts_markdown(),
+                *(gr.Dropdown(choices=choices, visible=len(choices) > 1) for _ in range(2)))
+
     def browse(self, page: float, folder: str, order: str, seed: float):
         """A page of the collection."""
         shown: Page = _user_error(self.state.browse, page, folder, order, int(seed or 0))
@@ -114,7 +120,7 @@ def search_tab(app: gr.Blocks, state: AppState) -> None:
                                   placeholder="e.g. shoes/0001.png", elem_id="item-box",
                                   scale=3)
                 item_button = gr.Button("Find", scale=1, min_width=60)
-            gr.Markdown(state.facts_markdown(), elem_id="index-facts")
+            facts = gr.Markdown(state.facts_markdown(), elem_id="index-facts")
         with gr.Column(scale=3), gr.Tabs(selected="collection") as views:
             with gr.Tab("Collection", id="collection"):
                 with gr.Row():
@@ -167,5 +173,7 @@ def search_tab(app: gr.Blocks, state: AppState) -> None:
         control.change(lambda f, o, s: handlers.browse(1, f, o, s), [folder, order, seed],
                        browse_outputs, api_name=False)
     shuffle.click(handlers.shuffle, [folder, order], [*browse_outputs, seed], api_name=False)
-    # The page opens on the collection, in a new random order each time.
+    # The page opens on the collection, in a new random order each time, with the facts
+    # and folders of the index state being served (it may have changed since the start).
     app.load(handlers.shuffle, [folder, order], [*browse_outputs, seed], api_name=False)
+    app.load(handlers.index_state, None, [facts, label, folder], api_name=False, queue=False)

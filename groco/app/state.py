@@ -73,6 +73,7 @@ class AppState:
         while not self._stop.wait(self.settings.refresh_seconds):
             try:
                 if self.searcher.refresh():
+                    self.labels = self.searcher.label_counts()
                     log.info("switched to the index's newer state (%s)",
                              self.searcher.index_dir)
             except (ValueError, OSError) as error:  # e.g. a damaged newer state
