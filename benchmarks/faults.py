@@ -25,6 +25,11 @@ process: ``tests/faultkit.py``; an untrained resnet18 at 32 px, a generated coll
    files, also: ``index repair`` then ``index update`` give back the clean index.
 3. **Concurrent writers.** Pairs of writers on one directory started together (or 0.2 s
    apart): each ends well or stops at once naming the other's pid; the result is whole.
+4. **Serving.** `groco index update` (a file deleted, one added) while a server answers a
+   client that queries without pause: the new image found within 5 s of the update's end,
+   the deleted one never returned after, no query failed; and every route a server with
+   ``--auth`` registers answers 401 without credentials. (A queue past its size:
+   ``benchmarks/app_overload.py``.)
 
 Hostile uploads to the web app (peak RSS, 20 clients x 25 queries) are measured by
 ``benchmarks/app_hostile.py`` (``--hostile`` runs it after this).
@@ -443,8 +448,6 @@ def bad_command_lines(forks: ForkServer, world: KillWorld, encoder: Path,
          "--index-type", "Nonsense42"],
         ["index", "build", world.images, "--encoder", encoder, "--out", work / "x5",
          "--memory", "lots"],
-        ["index", "build", world.images, "--encoder", encoder, "--out", work / "x6",
-         "--target-recall", "2"],
         ["index", "build", world.images, "--encoder", encoder, "--out", work / "x7",
          "--shard", "3", "--num-shards", "2"],
         ["index", "update", work / "no-such-index"],
@@ -456,14 +459,34 @@ def bad_command_lines(forks: ForkServer, world: KillWorld, encoder: Path,
         ["search", work / "no-such-index", world.images / QUERIES[0]],
         ["search", index, work / "no-such-query.png"],
         ["search", index, a_file],
-        ["search", index, world.images / QUERIES[0], "-k", "0"],
         ["search", index, world.images / QUERIES[0], "--encoder", not_onnx],
+        ["serve", index, "--host", "0.0.0.0"],
+        ["serve", index, "--auth", work / "no-such-users-file"],
+        ["serve", index, "--host", "0.0.0.0", "--auth", a_file],
+    ]
+    out_of_range = [
+        ["index", "build", world.images, "--encoder", encoder, "--out", work / "x6",
+         "--target-recall", "2"],
+        ["search", index, world.images / QUERIES[0], "-k", "0"],
+        ["serve", index, "--port", "70000"],
+        ["serve", index, "--queue-size", "0"],
+        ["search", index, world.images / QUERIES[0], "--min-score", "nan"],
+        ["index", "eval", index, "-k", "0"],
+        ["index", "dupes", index, "--threshold", "1.5"],
+        ["index", "map", index, "--neighbors", "1"],
+        ["index", "build", world.images, "--encoder", encoder, "--out", work / "x9",
+         "--batch-size", "0"],
+        ["index", "update", index, "--workers", "-1"],
+        ["train", world.images, "--out", work / "x10", "--lr", "-1"],
+        ["train", world.images, "--out", work / "x11", "--epochs", "0"],
+        ["export", "--raw-pixels", "0", "--out", work / "x12.onnx"],
     ]
     tally = Tally()
-    for argv in lines:
+    for argv in lines + out_of_range:
         outcome = forks.run(argv)
-        tally.add(outcome.clean_failure(), f"{' '.join(map(str, argv[:3]))}...: exit "
-                                           f"{outcome.status} {outcome.stderr[-200:]!r}")
+        ok = outcome.usage_error() if argv in out_of_range else outcome.clean_failure()
+        tally.add(ok, f"{' '.join(map(str, argv[:3]))}...: exit "
+                      f"{outcome.status} {outcome.stderr[-200:]!r}")
     return tally
 
 
@@ -503,6 +526,122 @@ def concurrent_writers(forks: ForkServer, worlds: dict[str, KillWorld], work: Pa
                       f"{name} {stagger}: {[o.status for o in outcomes]} "
                       f"{[o.stderr[-150:] for o in outcomes]} {problem}")
     return tally
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+@dataclass
+class Serving:
+    """What the server did through live updates and for requests without sign-in."""
+
+    updates: Tally
+    switch_seconds: list[float]
+    queries: int
+    failed_queries: int
+    routes: Tally
+
+
+def _json_search(url: str, image: Path, k: int) -> list[str]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}groco/api/search?k={k}", data=image.read_bytes(),
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return [r["relpath"] for r in json.loads(response.read())["results"]]
+
+
+def serving_faults(forks: ForkServer, encoder: Path, work: Path, reps: int) -> Serving:
+    """A server (in this process, polling every second, as `groco serve` does) answers a
+    client that queries without pause while ``reps`` times a file is deleted, one is
+    added and `groco index update` runs: how long until the new image is found, whether
+    any query failed, whether the deleted file came back. Then a server with sign-in
+    answers every route it registers without credentials."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from routes import filled, registered_routes
+
+    from groco.app.auth import Credentials, set_password
+    from groco.app.web import launch_app
+    from groco.index.build import build_index_dir
+
+    images = make_collection(work / "serve-images", classes=3, per_class=8, size=32)
+    index = work / "serve-index"
+    build_index_dir(images, encoder, index, batch_size=8, workers=1, progress=False)
+    app, url = launch_app(index, port=free_port(), block=False)
+    files = sorted(images.rglob("*.png"))
+    probe, stop = files[0], threading.Event()
+    counts = Counter()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                _json_search(url, probe, 5)
+                counts["answered"] += 1
+            except (OSError, ValueError):
+                counts["failed"] += 1
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    updates, seconds = Tally(), []
+    try:
+        for rep in range(reps * 3):
+            deleted = files[1 + rep]
+            deleted.unlink()
+            extra = make_collection(work / f"serve-new-{rep}", classes=1, per_class=1,
+                                    seed=100 + rep, size=32)
+            added = images / "class0" / f"added-{rep}.png"
+            (extra / "class0" / "img000.png").rename(added)
+            relpaths = (str(deleted.relative_to(images)), str(added.relative_to(images)))
+            outcome = forks.run(["index", "update", index, *SMALL])
+            updated = time.monotonic()
+            while _json_search(url, added, 1) != [relpaths[1]]:
+                if time.monotonic() - updated > 10:
+                    break
+                time.sleep(0.05)
+            waited = time.monotonic() - updated
+            seconds.append(waited)
+            returned = sum(relpaths[0] in _json_search(url, probe, len(files) + rep + 1)
+                           for _ in range(10))
+            updates.add(outcome.status == 0 and waited <= 5 and returned == 0,
+                        f"update {rep}: exit {outcome.status}, found after {waited:.1f} s, "
+                        f"deleted file returned {returned} times")
+    finally:
+        stop.set()
+        thread.join()
+        app.close()
+
+    set_password(work / "serve-users", "alice", "secret")
+    app, url = launch_app(index, port=free_port(), block=False,
+                          credentials=Credentials.read(work / "serve-users"))
+    routes = Tally()
+    try:
+        for method, path in registered_routes(app) + [("GET", "/no-such-route")]:
+            if method == "WEBSOCKET":
+                continue
+            request = urllib.request.Request(url.rstrip("/") + filled(path), method=method,
+                                             data=b"{}" if method == "POST" else None)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    status = response.status
+            except urllib.error.HTTPError as error:
+                status = error.code
+            routes.add(status == 401, f"{method} {path}: HTTP {status}")
+    finally:
+        app.close()
+    return Serving(updates, seconds, counts["answered"] + counts["failed"], counts["failed"],
+                   routes)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- main
@@ -553,6 +692,8 @@ def main() -> None:
             lines = bad_command_lines(forks, by_name["build"], encoder, work)
             print("concurrent writers:", flush=True)
             races = concurrent_writers(forks, by_name, work, args.reps)
+            print("serving:", flush=True)
+            served = serving_faults(forks, encoder, work, args.reps)
     seconds = time.perf_counter() - started
 
     print(f"\nCollections: {args.images + 2} generated images (4 classes, 2 broken) for "
@@ -584,15 +725,23 @@ def main() -> None:
             ("8 bytes flipped anywhere in an index file (same commands)", flipped),
             ("hostile files in a collection (build)", indexing),
             ("the same files as queries (search)", queries),
-            ("bad command lines", lines),
-            ("concurrent writers (build, update, merge, repair pairs)", races)]
+            ("bad command lines (out-of-range values, a non-loopback --host without "
+             "--auth included)", lines),
+            ("concurrent writers (build, update, merge, repair pairs)", races),
+            ("`groco index update` (1 deleted, 1 added) under a running server queried "
+             "without pause: new image found within 5 s, deleted never returned", served.updates),
+            ("every route of a server with --auth, without credentials: HTTP 401",
+             served.routes)]
     for name, tally in rows:
         failures = "; ".join(tally.failures[:3]) or "-"
         print(f"| {name} | {tally.tried} | {tally.behaved} | {failures} |")
     total = sum(t.tried for _, t in rows)
     good = sum(t.behaved for _, t in rows)
     print(f"\nBad inputs: {good} of {total} behaved. Writers races where one stopped: "
-          f"{races.notes['one stopped']} of {races.tried}.")
+          f"{races.notes['one stopped']} of {races.tried}. Serving through "
+          f"{served.updates.tried} updates: the new image found {min(served.switch_seconds):.1f}"
+          f"-{max(served.switch_seconds):.1f} s after `index update` exited; "
+          f"{served.failed_queries} of {served.queries} queries failed.")
     if args.hostile:
         subprocess.run([sys.executable, str(HERE / "app_hostile.py")], check=False)
 

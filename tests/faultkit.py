@@ -185,6 +185,11 @@ class Outcome:
         return (self.status == 1 and len(self.error_lines()) == 1
                 and "Traceback" not in self.stderr)
 
+    def usage_error(self) -> bool:
+        """Exit 2 with one line naming the option's invalid value, and no traceback."""
+        lines = [line for line in self.stderr.splitlines() if "Invalid value for" in line]
+        return self.status == 2 and len(lines) == 1 and "Traceback" not in self.stderr
+
 
 @dataclass
 class Child:

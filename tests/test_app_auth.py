@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
 import socket
 import ssl
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_collection
+from routes import filled, registered_routes
 from typer.testing import CliRunner
 
 from groco.app.auth import (
@@ -60,22 +60,6 @@ def _status(url: str, method: str = "GET", auth: tuple[str, str] | None = None,
         return error.code, error.read(), dict(error.headers)
 
 
-def _routes(routes, found: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(method, path) of every route, into included routers too."""
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            _routes(inner.routes, found)
-        elif hasattr(route, "path"):
-            for method in sorted(getattr(route, "methods", None) or ["WEBSOCKET"]):
-                found.append((method, route.path))
-    return found
-
-
-def _filled(path: str) -> str:
-    return re.sub(r"\{[^}]+\}", "x", path)
-
-
 @pytest.fixture(scope="module")
 def signed_in_server(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
     """A server with sign-in, over https with a self-signed certificate where openssl can
@@ -104,7 +88,7 @@ def signed_in_server(encoder_file: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_no_route_answers_without_credentials(signed_in_server):
     app, url, _, _ = signed_in_server
-    routes = _routes(app.server_app.routes, [])
+    routes = registered_routes(app)
     paths = {path for _, path in routes}
     assert {"/", "/groco/api/search", "/gradio_api/queue/join", "/gradio_api/upload",
             "/gradio_api/file={path_or_url:path}", "/gradio_api/info"} <= paths
@@ -113,7 +97,7 @@ def test_no_route_answers_without_credentials(signed_in_server):
     for method, path in routes + [("GET", "/no-such-route"), ("POST", "/gradio_api/x")]:
         if method == "WEBSOCKET":
             continue
-        status, body, headers = _status(url + _filled(path), method,
+        status, body, headers = _status(url + filled(path), method,
                                         data=b"{}" if method == "POST" else None)
         if status != 401:
             answered.append((method, path, status))
