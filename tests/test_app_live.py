@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import make_collection
 
 from groco.app.settings import AppSettings
@@ -26,9 +27,11 @@ def _change(images: Path, tmp_path: Path) -> tuple[str, str]:
     return "class0/img001.png", "class1/added.png"
 
 
-def test_a_reader_switches_to_the_state_an_update_wrote(encoder_file: Path, tmp_path: Path):
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in-ram", "on-disk"])
+def test_a_reader_switches_to_the_state_an_update_wrote(encoder_file: Path, tmp_path: Path,
+                                                        on_disk: bool):
     images = make_collection(tmp_path / "images", classes=2, per_class=6, size=32)
-    build_index_dir(images, encoder_file, tmp_path / "index", **FAST)
+    build_index_dir(images, encoder_file, tmp_path / "index", on_disk=on_disk, **FAST)
     with IndexReader(tmp_path / "index") as reader:
         assert not reader.refresh() and reader.generation == 0
         before = reader.search_image(images / "class0/img002.png", k=3)
