@@ -1,5 +1,6 @@
 """`python -m benchmarks --quick`: every benchmark script runs on tiny inputs and prints its
-table, so none rots between the runs that fill BENCHMARKS.md. Nothing about speed."""
+table, so none rots between the runs that fill BENCHMARKS.md. Nothing about speed: two
+scripts run at once (each on one thread)."""
 
 import re
 import subprocess
@@ -23,8 +24,9 @@ def test_has_table_needs_a_header_and_a_separator() -> None:
 @pytest.mark.slow
 def test_quick_mode_runs_every_script_and_writes_their_tables(tmp_path: Path) -> None:
     out = tmp_path / "tables.md"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--jobs", "2",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmark tables") and "Machine: " in text and "Date: " in text

@@ -137,7 +137,6 @@ def test_one_line_errors_for_missing_or_damaged_index(planted, tmp_path: Path) -
     _, index = planted
     runner = CliRunner()
     for args in (["index", "dupes", str(tmp_path / "none")],
-                 ["index", "dupes", str(index), "--threshold", "1.5"],
                  ["index", "dupes", str(index), "--json", "--csv"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 1

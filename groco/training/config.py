@@ -110,7 +110,7 @@ class TrainConfig:
     optimizer: str = setting("sgd", "sgd (default), lars or adamw.")
     lr: float | None = setting(None, "Base LR per 256 images, scaled linearly (default: the "
                                "method's, a tenth of it when fine-tuning, GroCo's in full).",
-                               low=0.0, high=100.0)
+                               low=0.0, high=1e6)
     weight_decay: float | None = setting(None, "Weight decay (default: 1e-6 for sgd; 1e-4 for "
                                          "simsiam/byol(+gsg) with sgd).", low=0.0, high=1.0)
     momentum: float = setting(0.9, "SGD/LARS momentum (default: 0.9).", low=0.0, high=1.0)
