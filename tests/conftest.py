@@ -98,6 +98,16 @@ def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
     app.close()
 
 
+@pytest.fixture
+def browser():
+    """A headless Chromium (:mod:`browser`); skips where none is installed, outside CI."""
+    from browser import start_browser
+
+    driver = start_browser()
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
     """`groco demo --data IMAGES --epochs 1` run once as a user runs it, in its own process

@@ -4,7 +4,9 @@ name lookup that is not this machine's loopback."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 GUARD = '''
@@ -67,3 +69,29 @@ def guarded_env(folder: Path, log: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get(
         "PYTHONPATH", "")]), "GROCO_OUTBOUND_LOG": str(log),
         "GRADIO_ANALYTICS_ENABLED": "True", "HF_HUB_DISABLE_TELEMETRY": "0"}
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.status, response.read()
+
+
+def exercise(url: str, images: Path) -> None:
+    """The page, the JSON routes and the Gradio API of the server at ``url`` over
+    ``images`` (a collection with class0/img000.png, class0/img001.png and
+    class1/img002.png)."""
+    assert _get(url)[0] == 200
+    query = (images / "class1" / "img002.png").read_bytes()
+    request = urllib.request.Request(f"{url}groco/api/search?k=3", data=query,
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        found = json.loads(response.read())
+    assert found["results"][0]["relpath"] == "class1/img002.png"
+    assert _get(f"{url}groco/api/more_like_this?item=class0/img001.png&k=2")[0] == 200
+    assert _get(f"{url}groco/api/browse?page=0")[0] == 200
+    import gradio_client
+
+    client = gradio_client.Client(url, verbose=False)
+    client.predict(gradio_client.handle_file(str(images / "class0/img000.png")), 3,
+                   "all", api_name="/search")
+    client.view_api(print_info=False)

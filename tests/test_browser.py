@@ -8,33 +8,12 @@ and chromium-driver); elsewhere it skips when no browser is installed."""
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-HAVE_BROWSER = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()
+from browser import HAVE_BROWSER, element_text, wait_for
 
 if not HAVE_BROWSER and os.environ.get("CI") != "true":
     pytest.skip("no chromium/chromedriver here (CI installs them)", allow_module_level=True)
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_upload_fills_the_gallery(served, browser):
@@ -57,18 +36,6 @@ def test_upload_fills_the_gallery(served, browser):
         browser.save_screenshot(screenshot)
 
 
-def _wait(browser, seconds: int = 60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(browser, seconds, ignored_exceptions=(Exception,))
-
-
-def _text(browser, element_id: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return browser.find_element(By.ID, element_id).text
-
-
 def _tab(browser, name: str):
     from selenium.webdriver.common.by import By
 
@@ -80,16 +47,16 @@ def test_page_opens_on_the_collection_and_a_click_gives_more_like_it(served, bro
 
     _, _, url = served
     browser.get(url)
-    wait = _wait(browser)
+    wait = wait_for(browser)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#collection img")) >= 24)
-    assert "page 1 of 2" in _text(browser, "browse-status")
+    assert "page 1 of 2" in element_text(browser, "browse-status")
     browser.find_elements(By.CSS_SELECTOR, "#collection img")[0].click()
-    wait.until(lambda d: "neighbours of" in _text(d, "search-status"))
+    wait.until(lambda d: "neighbours of" in element_text(d, "search-status"))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5)
     _tab(browser, "Collection").click()
     wait.until(lambda d: d.find_element(By.ID, "browse-next").is_displayed())
     browser.find_element(By.ID, "browse-next").click()
-    wait.until(lambda d: "page 2 of 2" in _text(d, "browse-status"))
+    wait.until(lambda d: "page 2 of 2" in element_text(d, "browse-status"))
 
 
 def test_duplicates_tab_shows_the_groups(served, browser):
@@ -97,9 +64,9 @@ def test_duplicates_tab_shows_the_groups(served, browser):
 
     _, _, url = served
     browser.get(url)
-    wait = _wait(browser)
+    wait = wait_for(browser)
     wait.until(lambda d: _tab(d, "Duplicates")).click()
-    wait.until(lambda d: "groups" in _text(d, "dupes-status"))
+    wait.until(lambda d: "groups" in element_text(d, "dupes-status"))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
     assert "group 1" in browser.find_element(By.ID, "dupes").text
     assert browser.find_elements(By.ID, "dupes-json") and browser.find_elements(By.ID,
@@ -142,9 +109,9 @@ def _open_map(browser, url):
     from selenium.webdriver.common.by import By
 
     browser.get(url)
-    wait = _wait(browser)
+    wait = wait_for(browser)
     wait.until(lambda d: _tab(d, "Map")).click()
-    wait.until(lambda d: "items" in _text(d, "map-status"))
+    wait.until(lambda d: "items" in element_text(d, "map-status"))
     picture = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#map-image img"))
     wait.until(lambda d: picture.size["width"] > 0 and d.execute_script(
         "return arguments[0].naturalWidth", picture) > 0)
@@ -175,11 +142,11 @@ def test_map_tab_draws_the_map_and_a_click_on_a_point_searches_from_it(served_ma
         path = searcher.row(int(view.data.ids[target])).path
 
     picture = _open_map(browser, url)
-    wait = _wait(browser)
+    wait = wait_for(browser)
     ActionChains(browser).move_to_element_with_offset(
         picture, *_offset(picture, *view.pixels[target])).click().perform()
-    wait.until(lambda d: "neighbours of" in _text(d, "map-result-status"))
-    assert path in _text(browser, "map-result-status")
+    wait.until(lambda d: "neighbours of" in element_text(d, "map-result-status"))
+    assert path in element_text(browser, "map-result-status")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-gallery img")) >= 5)
     assert path in browser.find_element(By.ID, "map-gallery").text
 
@@ -232,12 +199,12 @@ def test_map_hover_shows_a_thumbnail_and_a_box_lists_the_items_inside(served_map
         expected = sorted(searcher.row(int(view.data.ids[r])).path for r in inside)
 
     picture = _open_map(browser, url)
-    wait = _wait(browser, 30)
+    wait = wait_for(browser, 30)
     # hover: the item's cached thumbnail (served from the cache folder) and its path
     ActionChains(browser).move_to_element_with_offset(
         picture, *_offset(picture, *view.pixels[target])).perform()
     tip = browser.find_element(By.ID, "map-tip")
-    wait.until(lambda d: tip.is_displayed() and path in _text(d, "map-tip-caption"))
+    wait.until(lambda d: tip.is_displayed() and path in element_text(d, "map-tip-caption"))
     thumb = browser.find_element(By.ID, "map-tip-img")
     wait.until(lambda d: d.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth", thumb) > 0)
@@ -253,14 +220,14 @@ def test_map_hover_shows_a_thumbnail_and_a_box_lists_the_items_inside(served_map
         picture, *_offset(picture, x0, y0)).click_and_hold().move_to_element_with_offset(
         picture, *_offset(picture, (x0 + x1) / 2, (y0 + y1) / 2)).move_to_element_with_offset(
         picture, *_offset(picture, x1, y1)).release().perform()
-    wait.until(lambda d: "in the box" in _text(d, "map-result-status"))
-    assert f"{len(expected)} items in the box" in _text(browser, "map-result-status")
+    wait.until(lambda d: "in the box" in element_text(d, "map-result-status"))
+    assert f"{len(expected)} items in the box" in element_text(browser, "map-result-status")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-gallery img"))
                == len(expected))
     shown = sorted(re.findall(r"class\d+/img\d+\.png",
                               browser.find_element(By.ID, "map-gallery").text))
     assert shown == expected
-    assert "neighbours of" not in _text(browser, "map-result-status")
+    assert "neighbours of" not in element_text(browser, "map-result-status")
 
 
 OVERFLOW_JS = """
@@ -287,7 +254,7 @@ def test_the_page_fits_its_window_without_sideways_scrolling(served, browser, wi
     _, _, url = served
     browser.set_window_size(width, 1000)
     browser.get(url)
-    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#collection img"))
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#collection img"))
                          >= 8)
     overflow = browser.execute_script(OVERFLOW_JS)
     if width == 1280:
@@ -296,8 +263,8 @@ def test_the_page_fits_its_window_without_sideways_scrolling(served, browser, wi
         if screenshot:
             browser.save_screenshot(screenshot)
     assert overflow["page"] <= 0 and not overflow["wide"] and not overflow["scrolls"], overflow
-    _wait(browser).until(lambda d: _tab(d, "Duplicates")).click()
-    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    wait_for(browser).until(lambda d: _tab(d, "Duplicates")).click()
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
     overflow = browser.execute_script(OVERFLOW_JS)
     assert overflow["page"] <= 0 and not overflow["wide"] and not overflow["scrolls"], overflow
 
@@ -310,31 +277,10 @@ def test_a_link_to_a_tab_opens_it_filled(served, served_map, browser):
     from groco.app.web import tab_urls
 
     browser.get(tab_urls(served[2])["duplicates"])
-    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
     browser.get(tab_urls(served_map[1])["map"])
-    _wait(browser).until(lambda d: "items" in _text(d, "map-status"))
+    wait_for(browser).until(lambda d: "items" in element_text(d, "map-status"))
     assert _tab(browser, "Map").get_attribute("aria-selected") == "true"
-
-
-@pytest.mark.slow
-def test_the_demo_page_fills_all_three_tabs(demo_run, browser):
-    """`groco demo`'s own server: the collection on Search, its groups on Duplicates, its
-    map on Map, each opened from the address the demo prints."""
-    from selenium.webdriver.common.by import By
-
-    images, _, output, url, _ = demo_run
-    urls = {line.split()[0]: line.split()[1] for line in output.splitlines()
-            if line.startswith("  ") and "http://" in line}
-    assert set(urls) == {"search", "duplicates", "map"}, output
-    assert urls["search"].startswith(url)
-    browser.get(urls["search"])
-    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
-                                                       "#collection img")) >= 8)
-    browser.get(urls["duplicates"])
-    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
-    browser.get(urls["map"])
-    _wait(browser).until(lambda d: f"{len(list(images.rglob('*.png')))} items"
-                         in _text(d, "map-status"))
 
 
 def test_a_signed_in_browser_searches(encoder_file, tmp_path, browser):
@@ -364,10 +310,10 @@ def test_a_signed_in_browser_searches(encoder_file, tmp_path, browser):
         browser.execute_cdp_cmd("Network.setExtraHTTPHeaders",
                                 {"headers": {"Authorization": f"Basic {token}"}})
         browser.get(url)
-        upload = _wait(browser).until(
+        upload = wait_for(browser).until(
             lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
         upload.send_keys(str(images / "class1" / "img003.png"))
-        _wait(browser).until(lambda d: "neighbours of" in _text(d, "search-status"))
-        assert "class1/img003.png" in _text(browser, "results")
+        wait_for(browser).until(lambda d: "neighbours of" in element_text(d, "search-status"))
+        assert "class1/img003.png" in element_text(browser, "results")
     finally:
         app.close()

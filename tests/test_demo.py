@@ -1,6 +1,12 @@
-"""`groco demo` runs the whole flow: train, export, index, k-NN, on a given folder."""
+"""`groco demo` runs the whole flow (train, export, index, k-NN, serve) on a given folder,
+as a user runs it: in its own process with outbound connections refused; its page fills
+all three tabs."""
+
+import time
 
 import pytest
+from browser import element_text, wait_for
+from outbound import exercise
 
 
 @pytest.mark.slow
@@ -24,3 +30,35 @@ def test_demo_writes_the_bundled_digits(tmp_path):
     files = find_images(folder)
     assert len(files) == 1797
     assert {label_of(f, folder) for f in files} == {str(d) for d in range(10)}
+
+
+@pytest.mark.slow
+def test_the_demo_makes_no_outbound_connection(demo_run):
+    """`groco demo`, as a user runs it (train, export, index, serve), with outbound
+    connections refused from its first line."""
+    images, _, output, url, log = demo_run
+    assert "k-NN top-1" in output
+    exercise(url, images)
+    time.sleep(3)
+    assert not log.exists(), log.read_text()
+
+
+@pytest.mark.slow
+def test_the_demo_page_fills_all_three_tabs(demo_run, browser):
+    """`groco demo`'s own server: the collection on Search, its groups on Duplicates, its
+    map on Map, each opened from the address the demo prints."""
+    from selenium.webdriver.common.by import By
+
+    images, _, output, url, _ = demo_run
+    urls = {line.split()[0]: line.split()[1] for line in output.splitlines()
+            if line.startswith("  ") and "http://" in line}
+    assert set(urls) == {"search", "duplicates", "map"}, output
+    assert urls["search"].startswith(url)
+    browser.get(urls["search"])
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
+                                                          "#collection img")) >= 8)
+    browser.get(urls["duplicates"])
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#dupes img")) >= 2)
+    browser.get(urls["map"])
+    wait_for(browser).until(lambda d: f"{len(list(images.rglob('*.png')))} items"
+                         in element_text(d, "map-status"))
