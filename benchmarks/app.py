@@ -106,7 +106,7 @@ def gradio_http_queries(url: str, queries: list[Path], clients: int) -> np.ndarr
                 payload = {"path": up.json()[0], "orig_name": q.name,
                            "meta": {"_type": "gradio.FileData"}}
                 call = client.post("gradio_api/call/search",
-                                   json={"data": [payload, K, "all", -1]})
+                                   json={"data": [payload, K, "all", -1, False]})
                 call.raise_for_status()
                 event = call.json()["event_id"]
                 text = client.get(f"gradio_api/call/search/{event}").text

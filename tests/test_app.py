@@ -169,7 +169,7 @@ def _post_search(url: str, payload: dict | str, k: int = 5, label: str = "all",
     import json
 
     body = (payload if isinstance(payload, str)
-            else json.dumps({"data": [payload, k, label, min_score]}))
+            else json.dumps({"data": [payload, k, label, min_score, False]}))
     request = urllib.request.Request(f"{url}gradio_api/call/search", data=body.encode(),
                                      headers={"Content-Type": "application/json"})
     try:

@@ -11,8 +11,10 @@ queue and event stream::
 ``search`` takes the image file's bytes as the request body and decodes them with the
 app's :class:`groco.app.uploads.QueryDecoder` (groco's decoder, the same byte and pixel
 caps). Query parameters: ``k``, ``label`` (a folder, or ``all``), ``min_score`` (cosine
-cut-off, -1 for none). The answer is ``{"results": [{"id", "relpath", "score", "label",
-"thumbnail"}], "ms": server time}`` with ``thumbnail`` a URL path on this server;
+cut-off, -1 for none), ``distinct`` (``1``: near copies collapsed, each group once). The
+answer is ``{"results": [{"id", "relpath", "score", "label", "copies", "thumbnail"}], "ms":
+server time}`` with ``copies`` the near copies hidden behind a result (``distinct``) and
+``thumbnail`` a URL path on this server;
 a bad request gets HTTP 400 and ``{"error": "one line"}``. At most
 ``settings.concurrency`` requests run at once and ``settings.queue_size`` more wait, as
 in the UI's queue; past that a request gets HTTP 429 (``Retry-After: 1``) at once.
@@ -87,16 +89,18 @@ class JsonApi:
         for r in results:
             thumb, _ = self.state.thumbnail(r.id)
             rows.append({"id": r.id, "relpath": r.relpath, "score": r.score, "label": r.label,
+                         "copies": r.copies,
                          "thumbnail": file_url(thumb) if thumb is not None else None})
         return {"results": rows}
 
     @staticmethod
-    def _params(request: Request) -> tuple[str, str, str | None]:
+    def _params(request: Request) -> tuple[str, str, str | None, str]:
         q = request.query_params
-        return (q.get("k", str(12)), q.get("label", ALL_LABELS), q.get("min_score"))
+        return (q.get("k", str(12)), q.get("label", ALL_LABELS), q.get("min_score"),
+                q.get("distinct", "0"))
 
     async def search(self, request: Request) -> JSONResponse:
-        k, label, min_score = self._params(request)
+        k, label, min_score, distinct = self._params(request)
         body = await request.body()
         name = request.query_params.get("name", "the upload")
 
@@ -104,16 +108,18 @@ class JsonApi:
             self.state.check_k(k)
             self.state.check_label(label)
             self.state.check_min_score(min_score)
+            collapse = _flag(distinct, "distinct")
             image = self.state.decoder.decode_bytes(body, name)
-            return self._results(self.state.search_image(image, k, label, min_score))
+            return self._results(self.state.search_image(image, k, label, min_score,
+                                                         collapse))
 
         return await self._run(work)
 
     async def more_like_this(self, request: Request) -> JSONResponse:
-        k, label, min_score = self._params(request)
+        k, label, min_score, distinct = self._params(request)
         item = request.query_params.get("item", "")
         return await self._run(lambda: self._results(
-            self.state.more_like(item, k, label, min_score)))
+            self.state.more_like(item, k, label, min_score, _flag(distinct, "distinct"))))
 
     async def browse(self, request: Request) -> JSONResponse:
         q = request.query_params
@@ -130,6 +136,15 @@ class JsonApi:
                     "total": page.total}
 
         return await self._run(work)
+
+
+def _flag(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise UploadError(f"{name} must be 1 or 0, got {text!r}.")
 
 
 def _int(text: str) -> int:

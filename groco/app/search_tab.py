@@ -26,8 +26,8 @@ from groco.index.api import ORDERS, Page, Result
 
 def results_json(results: list[Result]) -> list[dict[str, Any]]:
     """Results for the JSON output; no ``path`` key, which API clients read as a file."""
-    return [{"id": r.id, "relpath": r.relpath, "score": r.score, "label": r.label}
-            for r in results]
+    return [{"id": r.id, "relpath": r.relpath, "score": r.score, "label": r.label,
+             "copies": r.copies} for r in results]
 
 
 def _status(results: list[Result], seconds: float, what: str) -> str:
@@ -54,27 +54,28 @@ class SearchHandlers:
         return (self.state.gallery(results), _status(results, seconds, what),
                 results_json(results), [r.id for r in results])
 
-    def search(self, image: Any, k: float, label: str, min_score: float = -1.0):
+    def search(self, image: Any, k: float, label: str, min_score: float = -1.0,
+               distinct: bool = False):
         """An uploaded query (the raw payload: Gradio does not preprocess it)."""
         started = time.perf_counter()
-        results = _user_error(self.state.search_upload, image, k, label, min_score)
+        results = _user_error(self.state.search_upload, image, k, label, min_score, distinct)
         return self._answer(results, started, "your image")
 
     def more_like_item(self, item: str | int, k: float, label: str,
-                       min_score: float = -1.0):
+                       min_score: float = -1.0, distinct: bool = False):
         """An indexed item named by its id or relative path: its neighbours, itself left
         out."""
         started = time.perf_counter()
         item_id = _user_error(self.state.item_id, item)
-        results = _user_error(self.state.more_like, item_id, k, label, min_score)
+        results = _user_error(self.state.more_like, item_id, k, label, min_score, distinct)
         return self._answer(results, started, f"`{self.state.searcher.row(item_id).path}`")
 
     def more_like_clicked(self, ids: list[int], k: float, label: str, min_score: float,
-                          event: gr.SelectData):
+                          distinct: bool, event: gr.SelectData):
         """A click on a thumbnail (of the collection or of the results)."""
         if not ids or event.index is None or event.index >= len(ids):
             raise gr.Error("Click a thumbnail to search from it.")
-        return self.more_like_item(ids[event.index], k, label, min_score)
+        return self.more_like_item(ids[event.index], k, label, min_score, distinct)
 
     def index_state(self):
         """The facts line and the folder choices of the index state now served."""
@@ -114,6 +115,8 @@ def search_tab(app: gr.Blocks, state: AppState) -> None:
                                   label="Minimum score (cosine; -1 keeps all)")
             label = gr.Dropdown(label_choices, value=ALL_LABELS, label="Folder / label",
                                 visible=len(label_choices) > 1)
+            distinct = gr.Checkbox(False, label="Hide near copies (each group once, with a "
+                                   "count)", elem_id="distinct")
             button = gr.Button("Search", variant="primary")
             with gr.Row():
                 item = gr.Textbox(label="More like an indexed image (id or path)",
@@ -148,21 +151,22 @@ def search_tab(app: gr.Blocks, state: AppState) -> None:
                 with gr.Accordion("Results as JSON", open=False):
                     raw = gr.JSON(label="results")
     outputs = [gallery, status, raw, result_ids]
+    options = [k, label, min_score, distinct]
     browse_outputs = [collection, browse_status, page, page_json, page_ids]
     show_results = dict(fn=lambda: gr.Tabs(selected="results"), inputs=None, outputs=views,
                         api_name=False, queue=False)
     # preprocess=False: the query's file reference reaches groco's decoder as sent.
-    button.click(handlers.search, [query, k, label, min_score], outputs, api_name="search",
+    button.click(handlers.search, [query, *options], outputs, api_name="search",
                  preprocess=False).success(**show_results)
-    query.upload(handlers.search, [query, k, label, min_score], outputs, api_name=False,
+    query.upload(handlers.search, [query, *options], outputs, api_name=False,
                  preprocess=False).success(**show_results)
-    item.submit(handlers.more_like_item, [item, k, label, min_score], outputs,
+    item.submit(handlers.more_like_item, [item, *options], outputs,
                 api_name="more_like_this").success(**show_results)
-    item_button.click(handlers.more_like_item, [item, k, label, min_score], outputs,
+    item_button.click(handlers.more_like_item, [item, *options], outputs,
                       api_name=False).success(**show_results)
-    gallery.select(handlers.more_like_clicked, [result_ids, k, label, min_score], outputs,
+    gallery.select(handlers.more_like_clicked, [result_ids, *options], outputs,
                    api_name=False)
-    collection.select(handlers.more_like_clicked, [page_ids, k, label, min_score], outputs,
+    collection.select(handlers.more_like_clicked, [page_ids, *options], outputs,
                       api_name=False).success(**show_results)
     page.submit(handlers.browse, [page, folder, order, seed], browse_outputs, api_name="browse")
     previous.click(lambda p, f, o, s: handlers.browse((p or 1) - 1, f, o, s),

@@ -126,20 +126,24 @@ class AppState:
         return None if value <= -1.0 else value
 
     def search_upload(self, payload: Any, k: float | int, label: str | None = None,
-                      min_score: float | None = None) -> list[Result]:
+                      min_score: float | None = None, distinct: bool = False,
+                      ) -> list[Result]:
         """Neighbours of an uploaded query (see :class:`QueryDecoder` for ``payload``);
-        only those scoring ``>= min_score``, as ``groco search --min-score`` keeps."""
+        only those scoring ``>= min_score``, as ``groco search --min-score`` keeps;
+        near copies collapsed with ``distinct``, as ``groco search --distinct``."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
         self.check_label(label)
-        return self.search_image(self.decoder.decode(payload), k, label, floor)
+        return self.search_image(self.decoder.decode(payload), k, label, floor, distinct)
 
     def search_image(self, image: Any, k: float | int, label: str | None = None,
-                     min_score: float | None = None) -> list[Result]:
+                     min_score: float | None = None, distinct: bool = False,
+                     ) -> list[Result]:
         """Neighbours of a decoded query image (PIL), of ``label`` only when given (the
         index filters: k of them whenever it holds k)."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
         label = self.check_label(label)
-        return self.searcher.search_image(image, k, label=label, min_score=floor)
+        return self.searcher.search_image(image, k, label=label, min_score=floor,
+                                          distinct=bool(distinct))
 
     def item_id(self, item: int | str) -> int:
         """The id of an indexed item given as its id (int or digits) or its path relative
@@ -162,12 +166,13 @@ class AppState:
                           "the images root).")
 
     def more_like(self, item: int | str | Path, k: float | int, label: str | None = None,
-                  min_score: float | None = None) -> list[Result]:
+                  min_score: float | None = None, distinct: bool = False) -> list[Result]:
         """Neighbours of an indexed item (id or relative path), itself left out;
         ``UploadError`` if the item is not in the index."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
         label = self.check_label(label)
-        return self.searcher.more_like(self.item_id(item), k, label=label, min_score=floor)
+        return self.searcher.more_like(self.item_id(item), k, label=label, min_score=floor,
+                                       distinct=bool(distinct))
 
     def browse(self, page: float | int, folder: str | None = None, order: str = "random",
                seed: int = 0) -> Page:
@@ -197,7 +202,9 @@ class AppState:
             thumb, _ = self.thumbnail(result.id)
             if thumb is not None:
                 label = f" · {result.label}" if result.label else ""
-                items.append((str(thumb), f"{result.score:.3f}{label} · {result.relpath}"))
+                copies = f" · +{result.copies} near copies" if result.copies else ""
+                items.append((str(thumb),
+                              f"{result.score:.3f}{label} · {result.relpath}{copies}"))
         return items
 
     def tiles(self, page: Page) -> tuple[list[tuple[str, str]], list[int]]:

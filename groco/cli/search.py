@@ -15,6 +15,8 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of neighbours.", min=1, max=10_000),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
+    distinct: bool = typer.Option(False, "--distinct",
+                                  help="Near copies collapsed: each group once, with a count."),
     min_score: float = typer.Option(None, "--min-score",
                                     help="Leave out results below this cosine similarity "
                                          "(-1..1), so fewer than k may come back.",
@@ -28,13 +30,15 @@ def search(
 
     try:
         with IndexReader(index, encoder_path=encoder) as reader:
-            results = reader.search_image(image, k=k, min_score=min_score)
+            results = reader.search_image(image, k=k, min_score=min_score, distinct=distinct)
     except INDEX_ERRORS as error:
         fail(error)
     if as_json:
         rows = [{"rank": i + 1, **r.to_dict()} for i, r in enumerate(results)]
         typer.echo(json.dumps({"query": str(image), "index": str(index), "k": k,
-                               "min_score": min_score, "results": rows}, indent=2))
+                               "min_score": min_score, "distinct": distinct,
+                               "results": rows}, indent=2))
         return
     for i, r in enumerate(results, 1):
-        typer.echo(f"{i:3d}  {r.score:.4f}  {r.label or '-':<16} {r.path}")
+        copies = f"  (+{r.copies} near copies)" if r.copies else ""
+        typer.echo(f"{i:3d}  {r.score:.4f}  {r.label or '-':<16} {r.path}{copies}")

@@ -55,6 +55,9 @@ class Result:
     rank_score: float | None = None
     """The similarity results are ordered by when the index post-processes search
     (:mod:`groco.index.expansion`), ``None`` when it does not (``score`` orders them)."""
+    copies: int = 0
+    """Near copies of this result hidden behind it by a distinct search
+    (:mod:`groco.index.distinct`); 0 otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distinct import collapse_near_copies, pool_size
 from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
 from ..expansion import POOL
 from ..faiss.query import search
@@ -101,16 +102,28 @@ class IndexReader:
         return self._searcher.embed_image(image)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, label: str | None = None,
-                      exclude: int | None = None,
-                      min_score: float | None = None) -> list[Result]:
+                      exclude: int | None = None, min_score: float | None = None,
+                      distinct: bool = False) -> list[Result]:
         """The ``k`` nearest neighbours of a ``(dim,)`` embedding, best first.
 
         ``label``: only items of that folder label, searched inside the index
         (:mod:`.filtered`): ``min(k, items of the label)`` come back, however rare the
         label; ``ValueError`` for a label the index does not have. ``exclude``: an id left
         out. ``min_score``: results below this cosine similarity are left out (fewer come
-        back then).
+        back then). ``distinct``: near copies collapsed, each group shown once by its
+        best-ranked member with ``copies`` counting the rest (:mod:`..distinct`).
         """
+        if not distinct:
+            return self._search_vector(vector, k, label, exclude, min_score)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        candidates = self._search_vector(vector, pool_size(k), label, exclude, min_score)
+        vectors = np.stack([self._searcher.vector_of(r.id) for r in candidates]) \
+            if candidates else np.empty((0, 0), np.float32)
+        return collapse_near_copies(candidates, vectors, k, DEFAULT_THRESHOLD)
+
+    def _search_vector(self, vector: np.ndarray, k: int, label: str | None,
+                       exclude: int | None, min_score: float | None) -> list[Result]:
         if label is None:
             return self._searcher.search_vector(vector, k, exclude=exclude,
                                                 min_score=min_score)
@@ -140,20 +153,20 @@ class IndexReader:
         return self._searcher.results(expanded, scores[0], found[0], k, exclude, min_score)
 
     def search_image(self, image: QueryImage, k: int = 10, *, label: str | None = None,
-                     min_score: float | None = None) -> list[Result]:
+                     min_score: float | None = None, distinct: bool = False) -> list[Result]:
         """The ``k`` indexed images most similar to ``image`` (as :meth:`search_vector`);
         an image that is itself indexed comes back first with a score of ~1."""
         return self.search_vector(self.embed_image(image), k, label=label,
-                                  min_score=min_score)
+                                  min_score=min_score, distinct=distinct)
 
     def more_like(self, item: int | str | Path, k: int = 10, *, label: str | None = None,
-                  min_score: float | None = None) -> list[Result]:
+                  min_score: float | None = None, distinct: bool = False) -> list[Result]:
         """The ``k`` images most similar to an indexed one (id or path), *itself left out*,
         from its stored embedding (as :meth:`search_vector`); ``KeyError`` for an unknown
         item, ``ValueError`` for a broken one."""
         row = self._searcher.row(item)
         return self.search_vector(self._searcher.vector_of(row), k, label=label,
-                                  exclude=row.id, min_score=min_score)
+                                  exclude=row.id, min_score=min_score, distinct=distinct)
 
     # -- items and the collection
 
