@@ -103,15 +103,17 @@ class IndexReader:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, label: str | None = None,
                       exclude: int | None = None, min_score: float | None = None,
-                      distinct: bool = False) -> list[Result]:
+                      distinct: bool = False,
+                      near_copy: float = DEFAULT_THRESHOLD) -> list[Result]:
         """The ``k`` nearest neighbours of a ``(dim,)`` embedding, best first.
 
         ``label``: only items of that folder label, searched inside the index
         (:mod:`.filtered`): ``min(k, items of the label)`` come back, however rare the
         label; ``ValueError`` for a label the index does not have. ``exclude``: an id left
         out. ``min_score``: results below this cosine similarity are left out (fewer come
-        back then). ``distinct``: near copies collapsed, each group shown once by its
-        best-ranked member with ``copies`` counting the rest (:mod:`..distinct`).
+        back then). ``distinct``: near copies (cosine ``>= near_copy``, the duplicate
+        threshold by default) collapsed, each group shown once by its best-ranked member
+        with ``copies`` counting the rest (:mod:`..distinct`).
         """
         if not distinct:
             return self._search_vector(vector, k, label, exclude, min_score)
@@ -120,7 +122,7 @@ class IndexReader:
         candidates = self._search_vector(vector, pool_size(k), label, exclude, min_score)
         vectors = np.stack([self._searcher.vector_of(r.id) for r in candidates]) \
             if candidates else np.empty((0, 0), np.float32)
-        return collapse_near_copies(candidates, vectors, k, DEFAULT_THRESHOLD)
+        return collapse_near_copies(candidates, vectors, k, near_copy)
 
     def _search_vector(self, vector: np.ndarray, k: int, label: str | None,
                        exclude: int | None, min_score: float | None) -> list[Result]:
