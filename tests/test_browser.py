@@ -36,6 +36,21 @@ def test_upload_fills_the_gallery(served, browser):
         browser.save_screenshot(screenshot)
 
 
+def test_hide_near_copies_shows_each_group_once_with_its_count(served, browser):
+    from selenium.webdriver.common.by import By
+
+    images, _, url = served
+    browser.get(url)
+    wait = wait_for(browser)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#distinct input")).click()
+    upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
+    upload.send_keys(str(images / "class2" / "img009.png"))
+    wait.until(lambda d: "neighbours of" in element_text(d, "search-status"))
+    captions = element_text(browser, "results")
+    assert "near copies" in captions
+    assert not ("img009.png" in captions and "img009-copy.png" in captions), captions
+
+
 def _tab(browser, name: str):
     from selenium.webdriver.common.by import By
 
