@@ -78,6 +78,13 @@ def test_the_cli_json_route_and_page_api_collapse_alike(served):
     text = CliRunner().invoke(app, ["search", str(index), str(query), "-k", "2",
                                     "--distinct"]).output
     assert "near copies)" in text.splitlines()[0]
+    counts = {}
+    for near in ("0.97", "0.999"):
+        found = CliRunner().invoke(app, ["search", str(index), str(query), "-k", "30",
+                                         "--distinct", "--near-copy", near, "--json"])
+        counts[near] = [r["copies"] for r in json.loads(found.stdout)["results"]]
+    assert len(counts["0.999"]) >= len(counts["0.97"])  # a stricter rule hides fewer
+    assert 1 <= counts["0.999"][0] <= counts["0.97"][0]  # the byte copy always
     bad = urllib.request.Request(f"{url}groco/api/search?distinct=maybe",
                                  data=query.read_bytes(), method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:

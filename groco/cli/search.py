@@ -17,6 +17,9 @@ def search(
     encoder: Path = typer.Option(None, "--encoder", help="Encoder [default: the recorded one]."),
     distinct: bool = typer.Option(False, "--distinct",
                                   help="Near copies collapsed: each group once, with a count."),
+    near_copy: float = typer.Option(None, "--near-copy",
+                                    help="--distinct: the cosine from which two results are near "
+                                         "copies [default: 0.97].", min=0.0, max=1.0),
     min_score: float = typer.Option(None, "--min-score",
                                     help="Leave out results below this cosine similarity "
                                          "(-1..1), so fewer than k may come back.",
@@ -27,16 +30,21 @@ def search(
 
     index_logging(verbose=False)
     from groco.index.api import IndexReader
+    from groco.index.dupes import DEFAULT_THRESHOLD
 
+    near_copy = DEFAULT_THRESHOLD if near_copy is None else near_copy
     try:
         with IndexReader(index, encoder_path=encoder) as reader:
-            results = reader.search_image(image, k=k, min_score=min_score, distinct=distinct)
+            vector = reader.embed_image(image)
+            results = reader.search_vector(vector, k, min_score=min_score, distinct=distinct,
+                                           near_copy=near_copy)
     except INDEX_ERRORS as error:
         fail(error)
     if as_json:
         rows = [{"rank": i + 1, **r.to_dict()} for i, r in enumerate(results)]
         typer.echo(json.dumps({"query": str(image), "index": str(index), "k": k,
                                "min_score": min_score, "distinct": distinct,
+                               "near_copy": near_copy if distinct else None,
                                "results": rows}, indent=2))
         return
     for i, r in enumerate(results, 1):
