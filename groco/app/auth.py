@@ -42,10 +42,10 @@ ITERATIONS = 600_000
 """PBKDF2-HMAC-SHA256 iterations of a new hash (OWASP's 2023 figure)."""
 REALM = "groco"
 REMEMBERED = 1024
+"""Distinct ``Authorization`` headers whose verdict is kept (good and bad alike)."""
 STARTUP_PATH = "/gradio_api/startup-events"
 """Gradio's launch calls this route of its own server, without credentials, to start the
 queue; the middleware lets the first such call from loopback through, and no other."""
-"""Distinct ``Authorization`` headers whose verdict is kept (good and bad alike)."""
 
 
 class AuthError(ValueError):
@@ -63,7 +63,7 @@ def hash_password(password: str, iterations: int = ITERATIONS, salt: bytes | Non
 
 def check_password(password: str, hashed: str) -> bool:
     """Whether ``password`` matches ``hashed`` (constant-time comparison)."""
-    scheme, iterations, salt, digest = _parse_hash(hashed)
+    _, iterations, salt, digest = _parse_hash(hashed)
     candidate = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     return hmac.compare_digest(candidate, digest)
 

@@ -35,9 +35,8 @@ def search(
     near_copy = DEFAULT_THRESHOLD if near_copy is None else near_copy
     try:
         with IndexReader(index, encoder_path=encoder) as reader:
-            vector = reader.embed_image(image)
-            results = reader.search_vector(vector, k, min_score=min_score, distinct=distinct,
-                                           near_copy=near_copy)
+            results = reader.search_image(image, k, min_score=min_score, distinct=distinct,
+                                          near_copy=near_copy)
     except INDEX_ERRORS as error:
         fail(error)
     if as_json:

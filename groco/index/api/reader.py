@@ -21,10 +21,11 @@ from ..distinct import collapse_near_copies, pool_size
 from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
 from ..expansion import POOL
 from ..faiss.query import search
-from ..faiss.source import as_unit_vectors
+from ..faiss.source import as_unit_vectors, positions_of
 from ..manifest import IndexDirError, read_manifest
 from ..map import MapData, has_map, iter_map_items, map_path, read_map
 from ..search import QueryImage, Result, Searcher
+from ..shards import gather
 from ..store import DB_NAME, EMBEDDED, FileRow, Store
 from ..stored import ShardSource
 from .filtered import search_subset
@@ -120,9 +121,21 @@ class IndexReader:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         candidates = self._search_vector(vector, pool_size(k), label, exclude, min_score)
-        vectors = np.stack([self._searcher.vector_of(r.id) for r in candidates]) \
-            if candidates else np.empty((0, 0), np.float32)
-        return collapse_near_copies(candidates, vectors, k, near_copy)
+        if not candidates:
+            return []
+        return collapse_near_copies(candidates, self._stored_vectors([r.id for r in candidates]),
+                                    k, near_copy)
+
+    def _stored_vectors(self, ids: list[int]) -> np.ndarray:
+        """The stored unit embeddings of embedded items ``ids``, in that order: one read of
+        the shards at the locations the listing holds (no metadata lookup per item)."""
+        collection = self._listing()
+        shard_numbers, rows = self._locations  # read with the collection
+        positions = positions_of(collection.ids, np.asarray(ids, np.int64))
+        if (positions < 0).any():  # found in a state the listing has not read yet
+            return as_unit_vectors(np.stack([self._searcher.vector_of(i) for i in ids]))
+        return as_unit_vectors(gather(self.index_dir, shard_numbers[positions],
+                                      rows[positions]))
 
     def _search_vector(self, vector: np.ndarray, k: int, label: str | None,
                        exclude: int | None, min_score: float | None) -> list[Result]:
@@ -155,20 +168,23 @@ class IndexReader:
         return self._searcher.results(expanded, scores[0], found[0], k, exclude, min_score)
 
     def search_image(self, image: QueryImage, k: int = 10, *, label: str | None = None,
-                     min_score: float | None = None, distinct: bool = False) -> list[Result]:
+                     min_score: float | None = None, distinct: bool = False,
+                     near_copy: float = DEFAULT_THRESHOLD) -> list[Result]:
         """The ``k`` indexed images most similar to ``image`` (as :meth:`search_vector`);
         an image that is itself indexed comes back first with a score of ~1."""
         return self.search_vector(self.embed_image(image), k, label=label,
-                                  min_score=min_score, distinct=distinct)
+                                  min_score=min_score, distinct=distinct, near_copy=near_copy)
 
     def more_like(self, item: int | str | Path, k: int = 10, *, label: str | None = None,
-                  min_score: float | None = None, distinct: bool = False) -> list[Result]:
+                  min_score: float | None = None, distinct: bool = False,
+                  near_copy: float = DEFAULT_THRESHOLD) -> list[Result]:
         """The ``k`` images most similar to an indexed one (id or path), *itself left out*,
         from its stored embedding (as :meth:`search_vector`); ``KeyError`` for an unknown
         item, ``ValueError`` for a broken one."""
         row = self._searcher.row(item)
         return self.search_vector(self._searcher.vector_of(row), k, label=label,
-                                  exclude=row.id, min_score=min_score, distinct=distinct)
+                                  exclude=row.id, min_score=min_score, distinct=distinct,
+                                  near_copy=near_copy)
 
     # -- items and the collection
 
