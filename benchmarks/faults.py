@@ -562,6 +562,7 @@ def serving_faults(forks: ForkServer, encoder: Path, work: Path, reps: int) -> S
     import urllib.error
     import urllib.request
 
+    from app_hostile import free_port
     from routes import filled, registered_routes
 
     from groco.app.auth import Credentials, set_password
@@ -634,14 +635,6 @@ def serving_faults(forks: ForkServer, encoder: Path, work: Path, reps: int) -> S
         app.close()
     return Serving(updates, seconds, counts["answered"] + counts["failed"], counts["failed"],
                    routes)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- main

@@ -72,7 +72,8 @@ def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run / "encoder.onnx"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -93,7 +94,7 @@ def served(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory):
                                                       quality=90)
     index = base / "index"
     build_index_dir(images, encoder_file, index, batch_size=8, progress=False)
-    app, url = launch_app(index, port=_free_port(), block=False)
+    app, url = launch_app(index, port=free_port(), block=False)
     yield images, index, url
     app.close()
 
@@ -126,7 +127,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     (images / "class0" / "img000-copy.png").write_bytes(
         (images / "class0" / "img000.png").read_bytes())
     work, log, printed = base / "demo", base / "outbound.log", base / "demo.out"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with printed.open("wb") as out:
         demo = subprocess.Popen([sys.executable, "-m", "groco.cli", "demo", "--data",

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_collection
+from conftest import free_port, make_collection
 from routes import filled, registered_routes
 from typer.testing import CliRunner
 
@@ -31,12 +31,6 @@ from groco.app.auth import (
 from groco.cli import app as cli
 
 USER, PASSWORD = "alice", "correct horse"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 TLS: dict = {}
@@ -79,7 +73,7 @@ def signed_in_server(encoder_file: Path, tmp_path_factory: pytest.TempPathFactor
                        check=True, capture_output=True)
         tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_verify": False}
         TLS["cafile"] = str(cert)
-    app, url = launch_app(base / "index", port=_free_port(), block=False,
+    app, url = launch_app(base / "index", port=free_port(), block=False,
                           credentials=Credentials.read(base / "users"), **tls)
     assert url.startswith("https://" if tls else "http://")
     yield app, url.rstrip("/"), images, base / "index"

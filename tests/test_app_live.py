@@ -4,13 +4,12 @@ items searchable, deleted ones never returned, no failed query during or after t
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_collection
+from conftest import free_port, make_collection
 
 from groco.app.settings import AppSettings
 from groco.index.api import IndexReader
@@ -46,12 +45,6 @@ def test_a_reader_switches_to_the_state_an_update_wrote(encoder_file: Path, tmp_
             before[0].relpath
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _search(url: str, image: Path, k: int, label: str = "all") -> list[str]:
     request = urllib.request.Request(f"{url}groco/api/search?k={k}&label={label}",
                                      data=image.read_bytes(), method="POST")
@@ -64,7 +57,7 @@ def test_the_server_serves_the_update_within_seconds(encoder_file: Path, tmp_pat
 
     images = make_collection(tmp_path / "images", classes=2, per_class=6, size=32)
     build_index_dir(images, encoder_file, tmp_path / "index", **FAST)
-    app, url = launch_app(tmp_path / "index", port=_free_port(), block=False,
+    app, url = launch_app(tmp_path / "index", port=free_port(), block=False,
                           settings=AppSettings(refresh_seconds=0.2))
     try:
         probe = images / "class0/img002.png"

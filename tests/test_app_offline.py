@@ -4,7 +4,6 @@ page, the Gradio API and the JSON routes are all exercised (`groco demo`: test_d
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_collection
+from conftest import free_port, make_collection
 from outbound import exercise, guarded_env
 
 pytest.importorskip("gradio_client")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_server_makes_no_outbound_connection(encoder_file: Path, tmp_path: Path):
@@ -32,7 +25,7 @@ def test_the_server_makes_no_outbound_connection(encoder_file: Path, tmp_path: P
     build_index_dir(images, encoder_file, index, batch_size=8, progress=False)
     log = tmp_path / "outbound.log"
     env = guarded_env(tmp_path / "guard", log)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "groco.cli", "serve", str(index),
                                "--port", str(port)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)

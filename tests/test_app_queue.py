@@ -4,7 +4,6 @@ instead of waiting without bound; the admitted ones are all answered."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.error
@@ -13,18 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import make_collection
+from conftest import free_port, make_collection
 
 from groco.app.settings import AppSettings
 from groco.app.state import AppState
 
 RUNNING, WAITING, CLIENTS = 1, 2, 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def stalled_server(encoder_file: Path, tmp_path_factory: pytest.TempPathFactory)
         return search(*args, **kwargs)
 
     state.search_image = stalled
-    app, url = serve(state, port=_free_port(), block=False)
+    app, url = serve(state, port=free_port(), block=False)
     yield url, images, release
     release.set()
     app.close()

@@ -91,7 +91,7 @@ def test_duplicates_tab_shows_the_groups(served, browser):
 @pytest.fixture(scope="module")
 def served_map(tmp_path_factory):
     """A running app over a mapped index of 60 raw-pixel items: (index dir, URL)."""
-    from conftest import _free_port, make_collection
+    from conftest import free_port, make_collection
 
     from groco.app.web import launch_app
     from groco.encoder.baselines import export_raw_pixels
@@ -104,7 +104,7 @@ def served_map(tmp_path_factory):
     index = base / "index"
     build_index_dir(images, base / "raw.onnx", index, progress=False)
     compute_map(index, n_epochs=100, progress=False)
-    app, url = launch_app(index, port=_free_port(), block=False)
+    app, url = launch_app(index, port=free_port(), block=False)
     yield index, url
     app.close()
 
