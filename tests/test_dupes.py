@@ -86,8 +86,10 @@ def test_threshold_is_respected_and_regrouping_matches_one_shot(planted) -> None
         scan.groups(0.9, linkage="single")
 
 
-def test_scan_works_in_batches_of_the_k_nn_graph_never_n_by_n(planted, monkeypatch) -> None:
-    _, index = planted
+def test_search_route_works_in_batches_of_the_k_nn_graph_never_n_by_n(planted, tmp_path,
+                                                                       monkeypatch) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(planted[1], index, ignore=shutil.ignore_patterns("neighbours"))
     calls = []
     real = dupes.search
 
@@ -96,11 +98,16 @@ def test_scan_works_in_batches_of_the_k_nn_graph_never_n_by_n(planted, monkeypat
         return real(faiss_index, queries, k)
 
     monkeypatch.setattr(dupes, "search", spy)
-    groups = find_duplicate_groups(index, 0.9, batch_size=3, neighbours=2)
+    groups = find_duplicate_groups(index, 0.9, batch_size=3, neighbours=2, store_graph=False)
+    assert not (index / "neighbours").exists(), "store_graph=False leaves the directory as it was"
     ntotal = calls[0][2]
     assert sum(n for n, _, _ in calls) == ntotal  # every stored vector queried once
     assert max(n for n, _, _ in calls) <= 3 and {k for _, k, _ in calls} == {3}
+    calls.clear()
     assert sets(groups) == sets(find_duplicate_groups(index, 0.9))
+    assert not calls, "with the stored neighbour graph the index is not searched"
+    info = json.loads((index / "neighbours" / "graph.json").read_text())
+    assert info["k"] == info["count"] - 1 and info["exact"] and info["recall"] == 1.0
 
 
 def test_an_open_searcher_is_reused(planted) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from groco.encoder.baselines import export_raw_pixels
 from groco.index import map as index_map
 from groco.index.build import build_index_dir, update_index_dir
-from groco.index.map import graph
+from groco.index.neighbours import read_info
 from groco.index.store import DB_NAME, EMBEDDED, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_map_files_points_and_clusters(mapped) -> None:
     assert report.computed and report.count == n
     info = json.loads((index / "map.json").read_text())
     assert (index / info["points_file"]).is_file()
-    assert not (index / index_map.WORK_DIR).exists(), "the work folder goes once the map is written"
+    assert not (index / "neighbours" / "work").exists(), "the work folder goes once done"
     assert not list(index.glob(".*.tmp"))
     data = index_map.read_map(index)
     with Store(index / DB_NAME, readonly=True) as store:
@@ -100,15 +100,20 @@ def test_map_files_points_and_clusters(mapped) -> None:
     assert leave_one_out_1nn(data.xy, labels) > 0.95
 
 
-def test_graph_search_caps_a_high_efsearch_only() -> None:
-    cap = index_map.GRAPH_EF_SEARCH
-    assert index_map.graph_search_params({"search_params": {"efSearch": 2048.0,
-                                                         "recall@10": 0.92}}) == {
-        "efSearch": float(cap)}
-    assert index_map.graph_search_params({"search_params": {"efSearch": float(cap)}}) == {}
-    assert index_map.graph_search_params({"search_params": {"nprobe": 64.0}}) == {}
-    assert index_map.graph_search_params({"search_params": None}) == {}
-    assert index_map.graph_search_params({}) == {}
+def test_map_and_dupes_share_one_stored_graph(mapped, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(mapped[1], index)
+    info = read_info(index)
+    with Store(index / DB_NAME, readonly=True) as store:
+        assert info["generation"] == store.generation and info["count"] == store.count(EMBEDDED)
+    assert info["exact"] and info["recall"] == 1.0  # 240 items: the exact graph
+    report = index_map.compute_map(index, force=True, **FAST)
+    assert report.graph is not None and not report.graph.built, "the map reuses the graph"
+    assert read_info(index)["files"] == info["files"]
+    result = run_cli("index", "dupes", str(index), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "neighbour graph reused" in result.stderr
+    assert read_info(index)["files"] == info["files"]
 
 
 def test_map_is_up_to_date_on_rerun(mapped) -> None:
@@ -194,28 +199,22 @@ def test_update_places_new_items_near_their_class(encoder: Path, tmp_path: Path)
     assert report.computed and index_map.read_map(index).info["placed"] == 0
 
 
-def test_killed_map_resumes_after_the_last_graph_chunk(mapped, tmp_path: Path,
-                                                       monkeypatch) -> None:
+def test_a_map_killed_in_its_layout_keeps_its_graph(mapped, tmp_path: Path,
+                                                    monkeypatch) -> None:
     index = tmp_path / "index"
-    shutil.copytree(mapped[1], index, ignore=shutil.ignore_patterns("map*"))
-    real = graph._knn_rows
-    calls = []
+    shutil.copytree(mapped[1], index, ignore=shutil.ignore_patterns("map*", "neighbours"))
+    from groco.index.map import compute
 
-    def dies_on_the_third_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(graph, "_knn_rows", dies_on_the_third_chunk)
+    monkeypatch.setattr(compute, "fit_layout", killed)
     with pytest.raises(KeyboardInterrupt):
-        index_map.compute_map(index, chunk_size=50, **FAST)
-    state = json.loads((index / index_map.WORK_DIR / "state.json").read_text())
-    assert state["rows_done"] == 100 and not index_map.has_map(index)
-    monkeypatch.setattr(graph, "_knn_rows", real)
-    report = index_map.compute_map(index, chunk_size=50, **FAST)
-    assert report.computed and report.resumed_rows == 100
-    assert report.count == CLASSES * PER_CLASS and len(calls) == 3
+        index_map.compute_map(index, **FAST)
+    assert read_info(index) is not None and not index_map.has_map(index)
+    monkeypatch.undo()
+    report = index_map.compute_map(index, **FAST)
+    assert report.computed and not report.graph.built
     data = index_map.read_map(index)
     assert leave_one_out_1nn(data.xy, np.array(data.labels())) > 0.95
 

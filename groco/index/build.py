@@ -45,6 +45,7 @@ from .indexfile import (
 from .lock import writer_lock
 from .manifest import IndexDirError, check_encoder_hash, read_manifest
 from .map import MapReport, update_map
+from .neighbours import update_graph
 from .parts import (
     check_parts,
     claim,
@@ -76,7 +77,9 @@ class BuildReport:
     (updates): files re-embedded, dropped, and with a new mtime but the same content.
     ``count``/``broken_total``: vectors in the index / broken files recorded.
     ``index_type`` is ``None`` for a part of a sharded build (no index of its own).
-    ``map``: what an update did to the index's map (``None`` when it has none).
+    ``map``: what an update did to the index's map (``None`` when it has none);
+    ``graph``: to its neighbour graph (``{"added", "removed", "searched"}``, ``None``
+    when it has none).
     """
 
     index_dir: Path
@@ -97,6 +100,7 @@ class BuildReport:
     broken_files: list[tuple[str, str]] = field(default_factory=list)
     part: tuple[int, int] | None = None
     map: MapReport | None = None
+    graph: dict[str, int] | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -308,6 +312,8 @@ def update_index_dir(
     - the FAISS index is updated from the stored embeddings, never from images: in place
       where FAISS can remove vectors (Flat, IVF), rebuilt otherwise (HNSW) or when
       ``"auto"`` now chooses another type for the new size;
+    - the index's neighbour graph, where it has one, gets rows for the new items and loses
+      the deleted ones (:func:`groco.index.neighbours.update_graph`; ``report.graph``);
     - the index's map, where it has one, gets the new items placed on it and loses the
       deleted ones (:func:`groco.index.map.update_map`; ``report.map``).
 
@@ -353,6 +359,7 @@ def update_index_dir(
         _finish(report, store, index_dir, index_type, memory_bytes, target_recall, stats,
                 None, postprocess)  # on disk or in RAM: as built
         report.embedded -= stats.replaced  # new files and changed ones apart
+        report.graph = update_graph(index_dir, store, progress)  # None: it has no graph
         report.map = update_map(index_dir, store, progress)  # None: the index has no map
     log.info("update: %d new, %d changed, %d deleted, %d touched, %d broken",
              report.embedded, report.changed, report.deleted, report.touched, report.broken)

@@ -3,15 +3,16 @@ copies (cosine similarity >= a threshold), found without an N x N matrix.
 
 How (bounded memory at any collection size):
 
-1. **Candidate pairs.** The stored embeddings are read shard by shard (memory-mapped) in
-   batches of ``batch_size`` and each batch is searched in the directory's own FAISS
-   index for its ``neighbours`` nearest vectors: a k-NN graph, ``batch_size x
-   neighbours`` scores at a time, never ``N x N``. Pairs scoring below ``floor`` are
-   dropped at once; with an index whose scores are approximate (PQ, SQ) the candidates
-   within :data:`RESCORE_MARGIN` of the floor are rescored exactly from the stored
-   vectors. Exact copies are paired by the ``hash`` column of ``meta.sqlite`` (blake2b of
-   the file's bytes, recorded at build time by every groco version), whatever their
-   vectors.
+1. **Candidate pairs.** The edges of the index's stored neighbour graph
+   (:mod:`groco.index.neighbours`: each item's ``neighbours`` nearest, cosines of the
+   stored embeddings; built once and shared with the map) scoring ``>= floor``. Where no
+   current graph can be had (the app's reader, another writer busy), the stored
+   embeddings are read shard by shard in batches of ``batch_size`` and searched in the
+   directory's own FAISS index instead; with an index whose scores are approximate (PQ,
+   SQ) the candidates within :data:`RESCORE_MARGIN` of the floor are rescored exactly
+   from the stored vectors. Exact copies are paired by the ``hash`` column of
+   ``meta.sqlite`` (blake2b of the file's bytes, recorded at build time by every groco
+   version), whatever their vectors.
 2. **Groups** at a threshold ``t >= floor``, from the pairs scoring ``>= t``. Byte-identical
    files always share a group. Then *star* grouping (Aslam et al., "The star clustering
    algorithm", 2004, here greedy over the k-NN graph): files are taken as centres in
@@ -27,8 +28,8 @@ How (bounded memory at any collection size):
 once at a low ``floor`` and returns a :class:`DuplicateScan` whose
 :meth:`DuplicateScan.groups` regroups at any threshold ``>= floor`` in milliseconds (a UI
 slider). Memory: the pairs kept (at most ``N x neighbours``, far fewer above a useful
-floor), the id table (24 bytes an image) and one batch; the FAISS index as loaded for
-search.
+floor), the id table (24 bytes an image) and the graph's arrays (12 bytes an edge); on
+the search route one batch and the FAISS index as loaded.
 
 Each group lists its representative first (of byte-identical files the largest, then
 the first path), then the others by their cosine similarity to it, best first. No
@@ -52,7 +53,9 @@ from . import shards
 from .faiss.query import search
 from .faiss.source import positions_of
 from .indexfile import open_current
-from .manifest import damaged
+from .lock import IndexBusyError
+from .manifest import damaged, read_manifest
+from .neighbours import ensure_graph, is_current, read_graph, read_info
 from .store import DB_NAME, EMBEDDED, FileRow, Store
 
 log = logging.getLogger(__name__)
@@ -255,11 +258,18 @@ def scan_duplicates(
     neighbours: int = DEFAULT_NEIGHBOURS,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
+    store_graph: bool = True,
+    graph_progress: bool = False,
 ) -> DuplicateScan:
     """Find the candidate pairs of ``index`` scoring ``>= floor`` (module docstring).
 
     ``index``: an index directory, or an open :class:`groco.index.search.Searcher` (its
-    loaded FAISS index is reused; no encoder is needed either way). Raises
+    loaded FAISS index is reused; no encoder is needed either way). The candidates are
+    the index's stored neighbour graph (:mod:`groco.index.neighbours`) when it is current
+    and holds ``neighbours`` an item; for a directory with ``store_graph``, the graph is
+    built and stored first when it is not (under the writer lock; while another process
+    writes, the index is searched instead). Otherwise the index's own search, batch by
+    batch. ``graph_progress``: show the graph build's bar. Raises
     :class:`groco.index.manifest.IndexDirError` (one line) for a missing, unfinished or
     damaged directory, ``ValueError`` for a floor outside ``[-1, 1]`` or ``neighbours``
     / ``batch_size`` below 1.
@@ -270,25 +280,40 @@ def scan_duplicates(
     if neighbours < 1 or batch_size < 1:
         raise ValueError(f"neighbours and batch_size must be >= 1, got {neighbours} and "
                          f"{batch_size}")
-    if isinstance(index, (str, Path)):
-        index_dir = Path(index)
-        manifest, faiss_index = open_current(index_dir)
-    else:  # a Searcher: reuse what it loaded
-        index_dir, manifest, faiss_index = Path(index.index_dir), index.manifest, index.index
+    searcher = not isinstance(index, (str, Path))
+    index_dir = Path(index.index_dir) if searcher else Path(index)
     db = index_dir / DB_NAME
     if not db.is_file():
         raise damaged(db, "missing", index_dir)
+    if not searcher and store_graph:
+        try:
+            report = ensure_graph(index_dir, neighbours, progress=graph_progress,
+                                  command="groco index dupes")
+            log.info("%s", report.summary())
+        except IndexBusyError as error:
+            log.warning("%s: searching the index instead of storing its neighbour graph", error)
+    manifest = index.manifest if searcher else read_manifest(index_dir)
     with Store(db, readonly=True) as store:
         ids, shard_numbers, shard_rows = store.embedded_locations()
         exact_groups = store.same_hash_ids()
         unhashed = store.count_unhashed()
+        generation = store.generation
     if unhashed:
         log.warning("%d embedded files have no content hash: their exact copies are found "
                     "by similarity only", unhashed)
-    approximate = any(code in manifest["index_type"] for code in APPROXIMATE_CODES)
-    pairs = _scan(index_dir, faiss_index, ids, shard_numbers, shard_rows, floor,
-                  min(neighbours + 1, max(faiss_index.ntotal, 1)), batch_size,
-                  approximate, progress)
+    graph = read_graph(index_dir) if is_current(read_info(index_dir), generation,
+                                                 neighbours) else None
+    if graph is not None and np.array_equal(graph.ids, ids):
+        a, b, score = graph.pairs(floor)
+        pairs = _best_pairs(a, b, score)
+        if progress is not None:
+            progress(len(ids), len(ids))
+    else:  # no current graph: the index's own search, batch by batch
+        faiss_index = index.index if searcher else open_current(index_dir)[1]
+        approximate = any(code in manifest["index_type"] for code in APPROXIMATE_CODES)
+        pairs = _scan(index_dir, faiss_index, ids, shard_numbers, shard_rows, floor,
+                      min(neighbours + 1, max(faiss_index.ntotal, 1)), batch_size,
+                      approximate, progress)
     exact_a = np.array([g[0] for g in exact_groups for _ in g[1:]], dtype=np.int64)
     exact_b = np.array([i for g in exact_groups for i in g[1:]], dtype=np.int64)
     return DuplicateScan(index_dir, Path(manifest["images_root"]), floor, len(ids), pairs,
@@ -302,6 +327,7 @@ def find_duplicate_groups(
     neighbours: int = DEFAULT_NEIGHBOURS,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
+    store_graph: bool = True,
 ) -> list[DuplicateGroup]:
     """The duplicate groups of ``index`` at cosine ``threshold``, largest first.
 
@@ -310,7 +336,7 @@ def find_duplicate_groups(
     errors as :func:`scan_duplicates`; equals ``scan_duplicates(index, t).groups(t)``.
     """
     return scan_duplicates(index, threshold, neighbours=neighbours, batch_size=batch_size,
-                           progress=progress).groups(threshold)
+                           progress=progress, store_graph=store_graph).groups(threshold)
 
 
 def _scan(index_dir: Path, index: faiss.Index, ids: np.ndarray, shard_numbers: np.ndarray,

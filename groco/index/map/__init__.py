@@ -1,7 +1,7 @@
 """The embedding map of an index directory (``groco index map``): a 2D layout of every item,
 with clusters, stored beside the index.
 
-- :mod:`.graph`: the k-NN graph from the index's own search, resumable after a kill;
+- :mod:`.graph`: the index's stored neighbour graph in UMAP's form;
 - :mod:`.clusters`: spherical k-means and the facts of each cluster;
 - :mod:`.layout`: UMAP on that graph, and placement of new items on a map;
 - :mod:`.format`: the map files (``map.json`` + ``map-NNNNNN.npz``), read and written;
@@ -17,12 +17,17 @@ update without it places new items at their neighbours' weighted mean only. No t
 from .clusters import REPRESENTATIVES, default_clusters
 from .compute import MapReport, compute_map, place_new_items, update_map
 from .format import MAP_NAME, MapData, has_map, iter_map_items, map_path, read_map
-from .graph import GRAPH_EF_SEARCH, WORK_DIR, graph_search_params
-from .layout import DEFAULT_MIN_DIST, DEFAULT_NEIGHBORS, MapExtraMissing
+from .layout import (
+    DEFAULT_MIN_DIST,
+    DEFAULT_NEIGHBORS,
+    LANDMARKS,
+    LANDMARKS_ABOVE,
+    MapExtraMissing,
+)
 
 __all__ = [
-    "DEFAULT_MIN_DIST", "DEFAULT_NEIGHBORS", "GRAPH_EF_SEARCH", "MAP_NAME", "REPRESENTATIVES",
-    "WORK_DIR", "MapData", "MapExtraMissing", "MapReport", "compute_map", "default_clusters",
-    "graph_search_params", "has_map", "iter_map_items", "map_path", "place_new_items",
+    "DEFAULT_MIN_DIST", "DEFAULT_NEIGHBORS", "LANDMARKS", "LANDMARKS_ABOVE", "MAP_NAME",
+    "REPRESENTATIVES", "MapData", "MapExtraMissing", "MapReport", "compute_map",
+    "default_clusters", "has_map", "iter_map_items", "map_path", "place_new_items",
     "read_map", "update_map",
 ]

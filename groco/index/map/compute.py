@@ -3,10 +3,11 @@ index (``groco index update``).
 
 :func:`compute_map`, in three steps, under the directory's writer lock:
 
-1. the k-NN graph from the index's own search, resumable (:mod:`.graph`);
-2. clusters: spherical k-means on the embeddings (:mod:`.clusters`), gathered once the
-   index is closed;
-3. the layout: UMAP on that graph (:mod:`.layout`);
+1. the index's neighbour graph, reused when current, else built from the stored vectors
+   and stored (:mod:`groco.index.neighbours`, resumable);
+2. clusters: spherical k-means on the embeddings (:mod:`.clusters`);
+3. the layout: UMAP on that graph, from landmarks above :data:`LANDMARKS_ABOVE` items
+   (:mod:`.layout`);
 
 then the map files (:mod:`.format`). :func:`update_map` (called by
 :func:`groco.index.build.update_index_dir`, which holds the lock; :func:`place_new_items`
@@ -34,24 +35,21 @@ from groco.progress import progress_bar
 from .. import shards
 from ..indexfile import open_current
 from ..lock import writer_lock
-from ..manifest import IndexDirError
+from ..manifest import IndexDirError, read_manifest
+from ..neighbours import DEFAULT_K, GraphReport, build_graph, read_graph
 from ..store import DB_NAME, Store
 from .clusters import cluster_facts, default_clusters, kmeans, label_codes
 from .format import FORMAT, MAP_NAME, MapData, has_map, now, read_map, write_map
-from .graph import (
-    KNN_CHUNK,
-    build_graph,
-    chunks,
-    load_graph,
-    mapped_neighbours,
-    remove_work,
-)
+from .graph import KNN_CHUNK, chunks, mapped_neighbours, umap_graph
 from .layout import (
     DEFAULT_MIN_DIST,
     DEFAULT_NEIGHBORS,
     EXTRA_HINT,
+    LANDMARKS,
+    LANDMARKS_ABOVE,
     MapExtraMissing,
     fit_layout,
+    fit_layout_landmarks,
     place,
     umap_module,
 )
@@ -75,7 +73,8 @@ class MapReport:
     removed: int = 0
     computed: bool = False
     up_to_date: bool = False
-    resumed_rows: int = 0
+    graph: GraphReport | None = None
+    """The neighbour graph built or reused."""
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     """Wall seconds per step."""
@@ -91,10 +90,9 @@ class MapReport:
                    "clusters)"
         if self.computed:
             steps = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
-            resumed = f", resumed after {self.resumed_rows} rows" if self.resumed_rows else ""
+            graph = f"; {self.graph.summary()}" if self.graph else ""
             return (f"mapped {self.count} items into {self.clusters} clusters in "
-                    f"{self.seconds:.1f} s ({steps}{resumed}); "
-                    f"{self.index_dir / MAP_NAME}")
+                    f"{self.seconds:.1f} s ({steps}){graph}; {self.index_dir / MAP_NAME}")
         text = (f"map: {self.placed} new items placed, {self.removed} removed, "
                 f"{self.count} on the map")
         if not self.refined:
@@ -134,7 +132,7 @@ def compute_map(
     seed: int | None = None,
     progress: bool = True,
     force: bool = False,
-    chunk_size: int = KNN_CHUNK,
+    landmarks_above: int | None = None,
 ) -> MapReport:
     """Compute the map of ``index_dir`` (module docstring) and store it there.
 
@@ -144,7 +142,10 @@ def compute_map(
     :func:`default_clusters`. ``n_epochs``: UMAP's default (200 above 10k items, 500
     below) when ``None``. ``seed``: fixes UMAP's randomness, which also makes its
     optimisation single-threaded; ``None`` runs it on every core (k-means uses seed 0
-    then). Resumable: a killed run continues after the last graph chunk written.
+    then). ``landmarks_above``: the size above which the layout starts from landmarks
+    (:data:`LANDMARKS_ABOVE` when ``None``). The index's stored neighbour graph is built
+    when missing or stale (:mod:`groco.index.neighbours`), else reused; a killed run
+    resumes its graph after the last cells written.
     Raises :class:`MapExtraMissing` without umap-learn, :class:`IndexDirError` for a
     missing or interrupted index, ``ValueError`` for bad parameters.
     """
@@ -160,10 +161,9 @@ def compute_map(
         raise IndexDirError(f"{index_dir}: not an index directory (no {DB_NAME})")
     report = MapReport(index_dir=index_dir, computed=True)
     with writer_lock(index_dir, "groco index map"), Store(index_dir / DB_NAME) as store:
-        manifest, index = open_current(index_dir)
+        manifest = read_manifest(index_dir)  # the writer lock holds it still
         _check_current(index_dir, manifest, store)
-        locations = store.embedded_locations()
-        ids, shard_numbers, rows = locations
+        ids, shard_numbers, rows = store.embedded_locations()
         n = len(ids)
         if n < 4:
             raise IndexDirError(f"{index_dir}: {n} items; a map needs at least 4")
@@ -176,25 +176,30 @@ def compute_map(
                 old = read_map(index_dir)
                 if (old.info.get("generation") == store.generation and
                         old.info.get("params") == params and not old.info.get("placed")):
-                    del index
                     report.computed, report.up_to_date = False, True
                     report.count, report.clusters = len(old.ids), len(old.centroids)
                     return report
         umap = umap_module()  # only now: an up-to-date map is read without umap-learn
-        key = {"generation": store.generation, "index_file": manifest.get("index_file"),
-               "count": n, "k": k}
+        vectors = shards.gather(index_dir, shard_numbers, rows)
         with _Step(report, "k-NN graph"):
-            graph_params, report.resumed_rows = build_graph(
-                index_dir, index, manifest, key, locations, k, chunk_size, progress)
-            del index
-        with _Step(report, "clusters"):  # on the vectors gathered once the index is closed
-            vectors = shards.gather(index_dir, shard_numbers, rows)
+            report.graph = build_graph(index_dir, store, max(DEFAULT_K, k - 1),
+                                       vectors=vectors, progress=progress)
+        with _Step(report, "clusters"):
             centroids, cluster, sim = kmeans(vectors, n_clusters, 0 if seed is None else seed)
             label, label_names = label_codes(store, ids)
         with _Step(report, "layout"):
-            xy, a, b = fit_layout(umap, vectors, load_graph(index_dir), min_dist, n_epochs,
-                                  seed, progress)
-            del vectors
+            knn = umap_graph(read_graph(index_dir), ids, k)
+            above = LANDMARKS_ABOVE if landmarks_above is None else landmarks_above
+            if n > above:
+                rng = np.random.default_rng(0 if seed is None else seed)
+                chosen = np.sort(rng.choice(n, min(n, LANDMARKS), replace=False))
+                landmark_vectors = vectors[chosen]
+                del vectors
+                xy, a, b = fit_layout_landmarks(umap, landmark_vectors, chosen, knn, cluster,
+                                                min_dist, seed, progress)
+            else:
+                xy, a, b = fit_layout(umap, vectors, knn, min_dist, n_epochs, seed, progress)
+                del vectors
         data = MapData(info={}, ids=ids, xy=xy, cluster=cluster, sim=sim, label=label,
                        label_names=label_names, centroids=centroids)
         data.info = {
@@ -202,13 +207,14 @@ def compute_map(
             "generation": store.generation, "index_file": manifest.get("index_file"),
             "layout_count": n, "placed": 0, "removed": 0, "params": params,
             "umap": {"a": a, "b": b, "version": getattr(umap, "__version__", "?")},
-            "graph_search": graph_params or manifest.get("search_params") or {},
+            "layout": "landmarks" if n > above else "umap",
+            "graph": {key_: report.graph.info.get(key_) for key_ in
+                      ("k", "cells", "probes", "recall", "recall_sample", "exact")},
             "timings_s": {k_: round(v, 2) for k_, v in report.timings.items()},
             "cpu_s": {k_: round(v, 2) for k_, v in report.cpu.items()},
         }
         data.info["clusters"] = cluster_facts(store, data)
         write_map(index_dir, data)
-        remove_work(index_dir)
     report.count, report.clusters = n, n_clusters
     report.seconds = time.perf_counter() - start
     return report
