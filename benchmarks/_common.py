@@ -99,3 +99,20 @@ def retrieval_figures(bank: np.ndarray, bank_labels: np.ndarray,
     return {"knn_top1": float(np.mean(preds == q_labels)),
             "precision_at_10": float(np.concatenate(precision).mean()),
             "map_at_r": float(np.concatenate(average).mean())}
+
+
+def memory_status(field: str) -> int:
+    """Bytes of ``field`` (``VmHWM``: this process's peak RSS; ``VmRSS``: its RSS now) from
+    ``/proc/self/status``. Unlike ``ru_maxrss``, which Linux carries across ``exec`` (a
+    child started by a parent holding 3 GB reports at least 3 GB), these belong to the
+    process's own address space. Falls back to ``ru_maxrss`` where there is no ``/proc``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

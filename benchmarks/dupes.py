@@ -30,12 +30,14 @@ plus originals whose pixels are identical (Fashion-MNIST has some). Figures, by 
 ``--dim`` 384) with planted near copies (1 % of the vectors get a copy at cosine ~0.98:
 ``normalize(x + e)``) and exact copies (0.2 %: the same vector and content hash), written
 as an index directory (shards, ``meta.sqlite``, the ``auto`` FAISS index by
-``write_index``), then :func:`find_duplicate_groups` at the default threshold in a fresh
-process: wall time, peak RSS (``ru_maxrss``, includes the loaded index and the
-memory-mapped shard pages read), recall of the planted pairs. Baseline in the same run
-and process: one plain FAISS k-NN search of every stored vector (same k, same batches),
-the floor any k-NN-graph method pays. Both run on one OpenMP thread and are compared by
-CPU time (the shared machine's load makes wall time noisy; both are printed).
+``write_index``, or ``--index-type``), then :func:`find_duplicate_groups` at the default
+threshold, each in a fresh process: wall time, CPU time, peak RSS (``VmHWM``), the
+planted pairs found (recall) and the pair precision of the groups (planted pairs found
+over all pairs sharing a group). Rows, in one run: the search route (every stored vector
+searched in the index, batch by batch: the code path before the stored neighbour graph;
+``--no-search`` skips it), the graph built and stored (no graph in the directory before),
+and the graph kept (a second ``dupes``: its graph phase takes no time). ``--threads``
+OpenMP threads each (default: every core).
 
 Run from the repository root (heavy: ``nice -n 10``):
     .venv/bin/python benchmarks/dupes.py quality
@@ -263,6 +265,7 @@ def write_synthetic_index(out: Path, n: int, dim: int, index_type: str = "auto",
     from index import make_world, sample  # benchmarks/index.py
 
     from groco.index import shards
+    from groco.index.build import as_postprocess
     from groco.index.faiss.spec import BuildSpec
     from groco.index.indexfile import write_index
     from groco.index.pipeline import content_hash
@@ -304,7 +307,10 @@ def write_synthetic_index(out: Path, n: int, dim: int, index_type: str = "auto",
         del vectors
         log(f"{out}: building the auto index of {n} x {dim}")
         start = time.perf_counter()
-        manifest = write_index(out, store, BuildSpec(factory=index_type))
+        # no post-processing: the index holds the stored vectors (the search route scores
+        # them as the graph does)
+        manifest = write_index(out, store, BuildSpec(factory=index_type),
+                               postprocess=as_postprocess("none"))
         build_s = time.perf_counter() - start
     pairs = [[int(s), base + j] for j, s in enumerate(sources)]
     facts = {"n": n, "dim": dim, "near": near, "exact": exact, "pairs": pairs,
@@ -316,48 +322,28 @@ def write_synthetic_index(out: Path, n: int, dim: int, index_type: str = "auto",
 
 
 def measure_child(index: str, threshold: float, mode: str) -> None:
-    """Run in a fresh process: ``mode`` = ``dupes`` or ``knn`` (the baseline); prints JSON."""
-    import faiss
+    """Run in a fresh process: ``mode`` = ``dupes`` (the stored graph, built when missing)
+    or ``search`` (the index searched batch by batch); prints JSON."""
+    from _common import memory_status
 
-    from groco.index import shards
-    from groco.index.dupes import DEFAULT_BATCH, DEFAULT_NEIGHBOURS, find_duplicate_groups
-    from groco.index.faiss.query import search
-    from groco.index.indexfile import open_current
-    from groco.index.store import Store
+    from groco.index.dupes import find_duplicate_groups
 
-    faiss.omp_set_num_threads(1)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    before, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    before, cpu = memory_status("VmRSS"), usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
-    result: dict[str, object] = {}
-    if mode == "dupes":
-        groups = find_duplicate_groups(index, threshold)
-        result["groups"] = len(groups)
-        members = {}
-        for n, g in enumerate(groups):
-            for f in g.files:
-                members[f.id] = n
-        result["members"] = members
-    else:
-        _, faiss_index = open_current(index)
-        with Store(Path(index) / "meta.sqlite", readonly=True) as store:
-            _, numbers, rows = store.embedded_locations()
-        for number in np.unique(numbers):
-            vectors = shards.load_vectors(Path(index), int(number))
-            part = rows[numbers == number]
-            for s in range(0, len(part), DEFAULT_BATCH):
-                search(faiss_index, np.ascontiguousarray(vectors[part[s:s + DEFAULT_BATCH]]),
-                       DEFAULT_NEIGHBOURS + 1)
+    groups = find_duplicate_groups(index, threshold, store_graph=mode == "dupes")
+    result: dict[str, object] = {"groups": len(groups)}
+    result["members"] = {f.id: n for n, g in enumerate(groups) for f in g.files}
     result["seconds"] = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_seconds"] = usage.ru_utime + usage.ru_stime - cpu
     result["rss_before"] = before
-    result["peak_rss"] = usage.ru_maxrss * 1024
+    result["peak_rss"] = memory_status("VmHWM")
     print(json.dumps(result))
 
 
-def child(index: Path, threshold: float, mode: str) -> dict[str, object]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: CPU time is comparable
+def child(index: Path, threshold: float, mode: str, threads: int) -> dict[str, object]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([sys.executable, __file__, "_child", str(index), str(threshold), mode],
                          check=True, capture_output=True, text=True, cwd=REPO, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -366,10 +352,10 @@ def child(index: Path, threshold: float, mode: str) -> dict[str, object]:
 def scale(args: argparse.Namespace) -> None:
     from groco.index.dupes import DEFAULT_THRESHOLD
 
-    rows = ["| vectors | dim | index | planted near / exact copies | k-NN search only: CPU s "
-            "(wall) | dupes: CPU s (wall) | CPU ratio | RSS after imports / peak k-NN / peak "
-            "dupes (MB) | index file (MB) | planted pairs found | groups |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| vectors | dim | index | planted near / exact copies | route | CPU s (wall) "
+            "| RSS after imports / peak (MB) | vectors (MB) | peak RSS / vectors "
+            "| planted pairs found | pair precision | groups |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for n in args.n:
         kind = "" if args.index_type == "auto" else "-" + args.index_type.replace(",", "_")
@@ -380,28 +366,32 @@ def scale(args: argparse.Namespace) -> None:
         log(f"{index}: {facts['index_type']} {facts['search_params']}, built in "
             f"{facts['build_s']:.0f} s; near copies cos min {facts['near_cos_min']:.3f} "
             f"median {facts['near_cos_median']:.3f}")
-        knn = child(index, DEFAULT_THRESHOLD, "knn")
-        log(f"k-NN baseline {knn['seconds']:.1f} s ({knn['cpu_seconds']:.1f} CPU s), "
-            f"peak RSS {knn['peak_rss'] / 2**20:.0f} MB")
-        dupes = child(index, DEFAULT_THRESHOLD, "dupes")
-        members = {int(k): v for k, v in dupes["members"].items()}
-        found = sum(1 for a, b in facts["pairs"] if a in members and members.get(b) ==
-                    members[a])
-        size = sum(f.stat().st_size for f in index.glob("index-*.faiss"))
-        log(f"dupes {dupes['seconds']:.1f} s ({dupes['cpu_seconds']:.1f} CPU s), "
-            f"peak RSS {dupes['peak_rss'] / 2**20:.0f} MB, "
-            f"{found}/{len(facts['pairs'])} planted pairs")
-        rows.append(f"| {n:,} | {args.dim} | {facts['index_type']} "
-                    f"{json.dumps(facts['search_params'])} | {facts['near']:,} / "
-                    f"{facts['exact']:,} | {knn['cpu_seconds']:.1f} ({knn['seconds']:.1f}) | "
-                    f"{dupes['cpu_seconds']:.1f} ({dupes['seconds']:.1f}) | "
-                    f"{dupes['cpu_seconds'] / knn['cpu_seconds']:.2f} | "
-                    f"{dupes['rss_before'] / 2**20:.0f} / {knn['peak_rss'] / 2**20:.0f} / "
-                    f"{dupes['peak_rss'] / 2**20:.0f} | {size / 2**20:.0f} | "
-                    f"{found:,}/{len(facts['pairs']):,} | {dupes['groups']:,} |")
+        routes = [("search", "index search (previous)"), ("dupes", "graph built"),
+                  ("dupes", "graph kept")]
+        for mode, name in routes[1 if args.no_search else 0:]:
+            if name != "graph kept":  # the search route reads a current graph too
+                shutil.rmtree(index / "neighbours", ignore_errors=True)
+            log(f"{n:,}: {name} (load {os.getloadavg()[0]:.1f})")
+            result = child(index, DEFAULT_THRESHOLD, mode, args.threads)
+            members = {int(k): v for k, v in result["members"].items()}
+            found = sum(1 for a, b in facts["pairs"] if a in members and members.get(b) ==
+                        members[a])
+            sizes = np.bincount(np.fromiter(members.values(), int)) if members else []
+            grouped = int(sum(s * (s - 1) // 2 for s in sizes))
+            vec_mb = n * args.dim * 4 / 2**20
+            rows.append(f"| {n:,} | {args.dim} | {facts['index_type']} "
+                        f"{json.dumps(facts['search_params'])} | {facts['near']:,} / "
+                        f"{facts['exact']:,} | {name} | {result['cpu_seconds']:.1f} "
+                        f"({result['seconds']:.1f}) | {result['rss_before'] / 2**20:.0f} / "
+                        f"{result['peak_rss'] / 2**20:.0f} | {vec_mb:.0f} | "
+                        f"{result['peak_rss'] / 2**20 / vec_mb:.2f} | "
+                        f"{found:,}/{len(facts['pairs']):,} | "
+                        f"{found / max(1, grouped):.3f} | {result['groups']:,} |")
+            log(rows[-1])
     print(header())
     print(f"Threshold {DEFAULT_THRESHOLD} (default); synthetic vectors (clustered model of "
-          "benchmarks/index.py) with planted copies; each figure from a fresh process.\n")
+          f"benchmarks/index.py) with planted copies; each row a fresh process on "
+          f"{args.threads} OpenMP threads.\n")
     print("\n".join(rows))
     print("\n" + "; ".join(notes) + ".")
 
@@ -425,6 +415,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--n", type=int, action="append", help="vectors (repeatable)")
     s.add_argument("--dim", type=int, default=384)
     s.add_argument("--index-type", default="auto", help="FAISS factory string or auto")
+    s.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="OpenMP threads of each measured process [default: every core]")
+    s.add_argument("--no-search", action="store_true",
+                   help="skip the index-search route (the previous code path)")
     for p in (q, s):
         p.add_argument("--work", type=Path, default=REPO / ".bench/dupes")
     args = parser.parse_args(argv)

@@ -116,6 +116,42 @@ def test_map_and_dupes_share_one_stored_graph(mapped, tmp_path: Path) -> None:
     assert read_info(index)["files"] == info["files"]
 
 
+def test_landmark_layout_keeps_the_classes_apart(mapped, tmp_path: Path,
+                                                monkeypatch) -> None:
+    """The route of large collections, forced on 240 items with 60 landmarks: the other
+    180 are placed from the graph and refined over the whole graph."""
+    index = tmp_path / "index"
+    shutil.copytree(mapped[1], index)
+    from groco.index.map import compute
+
+    monkeypatch.setattr(compute, "LANDMARKS", 60)
+    report = index_map.compute_map(index, force=True, landmarks_above=0, seed=0,
+                                   progress=False)
+    data = index_map.read_map(index)
+    assert report.computed and data.info["layout"] == "landmarks"
+    assert data.xy.shape == (CLASSES * PER_CLASS, 2) and np.isfinite(data.xy).all()
+    assert len(np.unique(data.xy, axis=0)) == len(data.xy)
+    assert leave_one_out_1nn(data.xy, np.array(data.labels())) > 0.95
+
+
+def test_propagation_reaches_every_item_from_the_landmarks() -> None:
+    from groco.index.map.layout import propagate
+
+    # a chain 0-1-2-3-4 (each row: its two chain neighbours) and an island 5-6
+    idx = np.array([[1, -1], [0, 2], [1, 3], [2, 4], [3, -1], [6, -1], [5, -1]])
+    dist = np.where(idx >= 0, 0.5, np.inf).astype(np.float32)
+    xy = np.zeros((7, 2), np.float32)
+    xy[0], xy[4] = (0.0, 0.0), (4.0, 0.0)
+    placed = np.zeros(7, bool)
+    placed[[0, 4]] = True
+    cluster = np.array([0, 0, 0, 0, 0, 1, 1])
+    rounds = propagate(idx, dist, xy, placed, cluster)
+    assert rounds == 2  # 1 and 3 first, then 2 between them
+    np.testing.assert_allclose(xy[:5, 0], [0, 0, 2, 4, 4], atol=1e-3)
+    # the island has no path to a landmark and no placed cluster mate: the median of all
+    np.testing.assert_allclose(xy[5:], [[np.median([0, 0, 2, 4, 4]), 0]] * 2, atol=1e-3)
+
+
 def test_map_is_up_to_date_on_rerun(mapped) -> None:
     _, index, _ = mapped
     points = json.loads((index / "map.json").read_text())["points_file"]

@@ -4,6 +4,7 @@ evaluation), and recall@k of one against the other."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import faiss
@@ -42,10 +43,18 @@ def search(index: faiss.Index, queries: np.ndarray, k: int = 10) -> tuple[np.nda
     return index.search(q, k)
 
 
-def _exact_knn(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _gpu_resources() -> faiss.StandardGpuResources:
+    return faiss.StandardGpuResources()
+
+
+def exact_knn(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest inner products of each of ``queries`` over ``base``: ``(scores,
+    rows)``, by matrix products (faiss-gpu's brute force on a GPU when there is one, one
+    resource object reused, else ``faiss.knn`` on every core)."""
     if faiss.get_num_gpus() > 0:
         try:
-            return faiss.knn_gpu(faiss.StandardGpuResources(), queries, base, k, metric=METRIC)
+            return faiss.knn_gpu(_gpu_resources(), queries, base, k, metric=METRIC)
         except (RuntimeError, AttributeError) as e:
             log.warning("exact search on CPU, GPU brute force failed: %s", e)
     return faiss.knn(queries, base, k, metric=METRIC)
@@ -61,7 +70,7 @@ def exact_knn_source(queries: np.ndarray, source: VectorSource,
     first = True
     for ids, vectors in source.chunks():
         kk = min(k, len(vectors))
-        sims, rows = _exact_knn(queries, vectors, kk)
+        sims, rows = exact_knn(queries, vectors, kk)
         found = np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
         if first:
             best_s[:, :kk], best_i[:, :kk] = sims, found

@@ -182,7 +182,7 @@ def compute_map(
         umap = umap_module()  # only now: an up-to-date map is read without umap-learn
         vectors = shards.gather(index_dir, shard_numbers, rows)
         with _Step(report, "k-NN graph"):
-            report.graph = build_graph(index_dir, store, max(DEFAULT_K, k - 1),
+            report.graph = build_graph(index_dir, store, k - 1, store_k=max(DEFAULT_K, k - 1),
                                        vectors=vectors, progress=progress)
         with _Step(report, "clusters"):
             centroids, cluster, sim = kmeans(vectors, n_clusters, 0 if seed is None else seed)

@@ -77,11 +77,13 @@ def is_current(info: dict[str, Any] | None, generation: int, k: int) -> bool:
 
 
 def build_graph(index_dir: Path, store: Store, k: int = DEFAULT_K, *,
-                vectors: np.ndarray | None = None, force: bool = False, seed: int = 0,
-                recall_target: float = RECALL_TARGET, progress: bool = True) -> GraphReport:
+                store_k: int | None = None, vectors: np.ndarray | None = None,
+                force: bool = False, seed: int = 0, recall_target: float = RECALL_TARGET,
+                progress: bool = True) -> GraphReport:
     """The stored graph of ``index_dir`` with ``>= k`` neighbours an item, built unless a
-    current one exists (or ``force``). ``vectors``: the embedded items' vectors in id
-    order when the caller holds them already (else read from the shards)."""
+    current one exists (or ``force``), with ``store_k`` (default ``k``) neighbours then.
+    ``vectors``: the embedded items' vectors in id order when the caller holds them
+    already (else read from the shards)."""
     start = time.perf_counter()
     if k < 1:
         raise ValueError(f"neighbours must be >= 1, got {k}")
@@ -94,7 +96,7 @@ def build_graph(index_dir: Path, store: Store, k: int = DEFAULT_K, *,
         raise IndexDirError(f"{index_dir}: {n} items; a neighbour graph needs at least 2")
     if vectors is None:
         vectors = shards.gather(index_dir, shard_numbers, rows)
-    k = min(k, n - 1)
+    k = min(max(k, store_k or 0), n - 1)
     work = folder(index_dir) / "work"
     key = {"generation": store.generation, "count": n, "k": k, "first": int(ids[0]),
            "last": int(ids[-1])}

@@ -13,7 +13,8 @@ How (Jégou et al.'s inverted file, searched as blocks instead of one query at a
    among its first ``p`` centroids, known for every ``p`` at once. ``p`` is the smallest
    reaching ``recall_target`` (at most :data:`MAX_PROBES`).
 3. **Blocks.** For each cell ``c``, the vectors that probe ``c`` are scored against its
-   members in one ``faiss.knn`` call (a BLAS product and a heap per row) and their best
+   members in one brute-force call (``faiss.knn``: a BLAS product and a heap per row;
+   faiss-gpu's on a GPU) and their best
    ``k`` merged into each row's running best (a vector is never its own neighbour).
    Cost: about ``2 N p CELL_SIZE d`` flops, linear in ``N``.
 
@@ -38,6 +39,8 @@ import numpy as np
 
 from groco.fileio import atomic_write_text
 from groco.progress import progress_bar
+
+from ..faiss.query import exact_knn
 
 CELL_SIZE = 1024
 """Vectors per partition cell (the size of one block's database side)."""
@@ -82,8 +85,7 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int
     """The ``k`` nearest positions (and cosines) of each row ``queries`` (positions in
     ``vectors``) among all ``vectors`` but itself: one pass, ``-1`` where fewer exist."""
     want = min(k + 1, len(vectors))
-    scores, found = faiss.knn(np.ascontiguousarray(vectors[queries]), vectors, want,
-                              metric=faiss.METRIC_INNER_PRODUCT)
+    scores, found = exact_knn(np.ascontiguousarray(vectors[queries]), vectors, want)
     scores[found == queries[:, None]] = -np.inf
     return _best(found.astype(np.int32), scores, k)
 
@@ -227,8 +229,7 @@ def knn_graph(vectors: np.ndarray, k: int, work: Path, key: dict[str, Any], seed
                 want = min(k + 1, len(members))
                 for lo, hi in _rows(len(queries), BLOCK_ROWS):
                     rows = queries[lo:hi]
-                    scores, found = faiss.knn(np.ascontiguousarray(vectors[rows]), base, want,
-                                              metric=faiss.METRIC_INNER_PRODUCT)
+                    scores, found = exact_knn(np.ascontiguousarray(vectors[rows]), base, want)
                     pos = np.where(found >= 0, members[found.clip(0)], -1)
                     scores[pos == rows[:, None]] = -np.inf
                     best_pos[rows], best_score[rows] = merge(best_pos[rows], best_score[rows],
