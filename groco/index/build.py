@@ -6,6 +6,7 @@ An index directory holds::
     shards/              emb-00001.npy + ids-00001.npy, ... (groco.index.shards)
     index.faiss          the FAISS index over every embedded file (groco.index.indexfile)
     manifest.json        what index.faiss is and how it was made (groco.index.manifest)
+    neighbours/          each item's nearest others, once computed (groco.index.neighbours)
 
 - :func:`build_index_dir` embeds the images not yet recorded (so a rerun after a crash
   or a kill resumes after the last committed shard) and writes the index.
@@ -77,9 +78,8 @@ class BuildReport:
     (updates): files re-embedded, dropped, and with a new mtime but the same content.
     ``count``/``broken_total``: vectors in the index / broken files recorded.
     ``index_type`` is ``None`` for a part of a sharded build (no index of its own).
-    ``map``: what an update did to the index's map (``None`` when it has none);
-    ``graph``: to its neighbour graph (``{"added", "removed", "searched"}``, ``None``
-    when it has none).
+    ``map``/``graph``: what an update did to the index's map / neighbour graph
+    (``{"added", "removed", "searched"}``), ``None`` when it has none.
     """
 
     index_dir: Path
@@ -312,10 +312,8 @@ def update_index_dir(
     - the FAISS index is updated from the stored embeddings, never from images: in place
       where FAISS can remove vectors (Flat, IVF), rebuilt otherwise (HNSW) or when
       ``"auto"`` now chooses another type for the new size;
-    - the index's neighbour graph, where it has one, gets rows for the new items and loses
-      the deleted ones (:func:`groco.index.neighbours.update_graph`; ``report.graph``);
-    - the index's map, where it has one, gets the new items placed on it and loses the
-      deleted ones (:func:`groco.index.map.update_map`; ``report.map``).
+    - the index's neighbour graph and map, where it has them, get the new items and lose
+      the deleted ones (:mod:`groco.index.neighbours`, :mod:`groco.index.map`).
 
     ``encoder_path`` defaults to the one recorded; its hash must match
     (:class:`IndexMismatchError`). ``index_type``/``memory``/``target_recall``/

@@ -41,6 +41,7 @@ from groco.fileio import atomic_write_text
 from groco.progress import progress_bar
 
 from ..faiss.query import exact_knn
+from ..faiss.spec import DEFAULT_TUNING
 
 CELL_SIZE = 1024
 """Vectors per partition cell (the size of one block's database side)."""
@@ -48,8 +49,8 @@ EXACT_MAX = 20_000
 """Up to this many vectors the graph is exact (one cell)."""
 RECALL_SAMPLE = 1000
 """Vectors whose exact neighbours measure the recall (and choose the probes)."""
-RECALL_TARGET = 0.95
-"""The recall@k the probes are chosen to reach."""
+RECALL_TARGET = DEFAULT_TUNING.target_recall
+"""The recall@k the probes are chosen to reach: the index's own tuning target."""
 MAX_PROBES = 32
 """The most cells a vector is compared with."""
 KMEANS_SAMPLE_PER_CELL = 64
