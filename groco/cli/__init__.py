@@ -3,6 +3,9 @@ a component). ``app`` is the entry point; the commands are registered here, in t
 ``groco --help`` lists them."""
 
 from groco.cli import index
+
+# isort: split
+from groco.cli import curate  # its commands listed after index's
 from groco.cli.app import app
 from groco.cli.export import embed, export
 from groco.cli.search import search
@@ -12,4 +15,4 @@ from groco.cli.train import train
 for command in (train, export, embed, search, serve, passwd, demo):
     app.command()(command)
 
-__all__ = ["app", "index"]
+__all__ = ["app", "curate", "index"]

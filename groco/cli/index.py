@@ -349,40 +349,6 @@ def index_dupes(
             typer.echo(f"  {f.score:.4f}  {'=' if f.exact else ' '} {f.relpath}")
 
 
-@index_app.command("graph")
-def index_graph(
-    index: Path = typer.Argument(..., help="Index directory."),
-    neighbours: int = typer.Option(None, "--neighbours",
-                                   help="Neighbours stored per item [default: 16].",
-                                   min=1, max=1_000),
-    force: bool = typer.Option(False, "--force", help="Rebuild a graph that is current."),
-    as_json: bool = typer.Option(False, "--json", help="Print the graph's facts as JSON."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
-) -> None:
-    """Compute and store the index's neighbour graph: each item's nearest others.
-
-    `groco index map` and `groco index dupes` build it when it is missing and then share
-    it; `groco index update` keeps it current. Exact up to 20,000 items; above, each
-    item is compared with the items of the few partition cells nearest it, as many as
-    reach recall@k 0.95 on a sample of 1,000 (the recall reached is printed and stored).
-    A killed run resumes.
-    """
-    import json
-
-    index_logging(verbose=False)
-    from groco.index.neighbours import DEFAULT_K, ensure_graph
-
-    try:
-        report = ensure_graph(index, neighbours or DEFAULT_K, force=force, progress=progress)
-    except INDEX_ERRORS as error:
-        fail(error)
-    if as_json:
-        typer.echo(json.dumps({"built": report.built, "seconds": round(report.seconds, 2),
-                               **report.info}, indent=1))
-    else:
-        typer.echo(report.summary())
-
-
 @index_app.command("map")
 def index_map(
     index: Path = typer.Argument(..., help="Index directory."),
@@ -404,9 +370,10 @@ def index_map(
                                                        "cluster and path, and the clusters."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
-    """A 2D UMAP layout of every item over the index's own k-NN graph, with k-means
+    """A 2D UMAP layout of every item over the index's neighbour graph, with k-means
     clusters, stored in the index directory (resumable; needs `pip install 'groco\\[map]'`).
-    `groco index update` places new items on it."""
+    Above 100,000 items UMAP lays out 25,000 landmarks and the rest is placed from the
+    graph, then refined. `groco index update` places new items on it."""
     import json
 
     index_logging(verbose=progress and not as_json)

@@ -1,0 +1,126 @@
+"""`groco index graph` and `groco index curate`: the index's neighbour graph, and what
+it says about the collection (outliers, a representative sample)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from groco.cli.app import INDEX_ERRORS, fail, index_app, index_logging
+
+
+@index_app.command("graph")
+def index_graph(
+    index: Path = typer.Argument(..., help="Index directory."),
+    neighbours: int = typer.Option(None, "--neighbours",
+                                   help="Neighbours stored per item [default: 16].",
+                                   min=1, max=1_000),
+    force: bool = typer.Option(False, "--force", help="Rebuild a graph that is current."),
+    as_json: bool = typer.Option(False, "--json", help="Print the graph's facts as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Compute and store the index's neighbour graph: each item's nearest others.
+
+    `groco index map` and `groco index dupes` build it when it is missing and then share
+    it; `groco index update` keeps it current. Exact up to 20,000 items; above, each
+    item is compared with the items of the few partition cells nearest it, as many as
+    reach recall@k 0.95 on a sample of 1,000 (the recall reached is printed and stored).
+    A killed run resumes.
+    """
+    index_logging(verbose=False)
+    from groco.index.neighbours import DEFAULT_K, ensure_graph
+
+    try:
+        report = ensure_graph(index, neighbours or DEFAULT_K, force=force, progress=progress)
+    except INDEX_ERRORS as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps({"built": report.built, "seconds": round(report.seconds, 2),
+                               **report.info}, indent=1))
+    else:
+        typer.echo(report.summary())
+
+
+@index_app.command("curate")
+def index_curate(
+    index: Path = typer.Argument(..., help="Index directory."),
+    outliers: int = typer.Option(None, "--outliers", min=1, max=10_000_000,
+                                 help="List the N most unusual items, most unusual first."),
+    sample: int = typer.Option(None, "--sample", min=1, max=10_000_000,
+                               help="Pick N items that cover the collection."),
+    score: str = typer.Option(None, "--score",
+                              help="Outlier score: lof, knn or weighted [default: lof]."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**31 - 1,
+                             help="The sample's first pick (same seed, same sample)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Outliers (items unlike the rest) or a representative sample of an index.
+
+    --outliers N reads the index's neighbour graph (built and stored first when missing,
+    as `groco index dupes` does): each item scored by its distance to its nearest
+    others, by default against theirs (lof), each listed with its nearest item.
+    --sample N picks items greedily, each the farthest from those picked so far (k-centre),
+    and prints the coverage radius reached (the largest cosine distance from any item to
+    its nearest pick) beside that of a random sample of the same size. Nothing is moved
+    or deleted.
+    """
+    import csv
+    import sys
+
+    index_logging(verbose=False)
+    from groco.index.curate import DEFAULT_SCORE, SCORES, find_outliers, pick_sample
+
+    if (outliers is None) == (sample is None):
+        fail(ValueError("give --outliers N or --sample N (one of them)"))
+    if as_json and as_csv:
+        fail(ValueError("give --json or --csv, not both"))
+    if score is not None and score not in SCORES:
+        fail(ValueError(f"--score must be one of {', '.join(SCORES)}, got {score!r}"))
+    from groco.progress import progress_bar
+
+    try:
+        if outliers is not None:
+            from groco.index.neighbours import DEFAULT_K, ensure_graph
+
+            graph = ensure_graph(index, DEFAULT_K, progress=progress,
+                                 command="groco index curate")
+            typer.echo(graph.summary(), err=True)
+            files = find_outliers(index, outliers, score or DEFAULT_SCORE, store_graph=False)
+            facts = None
+        else:
+            with progress_bar(sample - 1, desc="sample", unit="pick",
+                              disable=not progress) as bar:
+                facts = pick_sample(index, sample, seed, progress=bar.update)
+            files = facts.files
+    except INDEX_ERRORS as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(facts.to_dict() if facts else [f.to_dict() for f in files],
+                              indent=1))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["rank", "relpath", "score", "label", "nearest", "nearest_cosine",
+                         "path"])
+        for rank, f in enumerate(files, 1):
+            writer.writerow([rank, f.relpath, "" if math.isinf(f.score) else f"{f.score:.6f}",
+                             f.label or "", f.nearest_relpath or "",
+                             "" if f.nearest_cosine is None else f"{f.nearest_cosine:.6f}",
+                             f.path])
+        return
+    if facts is not None:
+        typer.echo(f"{len(files)} of {facts.count} items; coverage radius {facts.radius:.4f} "
+                   f"(a random sample of {len(files)}: {facts.random_radius:.4f})")
+        for f in files:
+            typer.echo(f"  {f.relpath}")
+        return
+    typer.echo(f"{len(files)} most unusual items ({score or DEFAULT_SCORE} score), most "
+               "unusual first; nearest other item and its cosine")
+    for f in files:
+        typer.echo(f"  {f.score:8.4f}  {f.relpath}  (nearest {f.nearest_relpath}, "
+                   f"{f.nearest_cosine:.4f})")
