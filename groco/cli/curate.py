@@ -1,5 +1,5 @@
-"""`groco index graph` and `groco index curate`: the index's neighbour graph, and what
-it says about the collection (outliers, a representative sample)."""
+"""`groco index graph`, `dupes` and `curate`: the index's neighbour graph, and what it
+says about the collection (duplicates and their review list, outliers, a sample)."""
 
 from __future__ import annotations
 
@@ -124,3 +124,122 @@ def index_curate(
     for f in files:
         typer.echo(f"  {f.score:8.4f}  {f.relpath}  (nearest {f.nearest_relpath}, "
                    f"{f.nearest_cosine:.4f})")
+
+
+@index_app.command("dupes")
+def index_dupes(
+    index: Path = typer.Argument(..., help="Index directory."),
+    threshold: float = typer.Option(None, "--threshold", min=-1.0, max=1.0,
+                                    help="Cosine similarity from which two images are near "
+                                         "copies [default: the index's calibration, else "
+                                         "0.97]; same bytes always group."),
+    review: bool = typer.Option(False, "--review",
+                                help="Print the review list: per group the file to keep "
+                                     "(--keep) and each other file's tier and action."),
+    keep: str = typer.Option("pixels", "--keep",
+                             help="Which file a group keeps: pixels, bytes, oldest or "
+                                  "path [default: pixels]."),
+    similar: float = typer.Option(None, "--similar", min=-1.0, max=1.0,
+                                  help="With --review: the lowest cosine listed as similar "
+                                       "[default: the calibration's, else the threshold]."),
+    calibrate: bool = typer.Option(False, "--calibrate",
+                                   help="Plant copies of 200 of the index's images, embed "
+                                        "them with its encoder and store the thresholds "
+                                        "they call for (then used by default)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per file."),
+    neighbours: int = typer.Option(None, "--neighbours",
+                                   help="Candidates searched per image [default: 16].",
+                                   min=1, max=10_000),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Group exact duplicates (same content hash) and near-duplicates (cosine >= threshold),
+    largest groups first, each file with its similarity to the group's first file.
+
+    Reads the index's neighbour graph (`groco index graph`), built and stored first when
+    missing or out of date, and shared with `groco index map`: never an N x N matrix.
+    --review lists, per group, the file to keep and the others as exact, near or similar,
+    with "remove?" or "review": groco never deletes or moves a file.
+    """
+    import csv
+    import sys
+
+    index_logging(verbose=False)
+    from groco.index.curate.calibrate import calibrate as run_calibration
+    from groco.index.curate.calibrate import current_calibration
+    from groco.index.curate.review import KEEP_RULES, review_list
+    from groco.index.dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD, find_duplicate_groups
+    from groco.index.neighbours import ensure_graph
+
+    if as_json and as_csv:
+        fail(ValueError("give --json or --csv, not both"))
+    if keep not in KEEP_RULES:
+        fail(ValueError(f"--keep must be one of {', '.join(KEEP_RULES)}, got {keep!r}"))
+    try:
+        graph = ensure_graph(index, neighbours or DEFAULT_NEIGHBOURS, progress=progress,
+                             command="groco index dupes")
+        typer.echo(graph.summary(), err=True)
+        found = run_calibration(index) if calibrate else current_calibration(index)
+        if calibrate:
+            typer.echo(found.summary(), err=True)
+        near = threshold if threshold is not None else (
+            found.near if found else DEFAULT_THRESHOLD)
+        floor = near
+        if review:
+            floor = min(near, similar if similar is not None else (
+                found.similar if found else near))
+        groups = find_duplicate_groups(index, floor,
+                                       neighbours=neighbours or DEFAULT_NEIGHBOURS)
+    except INDEX_ERRORS as error:
+        fail(error)
+    if review:
+        _print_review(review_list(groups, near, keep), near, floor, keep, as_json, as_csv)
+        return
+    if as_json:
+        typer.echo(json.dumps([g.to_dict() for g in groups], indent=2))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["group", "group_size", "relpath", "score", "exact", "label", "hash",
+                         "bytes", "path"])
+        for number, group in enumerate(groups, 1):
+            for f in group.files:
+                writer.writerow([number, group.size, f.relpath, f"{f.score:.6f}",
+                                 int(f.exact), f.label or "", f.hash, f.size, f.path])
+        return
+    copies = sum(g.size - 1 for g in groups)
+    typer.echo(f"{len(groups)} groups, {copies} copies beyond the first file of each")
+    for number, group in enumerate(groups, 1):
+        kind = "exact" if group.exact else f"near, min score {group.min_score:.4f}"
+        typer.echo(f"group {number}: {group.size} files ({kind})")
+        for f in group.files:
+            typer.echo(f"  {f.score:.4f}  {'=' if f.exact else ' '} {f.relpath}")
+
+
+def _print_review(entries: list, near: float, floor: float, keep: str, as_json: bool,
+                  as_csv: bool) -> None:
+    import csv
+    import sys
+
+    if as_json:
+        typer.echo(json.dumps({"near": near, "similar": floor, "keep": keep,
+                               "files": [e.to_dict() for e in entries]}, indent=1))
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["group", "action", "tier", "relpath", "score", "bytes", "pixels",
+                         "mtime", "path"])
+        for e in entries:
+            writer.writerow([e.group, e.action, e.tier, e.file.relpath, f"{e.file.score:.6f}",
+                             e.file.size, "" if e.pixels is None else e.pixels,
+                             "" if e.mtime is None else f"{e.mtime:.0f}", e.file.path])
+        return
+    removable = sum(e.action == "remove?" for e in entries)
+    typer.echo(f"{max((e.group for e in entries), default=0)} groups: keep one file each "
+               f"(by {keep}); {removable} exact or near copies (cosine >= {near:.4f}) to "
+               f"remove?, {sum(e.action == 'review' for e in entries)} similar "
+               f"(>= {floor:.4f}) to review")
+    for e in entries:
+        if e.action == "keep":
+            typer.echo(f"group {e.group}")
+        typer.echo(f"  {e.action:8s} {e.tier:8s} {e.file.score:.4f}  {e.file.relpath}")

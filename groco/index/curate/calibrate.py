@@ -1,0 +1,166 @@
+"""Duplicate thresholds calibrated for an index's own encoder and images.
+
+A cosine threshold that separates copies from look-alikes depends on the encoder (raw
+pixels put JPEG copies at 0.97+, the ImageNet Lite0 start near 0.9; BENCHMARKS.md,
+"Near-duplicates"). So groco plants copies of a sample of the collection's own images,
+embeds them with the index's encoder and reads where they land:
+
+- ``jpeg`` (re-encoded at quality 70), ``smaller`` (0.75x the side) and ``larger`` (2x):
+  the copies the *near* tier must hold; its threshold is the :data:`NEAR_QUANTILE`
+  quantile of their cosines to the originals' stored vectors;
+- ``crop`` (0.9x the side, off centre): a lighter kinship; the *similar* tier's threshold
+  is the :data:`SIMILAR_QUANTILE` quantile of their cosines (never above the near one).
+
+Beside the thresholds, the share of the sampled originals whose nearest other item (from
+the neighbour graph) already scores at or above the near threshold: an upper bound on
+how often a distinct look-alike would be called a near copy. Stored as
+``calibration.json`` in the index directory, for the encoder it was made with.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from groco.fileio import atomic_write_text
+from groco.images import ImageError, load_image
+
+from .. import shards
+from ..manifest import IndexDirError, check_encoder_hash
+from ..neighbours import DEFAULT_K, ensure_graph, read_graph
+from ..store import DB_NAME, Store
+
+NAME = "calibration.json"
+SAMPLE = 200
+"""Originals copies are planted from."""
+NEAR_QUANTILE = 0.02
+SIMILAR_QUANTILE = 0.05
+NEAR_KINDS = ("jpeg", "smaller", "larger")
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _scaled(image: Image.Image, factor: float) -> Image.Image:
+    w, h = image.size
+    return image.resize((max(1, round(w * factor)), max(1, round(h * factor))),
+                        Image.BILINEAR)
+
+
+def _crop(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    cw, ch = max(1, round(w * 0.9)), max(1, round(h * 0.9))
+    return image.crop((w - cw, 0, w, ch))  # the top-right 81 %
+
+
+COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "jpeg": _jpeg, "smaller": lambda im: _scaled(im, 0.75),
+    "larger": lambda im: _scaled(im, 2.0), "crop": _crop}
+
+
+@dataclass
+class Calibration:
+    """Thresholds for one encoder (module docstring)."""
+
+    near: float
+    similar: float
+    sample: int
+    encoder_hash: str
+    look_alike_share: float
+    """Sampled originals whose nearest other item scores >= ``near``."""
+    kinds: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per copy kind: min, 2nd and 5th percentile and median cosine to the original."""
+    made_at: str = ""
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{k} median {v['median']:.3f}" for k, v in self.kinds.items())
+        return (f"calibrated on {self.sample} images: near copies >= {self.near:.4f}, "
+                f"similar >= {self.similar:.4f} ({kinds}); {self.look_alike_share:.1%} of "
+                "the sampled images have a distinct neighbour at or above the near "
+                "threshold (at most that many false near pairs)")
+
+
+def read_calibration(index_dir: Path, encoder_hash: str | None = None) -> Calibration | None:
+    """The stored calibration (``None`` without one, or one made for another encoder)."""
+    try:
+        data = json.loads((Path(index_dir) / NAME).read_text())
+        found = Calibration(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    if encoder_hash is not None and found.encoder_hash != encoder_hash:
+        return None
+    return found
+
+
+def calibrate(index_dir: str | Path, sample: int = SAMPLE, seed: int = 0,
+              encoder_path: str | Path | None = None, progress: bool = False) -> Calibration:
+    """Plant copies of ``sample`` of the index's images, embed them with its encoder
+    (``encoder_path``, default the recorded one; its hash must match) and store the
+    thresholds (module docstring). Raises :class:`IndexDirError` when the images or the
+    encoder cannot be read."""
+    from groco.encoder.runtime import Encoder
+
+    index_dir = Path(index_dir)
+    ensure_graph(index_dir, DEFAULT_K, progress=progress, command="groco index dupes")
+    graph = read_graph(index_dir)
+    with Store(index_dir / DB_NAME, readonly=True) as store:
+        info = store.info()
+        ids, numbers, rows = store.embedded_locations()
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(ids), min(sample, len(ids)), replace=False))
+        files = store.rows(ids[chosen].tolist())
+    encoder = Encoder(encoder_path or info["encoder_path"])
+    check_encoder_hash(info["encoder_hash"], encoder.hash, encoder.path, index_dir)
+    root = Path(info["images_root"])
+    originals, kept = [], []
+    for position in chosen:
+        row = files.get(int(ids[position]))
+        try:
+            originals.append(load_image(root / row.path))
+        except (ImageError, OSError, AttributeError):
+            continue  # moved or unreadable since it was indexed
+        kept.append(position)
+    if len(kept) < 10:
+        raise IndexDirError(f"{index_dir}: only {len(kept)} of the sampled images could be "
+                            f"read under {root}; calibration needs at least 10")
+    kept = np.asarray(kept)
+    stored = shards.gather(index_dir, numbers[kept], rows[kept])
+    cosines = {}
+    for kind, make in COPIES.items():
+        copies = encoder.embed([make(image) for image in originals])
+        cosines[kind] = np.einsum("ij,ij->i", copies, stored)
+    near_all = np.concatenate([cosines[k] for k in NEAR_KINDS])
+    near = float(np.quantile(near_all, NEAR_QUANTILE))
+    similar = min(near, float(np.quantile(cosines["crop"], SIMILAR_QUANTILE)))
+    nearest = np.asarray(graph.scores[kept, 0])
+    result = Calibration(
+        near=round(near, 4), similar=round(similar, 4), sample=len(kept),
+        encoder_hash=encoder.hash,
+        look_alike_share=round(float((nearest >= near).mean()), 4),
+        kinds={k: {"min": round(float(v.min()), 4),
+                   "p02": round(float(np.quantile(v, 0.02)), 4),
+                   "p05": round(float(np.quantile(v, 0.05)), 4),
+                   "median": round(float(np.median(v)), 4)} for k, v in cosines.items()},
+        made_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    atomic_write_text(index_dir / NAME, json.dumps(asdict(result), indent=1))
+    return result
+
+
+def current_calibration(index_dir: str | Path) -> Calibration | None:
+    """The stored calibration when it was made with the index's encoder, else ``None``."""
+    index_dir = Path(index_dir)
+    if not (index_dir / DB_NAME).is_file():
+        return None
+    with Store(index_dir / DB_NAME, readonly=True) as store:
+        encoder_hash = store.info().get("encoder_hash")
+    return read_calibration(index_dir, encoder_hash)
