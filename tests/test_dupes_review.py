@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from groco.cli import app
 from groco.index.curate.calibrate import calibrate, current_calibration, read_calibration
-from groco.index.curate.review import KEEP_RULES, keeper, review_list, tier
-from groco.index.dupes import DuplicateFile, find_duplicate_groups
+from groco.index.curate.review import KEEP_RULES, keeper, review_list
+from groco.index.dupes import DuplicateFile, find_duplicate_groups, scan_duplicates
 
 EXACT = {"a/0.png", "b/0-copy.png", "b/0-copy2.png"}
 
@@ -44,21 +44,6 @@ def test_each_keep_rule_names_its_keeper_and_ties_fall_to_the_next_rule() -> Non
     assert keeper(files, "pixels", {}, {}).id == 2  # nothing known: bytes, then path
     with pytest.raises(ValueError, match="keep rule must be one of"):
         keeper(files, "newest", pixels, mtimes)
-
-
-def test_tier_against_the_keeper() -> None:
-    rep = dfile(1, "a.png", score=1.0, hash_="same")
-    twin = dfile(2, "b.png", score=1.0, hash_="same")
-    near = dfile(3, "c.png", score=0.98)
-    loose = dfile(4, "d.png", score=0.93)
-    assert tier(twin, rep, rep, near=0.95) == "exact"
-    assert tier(near, rep, rep, near=0.95) == "near"
-    assert tier(loose, rep, rep, near=0.95) == "similar"
-    # the keeper is not the representative: its own score stands for the pair's
-    assert tier(rep, near, rep, near=0.95) == "near"
-    assert tier(rep, loose, rep, near=0.95) == "similar"
-    # neither is: the lower of their two scores
-    assert tier(near, loose, rep, near=0.95) == "similar"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +86,7 @@ def test_review_list_keeps_one_file_per_group_by_the_rule(planted) -> None:
     groups = find_duplicate_groups(index, 0.9)
     exact, big, jpeg = (frozenset(EXACT), frozenset({"a/1.png", "b/1-big.png"}),
                         frozenset({"a/2.png", "a/2.jpg"}))
-    by_rule = {rule: keepers(review_list(groups, near=0.95, rule=rule)) for rule in KEEP_RULES}
+    by_rule = {rule: keepers(review_list(groups, rule)) for rule in KEEP_RULES}
     assert set(by_rule["pixels"]) == {exact, big, jpeg}
     assert by_rule["pixels"][big] == "b/1-big.png"     # 72 x 72 beats 36 x 36
     assert by_rule["path"][big] == "a/1.png"
@@ -112,18 +97,39 @@ def test_review_list_keeps_one_file_per_group_by_the_rule(planted) -> None:
     sizes = {p.relative_to(planted[0]).as_posix(): p.stat().st_size
              for p in planted[0].rglob("*.*")}
     assert by_rule["bytes"][jpeg] == max(jpeg, key=sizes.get)
-    entries = review_list(groups, near=0.95, rule="pixels")
+    entries = review_list(groups, "pixels")
+    assert sum(e.tier == "keep" for e in entries) == 3
     for e in entries:
         if e.file.relpath in EXACT and e.action != "keep":
-            assert (e.tier, e.action) == ("exact", "remove?")
+            assert (e.tier, e.action, e.copy_of) == ("exact", "remove?", "b/0-copy2.png")
         if e.file.relpath == "a/1.png":
-            assert (e.tier, e.action) == ("near", "remove?")
-    # a near threshold above every copy's score: the copies are only similar, to review
-    strict = review_list(groups, near=1.0, rule="path")
-    assert {e.tier for e in strict if e.file.relpath in {"b/1-big.png", "a/2.png"}} == {"similar"}
-    assert all(e.action == "review" for e in strict if e.tier == "similar")
+            assert (e.tier, e.action, e.copy_of) == ("near", "remove?", "b/1-big.png")
     with pytest.raises(ValueError, match="keep rule"):
-        review_list(groups, near=0.95, rule="largest")
+        review_list(groups, "largest")
+
+
+def test_similar_images_are_listed_for_review_and_copy_groups_stay_whole(planted) -> None:
+    _, index = planted
+    scan = scan_duplicates(index, 0.9)
+    # only byte copies count as copies: the resized and re-encoded ones become similar
+    entries = review_list(scan.groups(1.0), "path", similar_groups=scan.groups(0.9))
+    tiers = {e.file.relpath: (e.tier, e.action, e.copy_of) for e in entries}
+    assert tiers["b/1-big.png"] == ("similar", "review", "a/1.png")
+    assert tiers["a/2.png"] == ("similar", "review", "a/2.jpg")
+    assert tiers["a/0.png"] == ("keep", "keep", None)
+    assert {tiers[p] for p in EXACT - {"a/0.png"}} == {("exact", "remove?", "a/0.png")}
+    # a copy group inside a cluster of look-alikes: its own keeper is similar to the
+    # cluster's, its other members are copies of that keeper
+    loose = scan_duplicates(index, 0.5)
+    exact_only = loose.groups(1.0)
+    clusters = review_list(exact_only, "path", similar_groups=loose.groups(0.5))
+    by_group: dict[int, list] = {}
+    for e in clusters:
+        by_group.setdefault(e.group, []).append(e)
+    for members in by_group.values():
+        assert [e.tier for e in members].count("keep") == 1 and members[0].tier == "keep"
+        paths = {e.file.relpath for e in members}
+        assert paths >= EXACT or not EXACT & paths, "a copy group is never split"
 
 
 def test_cli_review_text_json_csv_and_a_bad_rule(planted) -> None:
@@ -133,7 +139,7 @@ def test_cli_review_text_json_csv_and_a_bad_rule(planted) -> None:
     text = runner.invoke(app, args)
     assert text.exit_code == 0, text.output
     assert text.stdout.startswith("3 groups: keep one file each (by pixels); 4 exact or "
-                                  "near copies (cosine >= 0.9000) to remove?")
+                                  "near copies (cosine >= 0.9000) to remove?, 0 similar")
     result = runner.invoke(app, [*args, "--keep", "path", "--json"])
     assert result.exit_code == 0, result.output
     review = json.loads(result.stdout)
@@ -144,6 +150,13 @@ def test_cli_review_text_json_csv_and_a_bad_rule(planted) -> None:
     assert len(rows) == 7 and sum(r["action"] == "keep" for r in rows) == 3
     assert {r["tier"] for r in rows} == {"keep", "exact", "near"}
     assert all(r["pixels"] for r in rows)
+    assert {r["copy_of"] for r in rows if r["tier"] == "exact"} == {"b/0-copy2.png"}
+    looser = runner.invoke(app, [*args[:4], "1.0", "--similar", "0.9", *args[5:], "--json"])
+    assert looser.exit_code == 0, looser.output
+    actions = {f["relpath"]: f["action"] for f in json.loads(looser.stdout)["files"]}
+    for pair in (("a/1.png", "b/1-big.png"), ("a/2.png", "a/2.jpg")):
+        assert sorted(actions[p] for p in pair) == ["keep", "review"]
+    assert sorted(actions.values()).count("remove?") == 2  # the byte copies
     bad = runner.invoke(app, [*args, "--keep", "newest"])
     assert bad.exit_code != 0 and "--keep must be one of" in bad.output
     assert len(bad.output.strip().splitlines()) == 1

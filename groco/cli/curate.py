@@ -168,7 +168,7 @@ def index_dupes(
     from groco.index.curate.calibrate import calibrate as run_calibration
     from groco.index.curate.calibrate import current_calibration
     from groco.index.curate.review import KEEP_RULES, review_list
-    from groco.index.dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD, find_duplicate_groups
+    from groco.index.dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD, scan_duplicates
     from groco.index.neighbours import ensure_graph
 
     if as_json and as_csv:
@@ -188,12 +188,14 @@ def index_dupes(
         if review:
             floor = min(near, similar if similar is not None else (
                 found.similar if found else near))
-        groups = find_duplicate_groups(index, floor,
-                                       neighbours=neighbours or DEFAULT_NEIGHBOURS)
+        scan = scan_duplicates(index, floor, neighbours=neighbours or DEFAULT_NEIGHBOURS)
+        groups = scan.groups(near)
+        entries = review_list(groups, keep, scan.groups(floor) if floor < near else None
+                              ) if review else []
     except INDEX_ERRORS as error:
         fail(error)
     if review:
-        _print_review(review_list(groups, near, keep), near, floor, keep, as_json, as_csv)
+        _print_review(entries, near, floor, keep, as_json, as_csv)
         return
     if as_json:
         typer.echo(json.dumps([g.to_dict() for g in groups], indent=2))
@@ -227,10 +229,11 @@ def _print_review(entries: list, near: float, floor: float, keep: str, as_json: 
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["group", "action", "tier", "relpath", "score", "bytes", "pixels",
-                         "mtime", "path"])
+        writer.writerow(["group", "action", "tier", "relpath", "copy_of", "score", "bytes",
+                         "pixels", "mtime", "path"])
         for e in entries:
-            writer.writerow([e.group, e.action, e.tier, e.file.relpath, f"{e.file.score:.6f}",
+            writer.writerow([e.group, e.action, e.tier, e.file.relpath, e.copy_of or "",
+                             f"{e.file.score:.6f}",
                              e.file.size, "" if e.pixels is None else e.pixels,
                              "" if e.mtime is None else f"{e.mtime:.0f}", e.file.path])
         return
@@ -242,4 +245,6 @@ def _print_review(entries: list, near: float, floor: float, keep: str, as_json: 
     for e in entries:
         if e.action == "keep":
             typer.echo(f"group {e.group}")
-        typer.echo(f"  {e.action:8s} {e.tier:8s} {e.file.score:.4f}  {e.file.relpath}")
+        of = f"  ({e.tier} copy of {e.copy_of})" if e.tier in ("exact", "near") else (
+            f"  (like {e.copy_of})" if e.copy_of else "")
+        typer.echo(f"  {e.action:8s} {e.tier:8s} {e.file.score:.4f}  {e.file.relpath}{of}")

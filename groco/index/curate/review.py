@@ -1,12 +1,18 @@
-"""The duplicates review list: each group's file to keep by a rule the user picks, the
-others as candidates to remove (exact and near copies) or to look at (similar images).
+"""The duplicates review list: in each cluster of look-alikes, the file to keep by a rule
+the user picks, its exact and near copies as candidates to remove, and the similar images
+to look at. groco never deletes or moves a file: the list is for the user.
 
-Tiers, of each file against its group's keeper: ``exact`` (the same content hash),
-``near`` (cosine >= the near threshold: re-encoded, resized), ``similar`` (below it, at or
-above the scan's floor). A group lists each file's cosine to its representative
-(:mod:`groco.index.dupes`); when neither file is the representative, the lower of their
-two cosines to it stands for theirs. groco never deletes or
-moves a file: the list is for the user.
+Two thresholds, ``near`` >= ``similar``, give two nested partitions:
+
+- *copy groups*: the duplicate groups at ``near`` (:mod:`groco.index.dupes`: byte copies,
+  and files scoring >= ``near`` with their group's representative). Each keeps one file
+  by the rule; every other member is ``exact`` (the keeper's content hash) or ``near``,
+  with the action ``remove?``.
+- *clusters*: the groups at ``similar``, with each copy group moved whole into the cluster
+  of its representative (so a cluster is a union of copy groups and single files). In a
+  cluster, the keeper of the best copy group by the rule is the cluster's keeper; the
+  keepers of its other copy groups, and its single files, are ``similar`` to it, with the
+  action ``review``.
 
 Keep rules (ties go to the next rule, then the path): ``pixels`` (most pixels, read from
 the image header), ``bytes`` (largest file), ``oldest`` (earliest modification time on
@@ -25,7 +31,6 @@ from ..dupes import DuplicateFile, DuplicateGroup
 
 KEEP_RULES = ("pixels", "bytes", "oldest", "path")
 TIERS = ("exact", "near", "similar")
-ACTIONS = {"exact": "remove?", "near": "remove?", "similar": "review"}
 
 
 @dataclass(frozen=True)
@@ -33,18 +38,22 @@ class ReviewEntry:
     """One file of the review list."""
 
     group: int
-    """1-based group number, largest groups first."""
+    """1-based cluster number, largest clusters first."""
     file: DuplicateFile
     tier: str
-    """``keep`` for the group's keeper, else one of :data:`TIERS`."""
+    """``keep`` for the cluster's keeper, else one of :data:`TIERS`."""
     action: str
-    """``keep``, ``remove?`` (exact or near copy of the keeper's group) or ``review``."""
+    """``keep``, ``remove?`` (exact or near copy of ``copy_of``) or ``review``."""
+    copy_of: str | None
+    """Relative path of the keeper this file is a copy of (``exact``, ``near``) or similar
+    to (``similar``: the cluster's keeper); ``None`` for the cluster's keeper."""
     pixels: int | None
     mtime: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return {"group": self.group, "action": self.action, "tier": self.tier,
-                "pixels": self.pixels, "mtime": self.mtime, **self.file.to_dict()}
+                "copy_of": self.copy_of, "pixels": self.pixels, "mtime": self.mtime,
+                **self.file.to_dict()}
 
 
 def _pixels(path: str) -> int | None:
@@ -62,11 +71,15 @@ def _mtime(path: str) -> float | None:
         return None
 
 
+def _check_rule(rule: str) -> None:
+    if rule not in KEEP_RULES:
+        raise ValueError(f"keep rule must be one of {', '.join(KEEP_RULES)}, got {rule!r}")
+
+
 def keeper(files: list[DuplicateFile], rule: str, pixels: dict[int, int | None],
            mtimes: dict[int, float | None]) -> DuplicateFile:
     """The file ``rule`` keeps (module docstring); ``ValueError`` for an unknown rule."""
-    if rule not in KEEP_RULES:
-        raise ValueError(f"keep rule must be one of {', '.join(KEEP_RULES)}, got {rule!r}")
+    _check_rule(rule)
     order = KEEP_RULES[KEEP_RULES.index(rule):]
 
     def key(f: DuplicateFile) -> tuple:
@@ -84,37 +97,58 @@ def keeper(files: list[DuplicateFile], rule: str, pixels: dict[int, int | None],
     return min(files, key=key)
 
 
-def tier(file: DuplicateFile, keep: DuplicateFile, representative: DuplicateFile,
-         near: float) -> str:
-    """``file``'s tier against the group's keeper (module docstring)."""
-    if file.hash and file.hash == keep.hash:
-        return "exact"
-    if file.id == representative.id:
-        score = keep.score
-    elif keep.id == representative.id:
-        score = file.score
-    else:
-        score = min(file.score, keep.score)
-    return "near" if score >= near else "similar"
+def _clusters(copy_groups: list[DuplicateGroup], similar_groups: list[DuplicateGroup]
+              ) -> list[list[list[DuplicateFile]]]:
+    """Clusters (module docstring) as lists of copy groups (a single file: a group of
+    one), largest clusters first."""
+    unit_of = {f.id: n for n, g in enumerate(copy_groups) for f in g.files}
+    units: list[list[DuplicateFile]] = [list(g.files) for g in copy_groups]
+    cluster_of_unit: dict[int, int] = {}
+    clusters: list[list[int]] = []
+    for group in similar_groups:
+        members = []
+        for f in group.files:
+            if f.id not in unit_of:
+                unit_of[f.id] = len(units)
+                units.append([f])
+            u = unit_of[f.id]
+            if u not in cluster_of_unit and (len(units[u]) == 1 or units[u][0].id == f.id):
+                cluster_of_unit[u] = len(clusters)
+                members.append(u)
+        clusters.append(members)
+    for u in range(len(copy_groups)):
+        if u not in cluster_of_unit:
+            cluster_of_unit[u] = len(clusters)
+            clusters.append([u])
+    found = [[units[u] for u in c] for c in clusters if sum(len(units[u]) for u in c) > 1]
+    found.sort(key=lambda c: (-sum(len(u) for u in c), c[0][0].relpath))
+    return found
 
 
-def review_list(groups: list[DuplicateGroup], near: float, rule: str = "pixels"
-                ) -> list[ReviewEntry]:
-    """Every grouped file with its group, tier and action, the keeper first in each group."""
-    if rule not in KEEP_RULES:
-        raise ValueError(f"keep rule must be one of {', '.join(KEEP_RULES)}, got {rule!r}")
+def review_list(copy_groups: list[DuplicateGroup], rule: str = "pixels",
+                similar_groups: list[DuplicateGroup] | None = None) -> list[ReviewEntry]:
+    """Every file of ``copy_groups`` (the groups at the near threshold) and of
+    ``similar_groups`` (at the lower similar one; ``None``: none) with its cluster, tier
+    and action (module docstring), each cluster's keeper first."""
+    _check_rule(rule)
     entries = []
-    for number, group in enumerate(groups, 1):
-        files = list(group.files)
+    for number, cluster in enumerate(_clusters(copy_groups, similar_groups or []), 1):
+        files = [f for unit in cluster for f in unit]
         pixels = {f.id: _pixels(f.path) for f in files} if rule == "pixels" else {}
         mtimes = {f.id: _mtime(f.path) for f in files}
-        keep = keeper(files, rule, pixels, mtimes)
-        rep = files[0]
-        entries.append(ReviewEntry(number, keep, "keep", "keep", pixels.get(keep.id),
-                                   mtimes.get(keep.id)))
-        for f in files:
-            if f.id != keep.id:
-                t = tier(f, keep, rep, near)
-                entries.append(ReviewEntry(number, f, t, ACTIONS[t], pixels.get(f.id),
-                                           mtimes.get(f.id)))
+        keepers = [keeper(unit, rule, pixels, mtimes) for unit in cluster]
+        main = keeper(keepers, rule, pixels, mtimes)
+        for unit, keep in sorted(zip(cluster, keepers, strict=True),
+                                 key=lambda pair: pair[1].id != main.id):
+            if keep.id == main.id:
+                entries.append(ReviewEntry(number, keep, "keep", "keep", None,
+                                           pixels.get(keep.id), mtimes.get(keep.id)))
+            else:
+                entries.append(ReviewEntry(number, keep, "similar", "review", main.relpath,
+                                           pixels.get(keep.id), mtimes.get(keep.id)))
+            for f in unit:
+                if f.id != keep.id:
+                    tier = "exact" if f.hash and f.hash == keep.hash else "near"
+                    entries.append(ReviewEntry(number, f, tier, "remove?", keep.relpath,
+                                               pixels.get(f.id), mtimes.get(f.id)))
     return entries
