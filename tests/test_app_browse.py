@@ -161,9 +161,9 @@ def test_duplicates_tab_groups_and_exports_as_groco_index_dupes(served):
 
     _, index, url = served
     client = _client(url)
-    for threshold in (1.0, 0.95):
-        summary, gallery, table, json_file, csv_file = client.predict(
-            threshold, api_name="/duplicates")
+    for threshold, keep in ((1.0, "pixels"), (0.95, "path")):
+        summary, gallery, table, json_file, csv_file, review_file = client.predict(
+            threshold, keep, api_name="/duplicates")
         expected = find_duplicate_groups(index, threshold)
         groups = json.loads(Path(json_file).read_text())
         assert [g["files"] and [f["relpath"] for f in g["files"]] for g in groups] == \
@@ -173,8 +173,16 @@ def test_duplicates_tab_groups_and_exports_as_groco_index_dupes(served):
             rows = list(csv.DictReader(f))
         assert len(rows) == sum(g.size for g in expected)
         assert f"{len(expected)} groups" in summary and gallery
+        with open(review_file, newline="") as f:
+            review = list(csv.DictReader(f))
+        assert len(review) == len(rows) and "path" not in review[0]
+        kept = sorted(r["relpath"] for r in review if r["action"] == "keep")
+        if keep == "path":  # each group keeps its first path in sort order
+            assert kept == sorted(min(g.relpaths) for g in expected)
+        assert sum(r["action"] == "remove?" for r in review) == len(rows) - len(expected)
+        assert [row[4] for row in table["data"]] == [r["relpath"] for r in review]
     exact = find_duplicate_groups(index, 1.0)
     assert ["class2/img009-copy.png", "class2/img009.png"] in [sorted(g.relpaths)
                                                                 for g in exact]
     with pytest.raises(Exception, match="minimum value 0.8"):  # the slider refuses it
-        client.predict(0.1, api_name="/duplicates")
+        client.predict(0.1, "pixels", api_name="/duplicates")

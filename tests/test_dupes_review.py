@@ -183,3 +183,10 @@ def test_calibration_sets_the_thresholds_dupes_uses(planted, tmp_path: Path) -> 
     by_default = [g["size"] for g in json.loads(result.stdout)]
     explicit = find_duplicate_groups(index, found.near)
     assert by_default == [g.size for g in explicit]
+    # --distinct reads the calibration too
+    from groco.index.api import IndexReader
+
+    with IndexReader(index) as reader:
+        assert reader.near_copy_threshold() == found.near
+    with IndexReader(built) as reader:
+        assert reader.near_copy_threshold() == 0.97

@@ -1,5 +1,7 @@
 """The near-duplicate groups the app shows (no Gradio here): one scan of the index at a
-floor, regrouped at the slider's threshold, exported as JSON or CSV.
+floor, regrouped at the slider's threshold, exported as JSON or CSV, with their review
+list (:mod:`groco.index.curate.review`: per group the file to keep by a rule, the others
+as copies to remove?).
 
 The scan (:meth:`groco.index.api.IndexReader.duplicate_scan`, a k-NN graph, never N x N)
 runs once, on first use, over the server's loaded index; every threshold from ``floor`` to 1 then
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from groco.fileio import atomic_path
-from groco.index.api import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, IndexReader
+from groco.index.api import DuplicateGroup, DuplicateScan, IndexReader
+from groco.index.curate.review import ReviewEntry, review_csv, review_list
 
 FLOOR = 0.8
 """The lowest threshold the app's slider offers (the scan keeps pairs from here up)."""
@@ -51,10 +54,13 @@ class Duplicates:
     """The groups of one served index at any threshold in ``[floor, 1]`` (thread-safe)."""
 
     def __init__(self, searcher: IndexReader, floor: float = FLOOR,
-                 default: float = DEFAULT_THRESHOLD) -> None:
+                 default: float | None = None) -> None:
         self.searcher = searcher
         self.floor = float(floor)
+        if default is None:  # the index's calibration for its encoder, else groco's default
+            default = searcher.near_copy_threshold()
         self.default = max(float(default), self.floor)
+        """The slider's first value."""
         self._scan: DuplicateScan | None = None
         self._scanned_generation = -1
         self._lock = threading.Lock()
@@ -83,16 +89,24 @@ class Duplicates:
         """The groups at ``threshold`` (default: ``default``), largest first."""
         return self.scan().groups(self.check(threshold))
 
-    def export(self, groups: list[DuplicateGroup], folder: str | Path,
-               threshold: float) -> tuple[Path, Path]:
-        """Write the groups as ``duplicates-T.json`` and ``duplicates-T.csv`` in ``folder``;
-        returns both paths."""
+    @staticmethod
+    def review(groups: list[DuplicateGroup], rule: str) -> list[ReviewEntry]:
+        """The groups' review list: each group's keeper by ``rule``, the others exact or
+        near copies (``ValueError`` for an unknown rule)."""
+        return review_list(groups, rule)
+
+    def export(self, groups: list[DuplicateGroup], folder: str | Path, threshold: float,
+               review: list[ReviewEntry], rule: str) -> tuple[Path, Path, Path]:
+        """Write the groups as ``duplicates-T.json`` and ``duplicates-T.csv`` and the review
+        list as ``review-T-RULE.csv`` in ``folder``; returns the three paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"duplicates-{threshold:.3f}"
         json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
+        review_path = folder / f"review-{threshold:.3f}-{rule}.csv"
         for path, text in ((json_path, json.dumps(group_dicts(groups), indent=2)),
-                           (csv_path, groups_csv(groups))):
+                           (csv_path, groups_csv(groups)),
+                           (review_path, review_csv(review, paths=False))):
             with atomic_path(path) as tmp:
                 Path(tmp).write_text(text)
-        return json_path, csv_path
+        return json_path, csv_path, review_path

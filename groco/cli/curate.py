@@ -220,22 +220,14 @@ def index_dupes(
 
 def _print_review(entries: list, near: float, floor: float, keep: str, as_json: bool,
                   as_csv: bool) -> None:
-    import csv
-    import sys
+    from groco.index.curate.review import review_csv
 
     if as_json:
         typer.echo(json.dumps({"near": near, "similar": floor, "keep": keep,
                                "files": [e.to_dict() for e in entries]}, indent=1))
         return
     if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["group", "action", "tier", "relpath", "copy_of", "score", "bytes",
-                         "pixels", "mtime", "path"])
-        for e in entries:
-            writer.writerow([e.group, e.action, e.tier, e.file.relpath, e.copy_of or "",
-                             f"{e.file.score:.6f}",
-                             e.file.size, "" if e.pixels is None else e.pixels,
-                             "" if e.mtime is None else f"{e.mtime:.0f}", e.file.path])
+        typer.echo(review_csv(entries), nl=False)
         return
     removable = sum(e.action == "remove?" for e in entries)
     typer.echo(f"{max((e.group for e in entries), default=0)} groups: keep one file each "

@@ -18,8 +18,10 @@ def search(
     distinct: bool = typer.Option(False, "--distinct",
                                   help="Near copies collapsed: each group once, with a count."),
     near_copy: float = typer.Option(None, "--near-copy",
-                                    help="--distinct: the cosine from which two results are near "
-                                         "copies [default: 0.97].", min=0.0, max=1.0),
+                                    help="--distinct: the cosine from which two results are "
+                                         "near copies [default: the index's calibration "
+                                         "(groco index dupes --calibrate), else 0.97].",
+                                    min=0.0, max=1.0),
     min_score: float = typer.Option(None, "--min-score",
                                     help="Leave out results below this cosine similarity "
                                          "(-1..1), so fewer than k may come back.",
@@ -30,11 +32,11 @@ def search(
 
     index_logging(verbose=False)
     from groco.index.api import IndexReader
-    from groco.index.dupes import DEFAULT_THRESHOLD
 
-    near_copy = DEFAULT_THRESHOLD if near_copy is None else near_copy
     try:
         with IndexReader(index, encoder_path=encoder) as reader:
+            if near_copy is None:
+                near_copy = reader.near_copy_threshold()
             results = reader.search_image(image, k, min_score=min_score, distinct=distinct,
                                           near_copy=near_copy)
     except INDEX_ERRORS as error:

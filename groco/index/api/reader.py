@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..curate.calibrate import read_calibration
 from ..distinct import collapse_near_copies, pool_size
 from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
 from ..expansion import POOL
@@ -105,15 +106,15 @@ class IndexReader:
     def search_vector(self, vector: np.ndarray, k: int = 10, *, label: str | None = None,
                       exclude: int | None = None, min_score: float | None = None,
                       distinct: bool = False,
-                      near_copy: float = DEFAULT_THRESHOLD) -> list[Result]:
+                      near_copy: float | None = None) -> list[Result]:
         """The ``k`` nearest neighbours of a ``(dim,)`` embedding, best first.
 
         ``label``: only items of that folder label, searched inside the index
         (:mod:`.filtered`): ``min(k, items of the label)`` come back, however rare the
         label; ``ValueError`` for a label the index does not have. ``exclude``: an id left
         out. ``min_score``: results below this cosine similarity are left out (fewer come
-        back then). ``distinct``: near copies (cosine ``>= near_copy``, the duplicate
-        threshold by default) collapsed, each group shown once by its best-ranked member
+        back then). ``distinct``: near copies (cosine ``>= near_copy``, by default
+        :meth:`near_copy_threshold`) collapsed, each group shown once by its best-ranked member
         with ``copies`` counting the rest (:mod:`..distinct`).
         """
         if not distinct:
@@ -123,6 +124,8 @@ class IndexReader:
         candidates = self._search_vector(vector, pool_size(k), label, exclude, min_score)
         if not candidates:
             return []
+        if near_copy is None:
+            near_copy = self.near_copy_threshold()
         return collapse_near_copies(candidates, self._stored_vectors([r.id for r in candidates]),
                                     k, near_copy)
 
@@ -169,7 +172,7 @@ class IndexReader:
 
     def search_image(self, image: QueryImage, k: int = 10, *, label: str | None = None,
                      min_score: float | None = None, distinct: bool = False,
-                     near_copy: float = DEFAULT_THRESHOLD) -> list[Result]:
+                     near_copy: float | None = None) -> list[Result]:
         """The ``k`` indexed images most similar to ``image`` (as :meth:`search_vector`);
         an image that is itself indexed comes back first with a score of ~1."""
         return self.search_vector(self.embed_image(image), k, label=label,
@@ -177,7 +180,7 @@ class IndexReader:
 
     def more_like(self, item: int | str | Path, k: int = 10, *, label: str | None = None,
                   min_score: float | None = None, distinct: bool = False,
-                  near_copy: float = DEFAULT_THRESHOLD) -> list[Result]:
+                  near_copy: float | None = None) -> list[Result]:
         """The ``k`` images most similar to an indexed one (id or path), *itself left out*,
         from its stored embedding (as :meth:`search_vector`); ``KeyError`` for an unknown
         item, ``ValueError`` for a broken one."""
@@ -229,6 +232,12 @@ class IndexReader:
             return self._collection
 
     # -- duplicates
+
+    def near_copy_threshold(self) -> float:
+        """The cosine from which two items are near copies: the index's calibration for
+        its encoder (``groco index dupes --calibrate``), else the duplicate default."""
+        found = read_calibration(self.index_dir, self.encoder.hash)
+        return found.near if found is not None else DEFAULT_THRESHOLD
 
     def duplicate_scan(self, floor: float = DEFAULT_THRESHOLD) -> DuplicateScan:
         """The candidate pairs scoring ``>= floor``, groupable at any threshold from

@@ -21,6 +21,8 @@ disk), ``path`` (first path in sort order).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,8 @@ from PIL import Image
 from ..dupes import DuplicateFile, DuplicateGroup
 
 KEEP_RULES = ("pixels", "bytes", "oldest", "path")
+CSV_COLUMNS = ["group", "action", "tier", "relpath", "copy_of", "score", "bytes", "pixels",
+               "mtime", "path"]
 TIERS = ("exact", "near", "similar")
 
 
@@ -152,3 +156,18 @@ def review_list(copy_groups: list[DuplicateGroup], rule: str = "pixels",
                     entries.append(ReviewEntry(number, f, tier, "remove?", keep.relpath,
                                                pixels.get(f.id), mtimes.get(f.id)))
     return entries
+
+
+def review_csv(entries: list[ReviewEntry], paths: bool = True) -> str:
+    """The review list as CSV, one row a file (:data:`CSV_COLUMNS`; without ``path`` when
+    ``paths`` is false, as the web app exports it)."""
+    columns = CSV_COLUMNS if paths else CSV_COLUMNS[:-1]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for e in entries:
+        row = [e.group, e.action, e.tier, e.file.relpath, e.copy_of or "",
+               f"{e.file.score:.6f}", e.file.size, "" if e.pixels is None else e.pixels,
+               "" if e.mtime is None else f"{e.mtime:.0f}", e.file.path]
+        writer.writerow(row[:len(columns)])
+    return buffer.getvalue()
