@@ -57,6 +57,31 @@ def test_every_score_puts_far_planted_points_first() -> None:
         assert set(np.argsort(-values)[:5]) == set(range(500, 505)), score
 
 
+def test_a_group_of_strays_hides_from_the_graph_scores_not_from_the_global_one() -> None:
+    from groco.index.curate.outliers import global_scores
+
+    rng = np.random.default_rng(4)
+    centres = unit(rng.standard_normal((8, 32)))
+    x = unit(centres[rng.integers(0, 8, 5000)] + 0.08 * rng.standard_normal((5000, 32)))
+    stray = unit(rng.standard_normal((1, 32)))
+    group = unit(stray + 0.03 * rng.standard_normal((30, 32)))  # 30 look-alike strays
+    both = np.concatenate([x, group])
+    planted = set(range(5000, 5030))
+    knn = outlier_scores(graph_of(both), "knn")
+    assert len(planted & set(np.argsort(-knn)[:30].tolist())) < 10  # each hides in its group
+    calls = []
+
+    def vectors(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        return both[rows]
+
+    values = global_scores(len(both), vectors)
+    assert len(planted & set(np.argsort(-values)[:30].tolist())) >= 28
+    assert max(calls) <= 16384  # streamed in blocks
+    again = global_scores(len(both), lambda rows: both[rows])
+    np.testing.assert_array_equal(values, again)  # seeded sample: the same scores
+
+
 def test_lof_judges_a_point_against_its_neighbourhood() -> None:
     x, stray = two_clusters(np.random.default_rng(1))
     graph = graph_of(x)
@@ -122,6 +147,9 @@ def test_cli_outliers_in_text_json_and_csv(index: Path) -> None:
     rows = list(csv.reader(io.StringIO(run(str(index), "--outliers", "2", "--csv",
                                            "--score", "knn", "--no-progress").stdout)))
     assert rows[0][:3] == ["rank", "relpath", "score"] and rows[1][1] == "class1/odd.png"
+    as_json = json.loads(run(str(index), "--outliers", "1", "--json", "--score", "global",
+                             "--no-progress").stdout)
+    assert as_json[0]["relpath"] == "class1/odd.png"
 
 
 def test_cli_sample_reports_its_coverage(index: Path) -> None:
@@ -143,7 +171,7 @@ def test_cli_sample_reports_its_coverage(index: Path) -> None:
     (("--outliers", "47"), "--outliers 47 is larger than the collection (46 items)"),
     (("--sample", "99"), "--sample 99 is larger than the collection (46 items)"),
     (("--outliers", "2", "--score", "mean"),
-     "--score must be one of lof, knn, weighted, got 'mean'"),
+     "--score must be one of lof, knn, weighted, global, got 'mean'"),
 ])
 def test_cli_errors_are_one_line(index: Path, args: tuple[str, ...], message: str) -> None:
     result = run(str(index), *args, "--no-progress")

@@ -19,7 +19,7 @@ from .. import shards
 from ..manifest import IndexDirError, read_manifest
 from ..neighbours import DEFAULT_K, ensure_graph, read_graph
 from ..store import DB_NAME, FileRow, Store
-from .outliers import DEFAULT_SCORE, top_outliers
+from .outliers import DEFAULT_SCORE, global_scores, top_outliers
 from .sample import coverage, k_centre, random_sample
 
 
@@ -93,7 +93,13 @@ def find_outliers(index_dir: str | Path, count: int, score: str = DEFAULT_SCORE,
             raise IndexDirError(f"{index_dir}: no current neighbour graph; run "
                                 f"`groco index graph {index_dir}`")
         _check_count(count, len(graph.ids), "--outliers")
-        rows, values = top_outliers(graph, count, score)
+        values = None
+        if score == "global":
+            ids, numbers, rows_ = store.embedded_locations()  # ordered by id
+            at = np.searchsorted(ids, graph.ids)  # graph row -> its location
+            values = global_scores(len(graph.ids), lambda r: shards.gather(
+                index_dir, numbers[at[r]], rows_[at[r]]))
+        rows, values = top_outliers(graph, count, score, values)
         nearest = graph.neighbours[rows, 0]
         files = store.rows([*graph.ids[rows].tolist(), *nearest[nearest >= 0].tolist()])
     root = Path(read_manifest(index_dir)["images_root"])
