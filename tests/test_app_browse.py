@@ -186,3 +186,29 @@ def test_duplicates_tab_groups_and_exports_as_groco_index_dupes(served):
                                                                 for g in exact]
     with pytest.raises(Exception, match="minimum value 0.8"):  # the slider refuses it
         client.predict(0.1, "pixels", api_name="/duplicates")
+
+
+# ------------------------------------------------------------------ curate
+
+
+def test_curate_tab_outliers_need_the_graph_and_the_sample_covers(served):
+    """Outliers say which command makes the graph when there is none, then match `groco
+    index curate`; the sample covers every folder and reports its radius."""
+    from groco.index.curate import find_outliers
+    from groco.index.neighbours import DEFAULT_K, ensure_graph
+
+    _, index, url = served
+    client = _client(url)
+    if not (index / "neighbours" / "graph.json").exists():
+        with pytest.raises(Exception, match="groco index graph"):
+            client.predict(5, "lof", api_name="/outliers")
+    ensure_graph(index, DEFAULT_K)
+    gallery, status = client.predict(5, "knn", api_name="/outliers")
+    expected = find_outliers(index, 5, "knn", store_graph=False)
+    assert [item["caption"].split(" · ")[1] for item in gallery] == [f.relpath for f in expected]
+    assert "5 most unusual items (knn score" in status
+    gallery, status = client.predict(6, 0, api_name="/sample")
+    assert len(gallery) == 6 and "items, each the farthest" in status
+    assert {item["caption"].split("/")[0] for item in gallery} == {"class0", "class1", "class2"}
+    with pytest.raises(Exception, match="greater than maximum value 200"):
+        client.predict(500, 0, api_name="/sample")

@@ -44,15 +44,15 @@ def test_the_demo_makes_no_outbound_connection(demo_run):
 
 
 @pytest.mark.slow
-def test_the_demo_page_fills_all_three_tabs(demo_run, browser):
+def test_the_demo_page_fills_every_tab(demo_run, browser):
     """`groco demo`'s own server: the collection on Search, its groups on Duplicates, its
-    map on Map, each opened from the address the demo prints."""
+    map on Map, its outliers on Curate, each opened from the address the demo prints."""
     from selenium.webdriver.common.by import By
 
     images, _, output, url, _ = demo_run
     urls = {line.split()[0]: line.split()[1] for line in output.splitlines()
             if line.startswith("  ") and "http://" in line}
-    assert set(urls) == {"search", "duplicates", "map"}, output
+    assert set(urls) == {"search", "duplicates", "map", "curate"}, output
     assert urls["search"].startswith(url)
     browser.get(urls["search"])
     wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
@@ -62,3 +62,9 @@ def test_the_demo_page_fills_all_three_tabs(demo_run, browser):
     browser.get(urls["map"])
     wait_for(browser).until(lambda d: f"{len(list(images.rglob('*.png')))} items"
                          in element_text(d, "map-status"))
+    browser.get(urls["curate"])
+    wait_for(browser).until(lambda d: d.find_element(By.ID, "curate-outliers").is_displayed())
+    browser.find_element(By.ID, "curate-outliers").click()
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
+                                                          "#curate-gallery img")) >= 8)
+    assert "most unusual items" in element_text(browser, "curate-status")

@@ -3,10 +3,12 @@
 The page opens on the collection (a paged grid of thumbnails, random or folder by folder);
 drop, paste or shoot an image, or click any thumbnail, and its nearest neighbours come
 back, each with its similarity, path and folder label; click a result for more like it.
-Tabs: "Search" (:mod:`groco.app.search_tab`), "Duplicates" (:mod:`groco.app.dupes_tab`)
-and "Map" (:mod:`groco.app.map_tab`, endpoint ``/map_points``).
+Tabs: "Search" (:mod:`groco.app.search_tab`), "Duplicates" (:mod:`groco.app.dupes_tab`),
+"Map" (:mod:`groco.app.map_tab`, endpoint ``/map_points``) and "Curate"
+(:mod:`groco.app.curate_tab`).
 Named API endpoints (``gradio_client``): ``/search``, ``/more_like_this``, ``/browse``,
-``/duplicates``; and a plain JSON API in the same server (:mod:`groco.app.api`).
+``/duplicates``, ``/outliers``, ``/sample``; and a plain JSON API in the same server
+(:mod:`groco.app.api`).
 
 The query's bytes reach groco's own decoder untouched: the search events run with
 ``preprocess=False``, so Gradio passes the upload's file reference (or a ``data:`` URL)
@@ -31,6 +33,7 @@ import gradio as gr
 
 from groco.app.api import json_routes
 from groco.app.auth import Credentials, basic_auth
+from groco.app.curate_tab import curate_tab
 from groco.app.dupes_tab import dupes_tab
 from groco.app.limits import body_limit
 from groco.app.map_tab import map_tab
@@ -51,7 +54,7 @@ PAGE_CSS = """
 """The galleries lay out as many 100 px (or wider) columns as their panel holds, instead of
 Gradio's fixed count, whose minimum widths overflow a narrow panel into a sideways scroll."""
 
-TABS = ("search", "duplicates", "map")
+TABS = ("search", "duplicates", "map", "curate")
 """The page's tabs, each reachable at ``/?tab=NAME`` (:data:`TAB_FROM_URL`)."""
 TAB_FROM_URL = """() => {
     const name = new URLSearchParams(window.location.search).get("tab");
@@ -83,6 +86,8 @@ def build_app(state: AppState) -> gr.Blocks:
                 dupes_tab(tab, state)
             with gr.Tab("Map", id="map", elem_id="map-tab") as tab:
                 map_tab(tab, state)
+            with gr.Tab("Curate", id="curate", elem_id="curate-tab"):
+                curate_tab(state)
         app.load(None, None, None, js=TAB_FROM_URL, api_name=False)
     app.queue(default_concurrency_limit=state.settings.concurrency,
               max_size=state.settings.queue_size)
