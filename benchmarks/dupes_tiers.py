@@ -7,9 +7,10 @@ cropped to 0.9 of the side), indexed by each encoder. Each index is calibrated
 groco, not the planted ones) and reviewed at the calibrated thresholds, beside the fixed
 0.97 (groco's threshold without a calibration) for the near tier.
 
-For each planted copy, the tier the review list gives the pair (copy, original): the
-other file's tier when one of them is the group's keeper, else the looser of their two
-tiers; *none* when they are not in one group. Per tier, *precision*: the files the review
+For each planted copy, the tier the review list gives the pair (copy, original): in one
+copy group, ``exact`` for the same bytes, else the other file's tier when one of them
+keeps the copy group, else the looser of their two tiers; ``similar`` in one cluster
+only; *none* when they are not in one cluster. Per tier, *precision*: the files the review
 puts in that tier whose true cluster (planted pairs, pixel-identical originals) is the
 keeper's. Fashion-MNIST also holds natural near-identical photos outside the truth, so
 precision is a lower bound.
@@ -41,7 +42,7 @@ def pair_tiers(entries, planted: dict[str, tuple[str, str]]) -> dict[str, str]:
     cluster only, ``none`` when apart."""
     where = {e.file.relpath: e for e in entries}
 
-    def unit(e) -> str:
+    def unit(e) -> str:  # the keeper of the file's copy group
         return e.copy_of if e.tier in ("exact", "near") else e.file.relpath
 
     tiers = {}
@@ -51,6 +52,12 @@ def pair_tiers(entries, planted: dict[str, tuple[str, str]]) -> dict[str, str]:
             tiers[copy] = "none"
         elif unit(a) != unit(b):
             tiers[copy] = "similar"
+        elif a.file.hash == b.file.hash:  # byte copies in one copy group
+            tiers[copy] = "exact"
+        elif unit(a) == a.file.relpath:  # a keeps the copy group: b's tier is the pair's
+            tiers[copy] = b.tier
+        elif unit(b) == b.file.relpath:
+            tiers[copy] = a.tier
         else:
             tiers[copy] = max(a.tier, b.tier, key=LOOSENESS.get)
     return tiers

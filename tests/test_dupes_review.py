@@ -190,3 +190,15 @@ def test_calibration_sets_the_thresholds_dupes_uses(planted, tmp_path: Path) -> 
         assert reader.near_copy_threshold() == found.near
     with IndexReader(built) as reader:
         assert reader.near_copy_threshold() == 0.97
+
+
+def test_the_near_threshold_keeps_the_copies_and_leaves_the_look_alikes() -> None:
+    from groco.index.curate.calibrate import youden_threshold
+
+    copies = np.array([0.99, 0.995, 1.0, 0.999])
+    assert youden_threshold(copies, np.array([0.5, 0.6, 0.7, 0.98])) == 0.99
+    # look-alikes as close as the copies: a copy is given up rather than most of them taken
+    overlapping = np.array([0.80, 0.90, 0.95, 0.97, 0.99])
+    look_alikes = np.array([0.85] * 8 + [0.5, 0.6])
+    t = youden_threshold(overlapping, look_alikes)
+    assert t == 0.90 and (look_alikes >= t).mean() == 0.0

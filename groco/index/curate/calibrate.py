@@ -6,10 +6,22 @@ pixels put JPEG copies at 0.97+, the ImageNet Lite0 start near 0.9; BENCHMARKS.m
 embeds them with the index's encoder and reads where they land:
 
 - ``jpeg`` (re-encoded at quality 70), ``smaller`` (0.75x the side) and ``larger`` (2x):
-  the copies the *near* tier must hold; its threshold is the :data:`NEAR_QUANTILE`
-  quantile of their cosines to the originals' stored vectors;
-- ``crop`` (0.9x the side, off centre): a lighter kinship; the *similar* tier's threshold
-  is the :data:`SIMILAR_QUANTILE` quantile of their cosines (never above the near one).
+  the copies the *near* tier must hold. Its threshold ``t`` maximises
+  ``copies(t) - look_alikes(t)`` (Youden's J), the share of these copies scoring ``>= t``
+  with their original's stored vector less the share of the sampled originals whose
+  nearest other item (from the neighbour graph) scores ``>= t``; the lowest such ``t``.
+  Where copies stay far closer than any two images of the collection, that is just below
+  the copies (every copy, few look-alikes); on tiny images, where a re-encode moves an
+  embedding as far as the collection's look-alikes lie, it gives up the copies that a
+  look-alike outscores rather than call most of the collection near copies;
+- ``crop`` (0.9x the side, off centre): measured and reported (``kinds``), not used for
+  a threshold: how close a crop stays depends on the encoder far more than a re-encode
+  does (BENCHMARKS.md, "Duplicate tiers").
+
+The *similar* tier (look-alikes to review) starts at the cosine that only
+:data:`SIMILAR_SHARE` of the sampled images reach with their nearest other item, never
+above the near threshold: the review list holds about that share of the collection,
+whatever the encoder's scale of cosines.
 
 Beside the thresholds, the share of the sampled originals whose nearest other item (from
 the neighbour graph) already scores at or above the near threshold: an upper bound on
@@ -40,8 +52,7 @@ from ..store import DB_NAME, Store
 NAME = "calibration.json"
 SAMPLE = 200
 """Originals copies are planted from."""
-NEAR_QUANTILE = 0.02
-SIMILAR_QUANTILE = 0.05
+SIMILAR_SHARE = 0.25
 NEAR_KINDS = ("jpeg", "smaller", "larger")
 
 
@@ -88,6 +99,17 @@ class Calibration:
                 f"similar >= {self.similar:.4f} ({kinds}); {self.look_alike_share:.1%} of "
                 "the sampled images have a distinct neighbour at or above the near "
                 "threshold (at most that many false near pairs)")
+
+
+def youden_threshold(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """The lowest ``t`` among the scores maximising ``mean(positives >= t) -
+    mean(negatives >= t)``."""
+    candidates = np.unique(np.concatenate([positives, negatives]).astype(np.float64))
+    pos, neg = np.sort(positives), np.sort(negatives)
+    kept = 1.0 - np.searchsorted(pos, candidates, side="left") / len(pos)
+    false = 1.0 - np.searchsorted(neg, candidates, side="left") / max(len(neg), 1)
+    j = kept - false
+    return float(candidates[np.flatnonzero(j >= j.max() - 1e-12)[0]])
 
 
 def read_calibration(index_dir: Path, encoder_hash: str | None = None) -> Calibration | None:
@@ -140,9 +162,9 @@ def calibrate(index_dir: str | Path, sample: int = SAMPLE, seed: int = 0,
         copies = encoder.embed([make(image) for image in originals])
         cosines[kind] = np.einsum("ij,ij->i", copies, stored)
     near_all = np.concatenate([cosines[k] for k in NEAR_KINDS])
-    near = float(np.quantile(near_all, NEAR_QUANTILE))
-    similar = min(near, float(np.quantile(cosines["crop"], SIMILAR_QUANTILE)))
     nearest = np.asarray(graph.scores[kept, 0])
+    near = youden_threshold(near_all, nearest)
+    similar = min(near, float(np.quantile(nearest, 1.0 - SIMILAR_SHARE)))
     result = Calibration(
         near=round(near, 4), similar=round(similar, 4), sample=len(kept),
         encoder_hash=encoder.hash,
