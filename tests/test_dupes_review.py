@@ -163,26 +163,37 @@ def test_cli_review_text_json_csv_and_a_bad_rule(planted) -> None:
 
 
 def test_calibration_sets_the_thresholds_dupes_uses(planted, tmp_path: Path) -> None:
+    from groco.index.build import build_index_dir
+
     images, built = planted
+    # copies are rare in a collection: 40 more distinct images beside the planted ones
+    shutil.copytree(images, tmp_path / "images")
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        blocks = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(blocks).resize((36, 36), Image.NEAREST).save(
+            tmp_path / "images" / "b" / f"more{i}.png")
     index = tmp_path / "index"
-    shutil.copytree(built, index)
+    build_index_dir(tmp_path / "images", built.parent / "raw.onnx", index, batch_size=16,
+                    progress=False)
     assert current_calibration(index) is None
-    found = calibrate(index, sample=50, seed=1)
+    found = calibrate(index, sample=100, seed=1)
     # raw pixels: re-encoded and resized copies stay very close to their originals,
     # random-block images are far from each other
     assert 0.9 < found.near <= 1.0 and found.similar <= found.near
-    assert found.sample == 18  # every file
+    assert found.sample == 58  # every file
     assert set(found.kinds) == {"jpeg", "smaller", "larger", "crop"}
     assert found.kinds["crop"]["median"] < found.kinds["jpeg"]["median"]
-    # the sampled files whose nearest other file is a near copy: the 7 with a planted copy
-    assert found.look_alike_share == pytest.approx(7 / 18, abs=1e-3)
+    # the sampled files whose nearest other file (byte copies aside) is a near copy: the
+    # resized and re-encoded pairs
+    assert found.look_alike_share == pytest.approx(4 / 58, abs=1e-3)
     assert current_calibration(index) == found
     assert read_calibration(index, encoder_hash="another encoder") is None
     result = CliRunner().invoke(app, ["index", "dupes", str(index), "--json", "--no-progress"])
     assert result.exit_code == 0, result.output
     by_default = [g["size"] for g in json.loads(result.stdout)]
     explicit = find_duplicate_groups(index, found.near)
-    assert by_default == [g.size for g in explicit]
+    assert by_default == [g.size for g in explicit] == [3, 2, 2]
     # --distinct reads the calibration too
     from groco.index.api import IndexReader
 

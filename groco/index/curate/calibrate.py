@@ -13,7 +13,10 @@ embeds them with the index's encoder and reads where they land:
   Where copies stay far closer than any two images of the collection, that is just below
   the copies (every copy, few look-alikes); on tiny images, where a re-encode moves an
   embedding as far as the collection's look-alikes lie, it gives up the copies that a
-  look-alike outscores rather than call most of the collection near copies;
+  look-alike outscores rather than call most of the collection near copies; and never
+  below the cosine that :data:`NEAR_LOOK_ALIKES` of the sampled images reach with their
+  nearest other (J weighs a lost copy and an image with a look-alike alike, while copies
+  are rare in a collection and look-alikes everywhere);
 - ``crop`` (0.9x the side, off centre): measured and reported (``kinds``), not used for
   a threshold: how close a crop stays depends on the encoder far more than a re-encode
   does (BENCHMARKS.md, "Duplicate tiers").
@@ -52,6 +55,7 @@ from ..store import DB_NAME, Store
 NAME = "calibration.json"
 SAMPLE = 200
 """Originals copies are planted from."""
+NEAR_LOOK_ALIKES = 0.10
 SIMILAR_SHARE = 0.25
 NEAR_KINDS = ("jpeg", "smaller", "larger")
 
@@ -88,7 +92,7 @@ class Calibration:
     sample: int
     encoder_hash: str
     look_alike_share: float
-    """Sampled originals whose nearest other item scores >= ``near``."""
+    """Sampled originals whose nearest other item (byte copies aside) scores >= ``near``."""
     kinds: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per copy kind: min, 2nd and 5th percentile and median cosine to the original."""
     made_at: str = ""
@@ -162,8 +166,9 @@ def calibrate(index_dir: str | Path, sample: int = SAMPLE, seed: int = 0,
         copies = encoder.embed([make(image) for image in originals])
         cosines[kind] = np.einsum("ij,ij->i", copies, stored)
     near_all = np.concatenate([cosines[k] for k in NEAR_KINDS])
-    nearest = np.asarray(graph.scores[kept, 0])
-    near = youden_threshold(near_all, nearest)
+    nearest = _nearest_distinct(index_dir, graph, ids[kept])
+    near = max(youden_threshold(near_all, nearest),
+               float(np.quantile(nearest, 1.0 - NEAR_LOOK_ALIKES)))
     similar = min(near, float(np.quantile(nearest, 1.0 - SIMILAR_SHARE)))
     result = Calibration(
         near=round(near, 4), similar=round(similar, 4), sample=len(kept),
@@ -176,6 +181,24 @@ def calibrate(index_dir: str | Path, sample: int = SAMPLE, seed: int = 0,
         made_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     atomic_write_text(index_dir / NAME, json.dumps(asdict(result), indent=1))
     return result
+
+
+def _nearest_distinct(index_dir: Path, graph, ids: np.ndarray) -> np.ndarray:
+    """Each of ``ids``' cosine to its nearest other item that is not a byte copy of it
+    (known by the content hash; -1 when the graph holds none)."""
+    rows = np.searchsorted(graph.ids, ids)
+    neighbours, scores = np.asarray(graph.neighbours[rows]), np.asarray(graph.scores[rows])
+    with Store(index_dir / DB_NAME, readonly=True) as store:
+        wanted = np.unique(np.concatenate([ids, neighbours[neighbours >= 0]]))
+        hashes = {i: row.hash for i, row in store.rows(wanted.tolist()).items()}
+    out = np.full(len(ids), -1.0)
+    for n, own in enumerate(ids.tolist()):
+        mine = hashes.get(own)
+        for other, score in zip(neighbours[n].tolist(), scores[n].tolist(), strict=True):
+            if other >= 0 and not (mine and hashes.get(other) == mine):
+                out[n] = score
+                break
+    return out
 
 
 def current_calibration(index_dir: str | Path) -> Calibration | None:
