@@ -1,12 +1,12 @@
 """Curation at 100k and 1M items: time and peak RSS of `groco index curate`.
 
 The synthetic index directories of ``benchmarks/dupes.py scale`` (clustered unit vectors
-with planted copies, ``--dim`` 384), reused when present. Each row a fresh process
-(``VmHWM`` for its peak RSS): the neighbour graph built and stored (what the first
-``dupes``, ``map`` or ``curate`` of an index pays once), the outliers by the graph's
-``lof`` score and by the ``global`` score (a product with a 1,000-item sample, streamed),
-and samples of 100 and 1,000 (greedy k-centre over the gathered vectors, beside one
-random sample's radius).
+with planted copies, ``--dim`` 384, an ``IVF1024,Flat`` index), reused when present.
+Each row a fresh process (``VmHWM`` for its peak RSS): the neighbour graph built and
+stored (what the first ``dupes``, ``map`` or ``curate`` of an index pays once), the
+outliers by the graph's ``lof`` score and by the ``global`` score (a product with a
+1,000-item sample, streamed), and samples of 100 and 1,000 (greedy k-centre over the
+gathered vectors, beside one random sample's radius).
 
     python benchmarks/curate_scale.py --n 100000 --n 1000000
 """
@@ -69,14 +69,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, action="append", help="vectors (repeatable)")
     parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--index-type", default="IVF1024,Flat",
+                        help="FAISS index of the synthetic directories (curation reads the "
+                             "stored vectors and graph, not the index)")
     parser.add_argument("--work", type=Path, default=REPO / ".bench/dupes")
     args = parser.parse_args(argv)
     rows = ["| items | dim | task | wall s | CPU s | RSS after imports / peak (MB) "
             "| vectors (MB) | peak RSS / vectors | result |",
             "|---|---|---|---|---|---|---|---|---|"]
     for n in args.n or [100_000, 1_000_000]:
-        index = args.work / f"synthetic-{n}-{args.dim}"
-        write_synthetic_index(index, n, args.dim)
+        kind = "" if args.index_type == "auto" else "-" + args.index_type.replace(",", "_")
+        index = args.work / f"synthetic-{n}-{args.dim}{kind}"
+        write_synthetic_index(index, n, args.dim, args.index_type)
         shutil.rmtree(index / "neighbours", ignore_errors=True)
         vec_mb = n * args.dim * 4 / 2**20
         for task in TASKS:

@@ -139,7 +139,7 @@ def test_cli_outliers_in_text_json_and_csv(index: Path) -> None:
     assert text.returncode == 0, text.stderr
     assert "neighbour graph built" in text.stderr  # an index without a graph gets one
     lines = text.stdout.splitlines()
-    assert lines[0].startswith("3 most unusual items (lof score)")
+    assert lines[0].startswith("3 most unusual items (global score)")
     assert "class1/odd.png" in lines[1]
     as_json = json.loads(run(str(index), "--outliers", "3", "--json", "--no-progress").stdout)
     assert as_json[0]["relpath"] == "class1/odd.png" and "nearest" in as_json[0]

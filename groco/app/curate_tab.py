@@ -99,8 +99,8 @@ class CurateHandlers:
 def curate_tab(state: AppState) -> CurateHandlers:
     """Lay out the tab's components and wire its events (inside the tab's context)."""
     handlers = CurateHandlers(state)
-    gr.Markdown("What the collection holds: its **most unusual items** (each scored by "
-                "its distance to its nearest others, from the index's neighbour graph) and "
+    gr.Markdown("What the collection holds: its **most unusual items** (by default each "
+                "scored by its distance to a sample of the whole collection) and "
                 "a **sample that covers it** (each pick the item farthest from the earlier "
                 "ones). Click an item for the items most like it.")
     with gr.Row():

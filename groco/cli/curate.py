@@ -52,7 +52,8 @@ def index_curate(
     sample: int = typer.Option(None, "--sample", min=1, max=10_000_000,
                                help="Pick N items that cover the collection."),
     score: str = typer.Option(None, "--score",
-                              help="Outlier score: lof, knn or weighted [default: lof]."),
+                              help="Outlier score: global, lof, knn or weighted "
+                                   "[default: global]."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**31 - 1,
                              help="The sample's first pick (same seed, same sample)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -62,8 +63,10 @@ def index_curate(
     """Outliers (items unlike the rest) or a representative sample of an index.
 
     --outliers N reads the index's neighbour graph (built and stored first when missing,
-    as `groco index dupes` does): each item scored by its distance to its nearest
-    others, by default against theirs (lof), each listed with its nearest item.
+    as `groco index dupes` does) and lists each item with its nearest other. By default
+    (global) an item is scored by its distance to the 16th nearest of a seeded sample of
+    1,000 items of the whole collection, so a group of look-alike strays cannot hide in
+    itself; lof, knn and weighted score it from its nearest others in the graph.
     --sample N picks items greedily, each the farthest from those picked so far (k-centre),
     and prints the coverage radius reached (the largest cosine distance from any item to
     its nearest pick) beside that of a random sample of the same size. Nothing is moved

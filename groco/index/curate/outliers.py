@@ -38,7 +38,7 @@ import numpy as np
 from ..neighbours import NeighbourGraph
 
 SCORES = ("lof", "knn", "weighted", "global")
-DEFAULT_SCORE = "lof"
+DEFAULT_SCORE = "global"
 KNN_K = 10
 """Neighbours the ``knn`` and ``lof`` scores read (the graph stores 16)."""
 WEIGHTS = (0.6, 0.3, 0.1)
