@@ -17,8 +17,7 @@ import gradio as gr
 
 from groco.app.state import AppState
 from groco.app.uploads import UploadError
-from groco.index.curate import DEFAULT_SCORE, SCORES, CuratedFile, find_outliers, pick_sample
-from groco.index.manifest import IndexDirError
+from groco.index.api import DEFAULT_SCORE, SCORES, CuratedFile, IndexDirError
 
 MAX_COUNT = 200
 """The most outliers or sample items the tab shows at once."""
@@ -56,8 +55,7 @@ class CurateHandlers:
         n = self._count(count)
         started = time.perf_counter()
         try:
-            files = find_outliers(self.state.searcher.index_dir, n, score or DEFAULT_SCORE,
-                                  store_graph=False)
+            files = self.state.searcher.outliers(n, score or DEFAULT_SCORE)
         except (IndexDirError, ValueError) as error:
             raise gr.Error(str(error)) from None
         items, ids = self._tiles(files, lambda f: f"{f.score:.3f} · {f.relpath} · nearest "
@@ -72,7 +70,7 @@ class CurateHandlers:
         n = self._count(count)
         started = time.perf_counter()
         try:
-            report = pick_sample(self.state.searcher.index_dir, n, int(seed or 0))
+            report = self.state.searcher.sample(n, int(seed or 0))
         except (IndexDirError, ValueError) as error:
             raise gr.Error(str(error)) from None
         items, ids = self._tiles(report.files, lambda f: f.relpath)

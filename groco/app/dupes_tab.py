@@ -20,8 +20,7 @@ import gradio as gr
 
 from groco.app.duplicates import Duplicates
 from groco.app.state import AppState
-from groco.index.api import DuplicateGroup
-from groco.index.curate.review import KEEP_RULES, ReviewEntry
+from groco.index.api import KEEP_RULES, DuplicateGroup, ReviewEntry
 
 SHOWN_GROUPS = 60
 """Groups shown as thumbnails (the table and the exports hold them all) ..."""

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from groco.fileio import atomic_path
-from groco.index.api import DuplicateGroup, DuplicateScan, IndexReader
-from groco.index.curate.review import ReviewEntry, review_csv, review_list
+from groco.index.api import DuplicateGroup, DuplicateScan, IndexReader, ReviewEntry, review_csv
 
 FLOOR = 0.8
 """The lowest threshold the app's slider offers (the scan keeps pairs from here up)."""
@@ -89,11 +88,10 @@ class Duplicates:
         """The groups at ``threshold`` (default: ``default``), largest first."""
         return self.scan().groups(self.check(threshold))
 
-    @staticmethod
-    def review(groups: list[DuplicateGroup], rule: str) -> list[ReviewEntry]:
+    def review(self, groups: list[DuplicateGroup], rule: str) -> list[ReviewEntry]:
         """The groups' review list: each group's keeper by ``rule``, the others exact or
         near copies (``ValueError`` for an unknown rule)."""
-        return review_list(groups, rule)
+        return self.searcher.review(groups, rule)
 
     def export(self, groups: list[DuplicateGroup], folder: str | Path, threshold: float,
                review: list[ReviewEntry], rule: str) -> tuple[Path, Path, Path]:

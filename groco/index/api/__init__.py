@@ -7,12 +7,17 @@ search``) reads of an index comes from here, so a client imports no other index 
 - the values it returns: :class:`Result` (a neighbour), :class:`FileRow` (an item's
   metadata; ``status == EMBEDDED`` for a searchable one), :class:`Page`,
   :class:`DuplicateGroup` / :class:`DuplicateScan`, :class:`MapData`;
+- curation: :class:`CuratedFile`, :class:`SampleReport`, the review list's
+  :class:`ReviewEntry`, :data:`KEEP_RULES`, :func:`review_csv`, the outlier
+  :data:`SCORES` and :data:`DEFAULT_SCORE`;
 - :class:`Collection` (the paging of ids, for a client that lists its own) and
   :data:`ORDERS`, :data:`DEFAULT_THRESHOLD`;
 - the errors an open or a read raises beyond ``ValueError``/``KeyError``:
   :class:`IndexDirError`, :class:`IndexMismatchError` (both ``ValueError``).
 """
 
+from ..curate import DEFAULT_SCORE, SCORES, CuratedFile, SampleReport
+from ..curate.review import KEEP_RULES, ReviewEntry, review_csv
 from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan
 from ..manifest import IndexDirError, IndexMismatchError
 from ..map import MapData
@@ -22,7 +27,8 @@ from .pages import ORDERS, Collection, Page
 from .reader import IndexReader
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "EMBEDDED", "ORDERS", "Collection", "DuplicateGroup", "DuplicateScan",
-    "FileRow", "IndexDirError", "IndexMismatchError", "IndexReader", "MapData", "Page",
-    "Result",
+    "DEFAULT_SCORE", "DEFAULT_THRESHOLD", "EMBEDDED", "KEEP_RULES", "ORDERS", "SCORES",
+    "Collection", "CuratedFile", "DuplicateGroup", "DuplicateScan", "FileRow",
+    "IndexDirError", "IndexMismatchError", "IndexReader", "MapData", "Page", "Result",
+    "ReviewEntry", "SampleReport", "review_csv",
 ]

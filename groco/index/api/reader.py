@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..curate import DEFAULT_SCORE, CuratedFile, SampleReport, find_outliers, pick_sample
 from ..curate.calibrate import read_calibration
+from ..curate.review import ReviewEntry, review_list
 from ..distinct import collapse_near_copies, pool_size
 from ..dupes import DEFAULT_THRESHOLD, DuplicateGroup, DuplicateScan, scan_duplicates
 from ..expansion import POOL
@@ -248,6 +250,25 @@ class IndexReader:
         """The near-duplicate groups at cosine ``threshold``, largest first (byte copies
         always grouped); as ``groco index dupes``."""
         return self.duplicate_scan(threshold).groups(threshold)
+
+    def review(self, groups: list[DuplicateGroup], rule: str = "pixels",
+               similar_groups: list[DuplicateGroup] | None = None) -> list[ReviewEntry]:
+        """The review list of duplicate ``groups``: each keeps one file by ``rule``
+        (:mod:`groco.index.curate.review`); ``ValueError`` for an unknown rule."""
+        return review_list(groups, rule, similar_groups)
+
+    # -- curation
+
+    def outliers(self, count: int, score: str = DEFAULT_SCORE) -> list[CuratedFile]:
+        """The ``count`` most unusual items (:mod:`groco.index.curate`), read from the
+        stored neighbour graph: :class:`IndexDirError` naming ``groco index graph`` when
+        the index has no current one (a reader does not write it)."""
+        return find_outliers(self.index_dir, count, score, store_graph=False)
+
+    def sample(self, count: int, seed: int = 0) -> SampleReport:
+        """``count`` items that cover the collection, with the coverage radius reached
+        beside a random sample's (:mod:`groco.index.curate`)."""
+        return pick_sample(self.index_dir, count, seed)
 
     # -- the map
 
