@@ -129,8 +129,9 @@ class JsonApi:
                                      q.get("order", "random"), _int(q.get("seed", "0")))
             items = []
             for item in page.ids:
+                item = self.state.offset + item  # the union's id when serving several
                 thumb, row = self.state.thumbnail(item)
-                items.append({"id": row.id, "relpath": row.path, "label": row.label,
+                items.append({"id": item, "relpath": row.path, "label": row.label,
                               "thumbnail": file_url(thumb) if thumb is not None else None})
             return {"items": items, "page": page.number, "pages": page.pages,
                     "total": page.total}

@@ -44,10 +44,11 @@ class CurateHandlers:
                                                                   list[int]]:
         items, ids = [], []
         for f in files:
-            thumb, _ = self.state.thumbnail(f.id)
+            item = self.state.offset + f.id  # the union's id when serving several
+            thumb, _ = self.state.thumbnail(item)
             if thumb is not None:
                 items.append((str(thumb), caption(f)))
-                ids.append(f.id)
+                ids.append(item)
         return items, ids
 
     def outliers(self, count: float, score: str):
@@ -87,7 +88,7 @@ class CurateHandlers:
         item = ids[int(evt.index)]
         try:
             results = self.state.more_like(item, k)
-            row = self.state.searcher.row(item)
+            _, row = self.state.thumbnail(item)
         except UploadError as error:
             raise gr.Error(str(error)) from None
         return (self.state.gallery(results),

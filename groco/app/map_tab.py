@@ -211,7 +211,7 @@ class MapHandlers:
         started = time.perf_counter()
         item = int(view.data.ids[view.nearest(float(evt.index[0]), float(evt.index[1]))])
         try:
-            results = self.state.more_like(item, k)
+            results = self.state.more_like(self.state.offset + item, k)  # the union's id
             row = self.state.searcher.row(item)
         except UploadError as error:
             raise gr.Error(str(error)) from None

@@ -68,7 +68,7 @@ class SearchHandlers:
         started = time.perf_counter()
         item_id = _user_error(self.state.item_id, item)
         results = _user_error(self.state.more_like, item_id, k, label, min_score, distinct)
-        return self._answer(results, started, f"`{self.state.searcher.row(item_id).path}`")
+        return self._answer(results, started, f"`{self.state.row(item_id).path}`")
 
     def more_like_clicked(self, ids: list[int], k: float, label: str, min_score: float,
                           distinct: bool, event: gr.SelectData):
@@ -87,8 +87,8 @@ class SearchHandlers:
         """A page of the collection."""
         shown: Page = _user_error(self.state.browse, page, folder, order, int(seed or 0))
         items, ids = self.state.tiles(shown)
-        rows = [self.state.searcher.row(i) for i in ids]
-        listing = [{"id": r.id, "relpath": r.path, "label": r.label} for r in rows]
+        listing = [{"id": i, "relpath": r.path, "label": r.label}
+                   for i, r in zip(ids, (self.state.row(i) for i in ids), strict=True)]
         folder_name = None if folder in (None, "", ALL_LABELS) else folder
         return items, shown.describe(folder_name), shown.number, listing, ids
 

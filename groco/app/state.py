@@ -11,7 +11,7 @@ from typing import Any
 from groco.app.settings import AppSettings
 from groco.app.thumbnails import ThumbnailCache
 from groco.app.uploads import QueryDecoder, UploadError
-from groco.index.api import EMBEDDED, FileRow, IndexReader, Page, Result
+from groco.index.api import EMBEDDED, ID_STRIDE, FileRow, IndexReader, Page, Result, ShardUnion
 
 log = logging.getLogger("groco.app")
 
@@ -27,16 +27,23 @@ class AppState:
     - ``thumbnails``: the :class:`ThumbnailCache` the app serves images from (only it);
     - ``settings``: the :class:`AppSettings` (limits and defaults);
     - ``decoder``: turns an upload into the query image (bounded, groco's decoder),
-      reducing while the shorter side stays >= 2 x the encoder's ``resize_to``.
+      reducing while the shorter side stays >= 2 x the encoder's ``resize_to``;
+    - ``union``: with several index directories (:class:`groco.index.api.ShardUnion`),
+      searches and "more like this" run over all of them; browsing, duplicates, the map
+      and curation read ``searcher``, the first shard that opened, and the page says so.
+      Ids are the union's (``shard * ID_STRIDE + id``).
     """
 
     def __init__(self, searcher: IndexReader, thumbnails: ThumbnailCache,
                  settings: AppSettings | None = None, upload_folder: str | Path | None = None,
-                 ) -> None:
+                 union: ShardUnion | None = None) -> None:
         self.searcher = searcher
+        self.union = union
+        self.offset = 0 if union is None else min(union.readers) * ID_STRIDE
+        """Added to the ``searcher``'s ids to make them the union's."""
         self.thumbnails = thumbnails
         self.settings = settings or AppSettings()
-        self.labels: dict[str, int] = searcher.label_counts()
+        self.labels: dict[str, int] = self._label_counts()
         min_side = 2 * searcher.encoder.resize_to
         self.decoder = QueryDecoder(self.settings,
                                     min_side=min_side if self.settings.reduce_queries else None,
@@ -46,18 +53,30 @@ class AppState:
         self._stop = threading.Event()
 
     @classmethod
-    def open(cls, index_dir: str | Path, encoder: str | Path | None = None,
+    def open(cls, index_dir: str | Path | list[str | Path], encoder: str | Path | None = None,
              settings: AppSettings | None = None,
              thumbnails_dir: str | Path | None = None) -> AppState:
-        """Load ``index_dir`` (its recorded encoder unless ``encoder``); thumbnails go to
-        ``INDEX/thumbnails`` unless ``thumbnails_dir``."""
-        searcher = IndexReader(index_dir, encoder)
+        """Load ``index_dir`` (its recorded encoder unless ``encoder``), or several index
+        directories as one (a list of more than one); thumbnails go to
+        ``INDEX/thumbnails`` (of the first) unless ``thumbnails_dir``."""
+        dirs = list(index_dir) if isinstance(index_dir, (list, tuple)) else [index_dir]
+        union = ShardUnion(dirs, encoder) if len(dirs) > 1 else None
+        searcher = union.readers[min(union.readers)] if union else IndexReader(dirs[0], encoder)
         folder = thumbnails_dir or Path(searcher.index_dir) / "thumbnails"
-        return cls(searcher, ThumbnailCache(folder), settings)
+        return cls(searcher, ThumbnailCache(folder), settings, union=union)
 
     def close(self) -> None:
         self._stop.set()
-        self.searcher.close()
+        (self.union or self.searcher).close()
+
+    def _label_counts(self) -> dict[str, int]:
+        if self.union is None:
+            return self.searcher.label_counts()
+        counts: dict[str, int] = {}
+        for reader in self.union.readers.values():
+            for label, n in reader.label_counts().items():
+                counts[label] = counts.get(label, 0) + n
+        return counts
 
     def start_index_watch(self) -> threading.Thread:
         """Look for a newer index state every ``settings.refresh_seconds`` in a background
@@ -70,10 +89,11 @@ class AppState:
         return self.watch
 
     def _watch_index(self) -> None:
+        readers = list(self.union.readers.values()) if self.union else [self.searcher]
         while not self._stop.wait(self.settings.refresh_seconds):
             try:
-                if self.searcher.refresh():
-                    self.labels = self.searcher.label_counts()
+                if any([reader.refresh() for reader in readers]):
+                    self.labels = self._label_counts()
                     log.info("switched to the index's newer state (%s)",
                              self.searcher.index_dir)
             except (ValueError, OSError) as error:  # e.g. a damaged newer state
@@ -142,8 +162,9 @@ class AppState:
         index filters: k of them whenever it holds k)."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
         label = self.check_label(label)
-        return self.searcher.search_image(image, k, label=label, min_score=floor,
-                                          distinct=bool(distinct))
+        return (self.union or self.searcher).search_image(image, k, label=label,
+                                                          min_score=floor,
+                                                          distinct=bool(distinct))
 
     def item_id(self, item: int | str) -> int:
         """The id of an indexed item given as its id (int or digits) or its path relative
@@ -157,11 +178,11 @@ class AppState:
             if isinstance(candidate, str) and Path(candidate).is_absolute():
                 continue  # relative paths only: the app never takes a server path
             try:
-                row = self.searcher.row(candidate)
+                item_id, row = self._row(candidate)
             except KeyError:
                 continue
             if row.status == EMBEDDED:
-                return row.id
+                return item_id
         raise UploadError(f"Not in the index: {text!r} (give an id or a path relative to "
                           "the images root).")
 
@@ -171,8 +192,9 @@ class AppState:
         ``UploadError`` if the item is not in the index."""
         k, floor = self.check_k(k), self.check_min_score(min_score)
         label = self.check_label(label)
-        return self.searcher.more_like(self.item_id(item), k, label=label, min_score=floor,
-                                       distinct=bool(distinct))
+        return (self.union or self.searcher).more_like(self.item_id(item), k, label=label,
+                                                       min_score=floor,
+                                                       distinct=bool(distinct))
 
     def browse(self, page: float | int, folder: str | None = None, order: str = "random",
                seed: int = 0) -> Page:
@@ -190,10 +212,28 @@ class AppState:
 
     # -- what the UI shows
 
+    def _row(self, item: int | str) -> tuple[int, FileRow]:
+        """(id, row) of an id or a relative path; ``KeyError`` for neither."""
+        if self.union is None:
+            row = self.searcher.row(item)
+            return row.id, row
+        shard, row = self.union.row(item)
+        return shard * ID_STRIDE + row.id, row
+
+    def row(self, item: int | str) -> FileRow:
+        """The metadata row of an id or a relative path; ``KeyError`` for neither."""
+        return self._row(item)[1]
+
+    def root_of(self, item: int) -> Path:
+        """The images root an item's relative path is under."""
+        if self.union is None:
+            return self.searcher.root
+        return self.union.readers[int(item) // ID_STRIDE].root
+
     def thumbnail(self, item: int) -> tuple[Path | None, FileRow]:
         """(thumbnail path or ``None`` when the original cannot be decoded, row) of an id."""
-        row = self.searcher.row(item)
-        return self.thumbnails.path_for(self.searcher.root / row.path, row.hash), row
+        _, row = self._row(item)
+        return self.thumbnails.path_for(self.root_of(item) / row.path, row.hash), row
 
     def gallery(self, results: list[Result]) -> list[tuple[str, str]]:
         """(thumbnail path, caption "score · label · relpath") of each result that has one."""
@@ -212,6 +252,7 @@ class AppState:
         whose original cannot be decoded are left out."""
         items, ids = [], []
         for item in page.ids:
+            item = self.offset + item  # the union's id
             thumb, row = self.thumbnail(item)
             if thumb is not None:
                 items.append((str(thumb), row.path))
@@ -222,6 +263,16 @@ class AppState:
         f = self.searcher.facts()
         encoder = f["encoder"]
         params = ", ".join(f"{k} {v}" for k, v in (f.get("search_params") or {}).items())
+        if self.union is not None:
+            count = sum(self.labels.values()) if self.labels else f["count"]
+            missing = "".join(f" · **shard left out**: `{p}` ({why})"
+                              for p, why in self.union.missing.items())
+            return (f"**{count:,} images in {len(self.union.readers)} of "
+                    f"{len(self.union.index_dirs)} shards** "
+                    f"({', '.join(f'`{p}`' for p in self.union.index_dirs)}): search and "
+                    f"more like this cover them all; browse, duplicates, the map and "
+                    f"curation show `{self.searcher.index_dir}` · encoder "
+                    f"`{encoder['backbone']}` (hash `{encoder['hash']}`){missing}")
         return (f"**{f['count']:,} images** · encoder `{encoder['backbone']}` "
                 f"({encoder['image_size']} px, {encoder['provider']}, hash `{encoder['hash']}`)"
                 f" · index `{f['index_type']}`{f' ({params})' if params else ''}"

@@ -117,12 +117,14 @@ def serve(state: AppState, host: str = "127.0.0.1", port: int = 7860, block: boo
     return app, url
 
 
-def launch_app(index_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
+def launch_app(index_dir: str | Path | list[str | Path], host: str = "127.0.0.1",
+               port: int = 7860,
                encoder: str | Path | None = None, block: bool = True,
                settings: AppSettings | None = None, credentials: Credentials | None = None,
                **launch_kwargs: Any) -> tuple[gr.Blocks, str]:
-    """Load the index once, start making its thumbnails and watching for newer index
-    states in the background, serve the app; returns (app, local URL)."""
+    """Load the index once (several index directories: searched as one, see
+    :class:`groco.app.state.AppState`), start making its thumbnails and watching for
+    newer index states in the background, serve the app; returns (app, local URL)."""
     state = AppState.open(index_dir, encoder, settings)
     state.start_thumbnail_warmup()
     state.start_index_watch()

@@ -26,26 +26,45 @@ def search(
                                     help="Leave out results below this cosine similarity "
                                          "(-1..1), so fewer than k may come back.",
                                     min=-1.0, max=1.0),
+    shards: list[Path] = typer.Option(None, "--index",
+                                      help="Another index directory built with the same "
+                                           "encoder, searched with INDEX as one "
+                                           "(repeatable: the shards of a collection)."),
 ) -> None:
-    """Print the nearest neighbours of IMAGE in INDEX."""
+    """Print the nearest neighbours of IMAGE in INDEX (and in every --index with it)."""
     import json
 
     index_logging(verbose=False)
-    from groco.index.api import IndexReader
+    from groco.index.api import IndexReader, ShardUnion
 
+    union = None
     try:
-        with IndexReader(index, encoder_path=encoder) as reader:
+        if shards:
+            union = ShardUnion([index, *shards], encoder_path=encoder)
+            reader = union.readers[min(union.readers)]
+        else:
+            reader = IndexReader(index, encoder_path=encoder)
+        with union or reader:
             if near_copy is None:
                 near_copy = reader.near_copy_threshold()
-            results = reader.search_image(image, k, min_score=min_score, distinct=distinct,
-                                          near_copy=near_copy)
+            results = (union or reader).search_image(image, k, min_score=min_score,
+                                                     distinct=distinct, near_copy=near_copy)
+            missing = union.missing if union else {}
+            where = {r.id: str(union.shard_of(r.id)) for r in results} if union else {}
     except INDEX_ERRORS as error:
         fail(error)
+    for path, why in missing.items():
+        typer.echo(f"warning: shard {path} left out ({why}); results from the others",
+                   err=True)
     if as_json:
-        rows = [{"rank": i + 1, **r.to_dict()} for i, r in enumerate(results)]
-        typer.echo(json.dumps({"query": str(image), "index": str(index), "k": k,
+        rows = [{"rank": i + 1, **r.to_dict(), **({"index": where[r.id]} if union else {})}
+                for i, r in enumerate(results)]
+        typer.echo(json.dumps({"query": str(image),
+                               "index": [str(p) for p in union.index_dirs] if union
+                               else str(index), "k": k,
                                "min_score": min_score, "distinct": distinct,
                                "near_copy": near_copy if distinct else None,
+                               "missing": {str(p): why for p, why in missing.items()},
                                "results": rows}, indent=2))
         return
     for i, r in enumerate(results, 1):

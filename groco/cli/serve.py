@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def serve(
-    index: Path = typer.Argument(..., help="Index directory."),
+    index: list[Path] = typer.Argument(..., help="Index directory; several (built with one "
+                                                  "encoder) are searched as one."),
     host: str = typer.Option("127.0.0.1", help="Address to bind to; any other than this "
                                                 "machine's loopback needs --auth (or --no-auth)."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
@@ -35,7 +36,12 @@ def serve(
                                    help="Queries that may wait; past it one is refused at "
                                         "once (busy, HTTP 429)."),
 ) -> None:
-    """Serve the visual search web UI over INDEX (on 127.0.0.1 unless --host says else)."""
+    """Serve the visual search web UI over INDEX (on 127.0.0.1 unless --host says else).
+
+    With several index directories (the shards of a collection), a query is embedded once,
+    searched in each and the best k kept; a shard that is missing or fails is left out and
+    named on the page. Browsing, duplicates, the map and curation show the first shard.
+    """
     from groco.app.auth import is_loopback
     from groco.app.web import launch_app
 
@@ -49,7 +55,8 @@ def serve(
         if credentials is not None and not tls and not is_loopback(host):
             typer.echo("warning: without --ssl-certfile/--ssl-keyfile the password crosses "
                        "the network readable", err=True)
-        launch_app(index, host=host, port=port, encoder=encoder, block=True,
+        launch_app(index if len(index) > 1 else index[0], host=host, port=port,
+                   encoder=encoder, block=True,
                    settings=AppSettings(queue_size=queue_size), credentials=credentials,
                    **tls)
     except (ValueError, OSError) as error:

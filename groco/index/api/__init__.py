@@ -4,6 +4,7 @@ search``) reads of an index comes from here, so a client imports no other index 
 - :class:`IndexReader`: open an index directory (with its encoder check), search it by
   image, vector or indexed item with a label filter done inside the index, read its
   items, collection pages, label counts, duplicate groups and map;
+- :class:`ShardUnion`: several index directories built with one encoder, searched as one;
 - the values it returns: :class:`Result` (a neighbour), :class:`FileRow` (an item's
   metadata; ``status == EMBEDDED`` for a searchable one), :class:`Page`,
   :class:`DuplicateGroup` / :class:`DuplicateScan`, :class:`MapData`;
@@ -25,10 +26,12 @@ from ..search import Result
 from ..store import EMBEDDED, FileRow
 from .pages import ORDERS, Collection, Page
 from .reader import IndexReader
+from .union import ID_STRIDE, ShardUnion
 
 __all__ = [
-    "DEFAULT_SCORE", "DEFAULT_THRESHOLD", "EMBEDDED", "KEEP_RULES", "ORDERS", "SCORES",
+    "DEFAULT_SCORE", "DEFAULT_THRESHOLD", "EMBEDDED", "ID_STRIDE", "KEEP_RULES", "ORDERS",
+    "SCORES",
     "Collection", "CuratedFile", "DuplicateGroup", "DuplicateScan", "FileRow",
     "IndexDirError", "IndexMismatchError", "IndexReader", "MapData", "Page", "Result",
-    "ReviewEntry", "SampleReport", "review_csv",
+    "ReviewEntry", "SampleReport", "ShardUnion", "review_csv",
 ]

@@ -197,6 +197,11 @@ class IndexReader:
         """The metadata row of an id or a path (relative or absolute); ``KeyError`` if none."""
         return self._searcher.row(item)
 
+    def stored_vector(self, item: int | str | Path) -> np.ndarray:
+        """The stored ``(dim,)`` embedding of an indexed item (id or path); ``KeyError``
+        for an unknown one."""
+        return self._searcher.vector_of(item)
+
     def embedded_files(self) -> list[tuple[Path, str]]:
         """(absolute path, content hash) of every embedded image."""
         return self._searcher.embedded_files()
