@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".bench/curate")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    encs = encoders(args.work, args.weights)
+    encs = encoders(args.work, args.weights, args.encoders)
     clean = write_folder(args.work / "fmnist", "t10k", args.count)
     planted = planted_folder(args.work, clean, args.count)
     outliers = ["| encoder | score | planted in the top 1 % | digits | noise | seconds |",

@@ -98,16 +98,18 @@ def digits_folder(root: Path) -> Path:
     return folder
 
 
-def encoders(work: Path, weights: Path) -> dict[str, Path]:
-    """Raw pixels at 28 and 8 px and the Lite0 start at 64 px (exported once)."""
+def encoders(work: Path, weights: Path,
+             names: tuple[str, ...] | list[str] = ("raw-28", "raw-8", "lite0-64"),
+             ) -> dict[str, Path]:
+    """Raw pixels at 28 and 8 px and the Lite0 start at 64 px, those of ``names``
+    (exported once)."""
     from groco.encoder.baselines import export_backbone, export_raw_pixels
 
-    out = {"raw-28": work / "raw-28.onnx", "raw-8": work / "raw-8.onnx",
-           "lite0-64": work / "lite0-64.onnx"}
+    out = {name: work / f"{name}.onnx" for name in names}
     for size, name in ((28, "raw-28"), (8, "raw-8")):
-        if not out[name].exists():
+        if name in out and not out[name].exists():
             export_raw_pixels(size, out[name])
-    if not out["lite0-64"].exists():
+    if "lite0-64" in out and not out["lite0-64"].exists():
         export_backbone("tf_efficientnet_lite0", 64, out["lite0-64"], weights=weights)
     return out
 

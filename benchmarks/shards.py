@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from groco.index.api import IndexReader, ShardUnion
 
     args.work.mkdir(parents=True, exist_ok=True)
-    encoder = encoders(args.work, args.weights)[args.encoder]
+    encoder = encoders(args.work, args.weights, [args.encoder])[args.encoder]
     images = write_folder(args.work / "fmnist", "t10k", args.count)
     files = sorted(images.rglob("*.png"))
     step = max(1, len(files) // args.queries)

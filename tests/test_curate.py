@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +128,13 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from groco.cli import app; sys.argv = ['groco', *sys.argv[1:]]; app()"
-    return subprocess.run([sys.executable, "-c", code, "index", "curate", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    """`groco index curate ARGS` in this process (stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
+    result = CliRunner().invoke(app, ["index", "curate", *args])
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def test_cli_outliers_in_text_json_and_csv(index: Path) -> None:

@@ -31,7 +31,16 @@ FAST = {"progress": False, "n_epochs": 100}
 
 
 def run_cli(*args: str, block_umap: bool = False) -> subprocess.CompletedProcess:
-    """`groco ARGS` in a fresh interpreter; ``block_umap``: as if umap-learn were missing."""
+    """`groco ARGS` in a fresh interpreter (``block_umap``: as if umap-learn were missing),
+    else in this one (umap-learn's compiled functions reused: seconds, not a JIT)."""
+    if not block_umap:
+        from typer.testing import CliRunner
+
+        from groco.cli import app
+
+        result = CliRunner().invoke(app, list(args))
+        return subprocess.CompletedProcess(args, result.exit_code, result.stdout,
+                                           result.stderr)
     prelude = "import sys; sys.modules['umap'] = None; " if block_umap else "import sys; "
     code = prelude + "from groco.cli import app; sys.argv = ['groco', *sys.argv[1:]]; app()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,

@@ -179,18 +179,19 @@ def test_cli_graph_prints_and_stores_its_recall(encoder: Path, tmp_path: Path) -
     images = make_collection(tmp_path / "images", classes=2, per_class=5, size=8)
     index = tmp_path / "index"
     build_index_dir(images, encoder, index, progress=False)
-    code = "import sys; from groco.cli import app; sys.argv = ['groco', *sys.argv[1:]]; app()"
-    run = [sys.executable, "-c", code, "index", "graph", str(index), "--no-progress"]
-    first = subprocess.run(run, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert first.returncode == 0, first.stderr
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
+    run = ["index", "graph", str(index), "--no-progress"]
+    first = CliRunner().invoke(app, run)
+    assert first.exit_code == 0, first.stderr
     assert first.stdout.startswith("neighbour graph built in ")
     # 10 items: 9 others each at most
     assert "10 items x 9 neighbours (exact; recall@9 1.000 on 10 sampled items)" in first.stdout
-    again = subprocess.run([*run, "--json"], capture_output=True, text=True, cwd=REPO,
-                           timeout=120)
+    again = CliRunner().invoke(app, [*run, "--json"])
     facts = json.loads(again.stdout)
     assert facts["built"] is False and facts["recall"] == 1.0
     assert facts == {"built": False, "seconds": 0.0, **read_info(index)}
-    missing = subprocess.run([*run[:-2], str(tmp_path / "nowhere")], capture_output=True,
-                             text=True, cwd=REPO, timeout=120)
-    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    missing = CliRunner().invoke(app, [*run[:-2], str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and len(missing.stderr.strip().splitlines()) == 1
