@@ -120,6 +120,9 @@ SCRIPTS: tuple[Script, ...] = (
                   "--max-steps-per-epoch", "2", "--data-dir", WORK, "--out", WORK + "-out",
                   *TINY_TRAIN),
            needs_fmnist=True, needs_weights=True),
+    Script("serving", "serving.py", quick=None, needs_fmnist=True,
+           why="two servers and up to 20 gradio_client users each (minutes); the batcher "
+               "is tested by tests/test_batcher.py, the routes by tests/test_app*.py"),
     Script("map_page", "map_page.py", quick=None,
            why="a headless Chromium and a served map (about a minute at its smallest); "
                "the Map tab is tested by tests/test_browser.py"),

@@ -27,6 +27,8 @@ class AppSettings:
       to measure what it saves).
     - ``refresh_seconds``: how often the server looks for a newer index state written by
       ``groco index update`` and switches to it (1 s).
+    - ``batch_queries``: embed the queries that wait together in one call (on; off only
+      to measure what it saves: :mod:`groco.index.api.batcher`).
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -40,6 +42,7 @@ class AppSettings:
     browse_page: int = 24
     reduce_queries: bool = True
     refresh_seconds: float = 1.0
+    batch_queries: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",

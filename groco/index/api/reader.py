@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from groco.images import load_image
 
 from ..curate import DEFAULT_SCORE, CuratedFile, SampleReport, find_outliers, pick_sample
 from ..curate.calibrate import read_calibration
@@ -31,6 +34,7 @@ from ..search import QueryImage, Result, Searcher
 from ..shards import gather
 from ..store import DB_NAME, EMBEDDED, FileRow, Store
 from ..stored import ShardSource
+from .batcher import QueryBatcher
 from .filtered import search_subset
 from .pages import Collection, Page
 
@@ -47,7 +51,7 @@ class IndexReader:
     """
 
     def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, batch_queries: bool = True) -> None:
         self._searcher = Searcher(index_dir, encoder_path, providers)
         self._opening = (encoder_path, providers)
         self._previous: Searcher | None = None
@@ -61,8 +65,14 @@ class IndexReader:
         self._lock = threading.Lock()
         self._collection: Collection | None = None
         self._locations: tuple[np.ndarray, np.ndarray] | None = None
+        self._batcher: QueryBatcher | None = None
+        self.batch_queries = batch_queries
+        """Queries from several threads embedded together (:mod:`.batcher`); off: each
+        in its own call."""
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
         self._searcher.close()
         if self._previous is not None:
             self._previous.close()
@@ -102,8 +112,20 @@ class IndexReader:
 
     def embed_image(self, image: QueryImage) -> np.ndarray:
         """The ``(dim,)`` unit embedding of a path, bytes, file object or PIL image
-        (:class:`groco.images.ImageError` for one that cannot be decoded)."""
-        return self._searcher.embed_image(image)
+        (:class:`groco.images.ImageError` for one that cannot be decoded). Decoded and
+        preprocessed in the calling thread; queries from several threads at once are
+        embedded together (:mod:`.batcher`)."""
+        picture = image if isinstance(image, Image.Image) else load_image(image)
+        array = self.encoder.preprocess(picture)
+        if not self.batch_queries:
+            return self.encoder.embed_arrays(array[None])[0]
+        return self._embedder().embed(array)
+
+    def _embedder(self) -> QueryBatcher:
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = QueryBatcher(lambda arrays: self.encoder.embed_arrays(arrays))
+            return self._batcher
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, label: str | None = None,
                       exclude: int | None = None, min_score: float | None = None,

@@ -48,7 +48,7 @@ class ShardUnion:
     """Index directories ``index_dirs`` searched as one (module docstring; thread-safe)."""
 
     def __init__(self, index_dirs: Sequence[str | Path], encoder_path: str | Path | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, batch_queries: bool = True) -> None:
         if not index_dirs:
             raise ValueError("give at least one index directory")
         self.index_dirs = [Path(p) for p in index_dirs]
@@ -57,7 +57,8 @@ class ShardUnion:
         self._lock = threading.Lock()
         for shard, path in enumerate(self.index_dirs):
             try:
-                self.readers[shard] = IndexReader(path, encoder_path, providers)
+                self.readers[shard] = IndexReader(path, encoder_path, providers,
+                                                  batch_queries=batch_queries)
             except IndexMismatchError:
                 self.close()
                 raise

@@ -1,0 +1,141 @@
+"""Serving many users: queries/s and latency for 1, 8 and 20 concurrent clients on the
+Gradio API (`gradio_client`) and the JSON route, with concurrent queries embedded
+together (the batcher, :mod:`groco.index.api.batcher`) and one at a time, in one run.
+
+Server: `groco serve`'s app over the Fashion-MNIST test split (``--count`` images; the
+encoder of ``benchmarks/app.py``: resnet18 at 32 px, untrained, ONNX Runtime on the CPU),
+each configuration in its own process, all started before the first query; clients and
+servers share the machine's cores, as in the issue's figures. Rows alternate between the
+servers (batched, one at a time) for each route and client count, so load from elsewhere
+falls on both alike. Each client sends its share of the row's queries one after another
+(no pause); a row reports its queries, errors, queries/s over its wall time, and p50 /
+p95 latency. ``--concurrency`` sets Gradio's events at once and the JSON route's
+searches at once on every server (the app's ``settings.concurrency``).
+
+    python benchmarks/serving.py
+    python benchmarks/serving.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header  # noqa: E402
+from app import export_untrained, gradio_queries, json_queries  # noqa: E402
+from fashion_mnist import write_folder  # noqa: E402
+from timing import LoadWatch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER = """
+import sys
+from groco.app.settings import AppSettings
+from groco.app.state import AppState
+from groco.app.web import serve
+settings = AppSettings(batch_queries=sys.argv[3] == "1", concurrency=int(sys.argv[4]),
+                       queue_size=1000)
+state = AppState.open(sys.argv[1], settings=settings)
+state.start_thumbnail_warmup().join()
+serve(state, port=int(sys.argv[2]), block=True)
+"""
+ROUTES = (("gradio_client `/search`", gradio_queries), ("JSON route", json_queries))
+
+
+def start(index: Path, batched: bool, concurrency: int, log: Path) -> tuple[subprocess.Popen,
+                                                                             str]:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-c", SERVER, str(index), str(port),
+                                   "1" if batched else "0", str(concurrency)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server failed: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}groco/api/browse?page=1", timeout=5)
+            return server, url
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise SystemExit("server did not start in 10 minutes")
+
+
+def row(fn, url: str, queries: list[Path], clients: int) -> dict[str, float]:
+    started = time.perf_counter()
+    errors = 0
+    try:
+        ms = fn(url, queries, clients)
+    except Exception as error:  # noqa: BLE001 - a row that fails is reported, not fatal
+        print(f"row failed: {error}", file=sys.stderr)
+        ms, errors = np.array([np.nan]), len(queries)
+    wall = time.perf_counter() - started
+    return {"queries": len(queries), "errors": errors, "qps": len(queries) / wall,
+            "p50": float(np.nanpercentile(ms, 50)), "p95": float(np.nanpercentile(ms, 95))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=None, help="images [default: all 10k]")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 20])
+    parser.add_argument("--per-client", type=int, default=25)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--work", type=Path, default=REPO / ".bench/serving")
+    parser.add_argument("--quick", action="store_true", help="200 images, 1 and 2 clients")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.count, args.clients, args.per_client = 200, [1, 2], 3
+    from groco.index.build import build_index_dir
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    images = write_folder(args.work / "fmnist", "t10k", args.count)
+    encoder = args.work / "encoder.onnx"
+    if not encoder.exists():
+        encoder = export_untrained(args.work, "resnet18", 32)
+    index = args.work / f"index-{images.name}"
+    if not (index / "manifest.json").exists():
+        build_index_dir(images, encoder, index, progress=False)
+    files = sorted(images.rglob("*.png"))
+    servers = {name: start(index, batched, args.concurrency, args.work / f"{name}.log")
+               for name, batched in (("one at a time", False), ("batched", True))}
+    lines = ["| route | clients | server | queries | errors | queries/s | p50 ms | p95 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    try:
+        with LoadWatch() as load:
+            for _, url in servers.values():  # warm-up: 10 queries a route
+                for _, fn in ROUTES:
+                    fn(url, files[-10:], 1)
+            offset = 0
+            for route, fn in ROUTES:
+                for clients in args.clients:
+                    queries = files[offset:offset + clients * args.per_client]
+                    offset += len(queries)
+                    for name, (_, url) in servers.items():
+                        r = row(fn, url, queries, clients)
+                        lines.append(f"| {route} | {clients} | {name} | {r['queries']} | "
+                                     f"{r['errors']} | {r['qps']:.1f} | {r['p50']:.0f} | "
+                                     f"{r['p95']:.0f} |")
+                        print(lines[-1], file=sys.stderr, flush=True)
+    finally:
+        for server, _ in servers.values():
+            server.terminate()
+    print(header())
+    print(f"Fashion-MNIST t10k ({len(files)} images), resnet18 at 32 px (untrained), "
+          f"k = 12; {args.concurrency} searches at once a server; {load.line()}\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
