@@ -9,8 +9,9 @@ min-max): ``--queries`` query images (decoded once, outside the timing) searched
 another at k = 10 through :class:`groco.index.api.IndexReader` (one index) and
 :class:`groco.index.api.ShardUnion` (2 and 4 shards: embedded once, searched in a thread
 a shard, merged). Beside the time, the union's top-10 agreement with the single index
-(each shard centres on its own mean and averages over its own neighbours, so they agree
-closely, not exactly; without post-processing they are equal, `tests/test_union.py`).
+(each shard centres on its own mean and averages over its own neighbours, so they differ;
+without post-processing they are equal, `tests/test_union.py`) and the precision@10 of
+each side by folder label (the query itself is indexed and counts, alike on every side).
 
     python benchmarks/shards.py
 """
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     images = write_folder(args.work / "fmnist", "t10k", args.count)
     files = sorted(images.rglob("*.png"))
     step = max(1, len(files) // args.queries)
-    queries = [Image.open(p).convert("RGB") for p in files[::step][:args.queries]]
+    picked = files[::step][:args.queries]
+    queries = [Image.open(p).convert("RGB") for p in picked]
+    labels = [p.parent.name for p in picked]
     one = IndexReader(index_of(images, encoder, args.work / f"index-{args.encoder}"))
     unions = {}
     for count in args.shards:
@@ -93,15 +96,18 @@ def main(argv: list[str] | None = None) -> None:
         timed = interleaved(sides, runs=args.runs, warmup=2)
     expected = [[r.relpath for r in one.search_image(q, 10)] for q in queries]
     rows = ["| search | ms / query: median (min-max) | vs one index | top-10 agreement "
-            "with one index |", "|---|---|---|---|"]
+            "with one index | P@10 (folder labels) |", "|---|---|---|---|---|"]
     for name, side in timed.items():
         reader = one if name == "one index" else unions[int(name.split()[0])]
-        got = [[r.relpath for r in reader.search_image(q, 10)] for q in queries]
+        answers = [reader.search_image(q, 10) for q in queries]
+        got = [[r.relpath for r in a] for a in answers]
         agree = sum(len(set(a) & set(b)) for a, b in zip(got, expected, strict=True)) / (
             10 * len(queries))
+        precision = sum(r.label == label for a, label in zip(answers, labels, strict=True)
+                        for r in a) / (10 * len(queries))
         ratio = "1.00x" if name == "one index" else ratio_summary(timed["one index"], side)
         rows.append(f"| {name} | {side.summary(1e3 / len(queries), 2)} | {ratio} "
-                    f"(time ratio one / this) | {agree:.3f} |")
+                    f"(time ratio one / this) | {agree:.3f} | {100 * precision:.1f} |")
     print(header())
     print(f"Fashion-MNIST t10k ({len(files)} images), encoder {args.encoder}, index defaults; "
           f"{len(queries)} queries one after another, k = 10; {args.runs} rounds.")
