@@ -44,7 +44,9 @@ state = AppState.open(sys.argv[1], settings=settings)
 state.start_thumbnail_warmup().join()
 serve(state, port=int(sys.argv[2]), block=True)
 """
-ROUTES = (("gradio_client `/search`", gradio_queries), ("JSON route", json_queries))
+ROUTES = {"gradio": ("gradio_client `/search`", gradio_queries),
+          "json": ("JSON route", json_queries)}
+SERVERS = {"unbatched": ("one at a time", False), "batched": ("batched", True)}
 
 
 def start(index: Path, batched: bool, concurrency: int, log: Path) -> tuple[subprocess.Popen,
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 20])
     parser.add_argument("--per-client", type=int, default=25)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
     parser.add_argument("--work", type=Path, default=REPO / ".bench/serving")
     parser.add_argument("--quick", action="store_true", help="200 images, 1 and 2 clients")
     args = parser.parse_args(argv)
@@ -108,17 +112,18 @@ def main(argv: list[str] | None = None) -> None:
     if not (index / "manifest.json").exists():
         build_index_dir(images, encoder, index, progress=False)
     files = sorted(images.rglob("*.png"))
-    servers = {name: start(index, batched, args.concurrency, args.work / f"{name}.log")
-               for name, batched in (("one at a time", False), ("batched", True))}
+    routes = [ROUTES[r] for r in args.routes]
+    servers = {name: start(index, batched, args.concurrency, args.work / f"{key}.log")
+               for key, (name, batched) in SERVERS.items() if key in args.servers}
     lines = ["| route | clients | server | queries | errors | queries/s | p50 ms | p95 ms |",
              "|---|---|---|---|---|---|---|---|"]
     try:
         with LoadWatch() as load:
             for _, url in servers.values():  # warm-up: 10 queries a route
-                for _, fn in ROUTES:
+                for _, fn in routes:
                     fn(url, files[-10:], 1)
             offset = 0
-            for route, fn in ROUTES:
+            for route, fn in routes:
                 for clients in args.clients:
                     queries = files[offset:offset + clients * args.per_client]
                     offset += len(queries)

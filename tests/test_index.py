@@ -61,9 +61,14 @@ def broken_paths(index_dir: Path) -> set[str]:
         return {r.path for r in store.iter_rows(BROKEN)}
 
 
-def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "groco.cli", *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=120, **kwargs)
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`groco ARGS` in this process (stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 # ----------------------------------------------------------------------------- build, search

@@ -5,7 +5,6 @@ killed build that reruns without duplicates."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -270,11 +269,13 @@ def test_merge_on_disk_equals_a_single_in_ram_build(collection, encoder_file,
 
 
 def test_help_names_the_new_options() -> None:
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
     def help_of(*command: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "groco.cli", *command, "--help"],
-                                capture_output=True, text=True, cwd=REPO, timeout=60,
-                                env={**os.environ, "COLUMNS": "200"})
-        assert result.returncode == 0, result.stderr
+        result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.stderr
         return result.stdout
 
     build = help_of("index", "build")
