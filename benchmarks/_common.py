@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -116,3 +117,12 @@ def memory_status(field: str) -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def index_of(images: Path, encoder: Path, out: Path) -> Path:
+    """``out``: an index of ``images`` built with ``encoder`` (kept when already built)."""
+    from groco.index.build import build_index_dir
+
+    if not (out / "manifest.json").exists():
+        build_index_dir(images, encoder, out, progress=False)
+    return out

@@ -148,12 +148,15 @@ def _spread(one, queries: list[Path], clients: int) -> np.ndarray:
         return np.array([t for part in pool.map(one, chunks) for t in part]) * 1000
 
 
-def start_server(index: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(index: Path, log: Path, code: str = SERVER,
+                 args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Run ``code`` (argv: index, port, ``args``) in its own process, logging to ``log``;
+    returns it and its URL once the JSON route answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with open(log, "wb") as out:  # a file, not a pipe nobody reads while timing
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(index), str(port)],
+        server = subprocess.Popen([sys.executable, "-c", code, str(index), str(port), *args],
                                   stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 600

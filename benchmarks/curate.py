@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header  # noqa: E402
+from _common import header, index_of  # noqa: E402
 from fashion_mnist import CLASSES, read_idx, write_folder  # noqa: E402
 from index_map import encoders  # noqa: E402
 
@@ -69,14 +69,6 @@ def planted_folder(root: Path, clean: Path, count: int | None) -> Path:
         Image.fromarray(noise).save(folder / "planted" / f"noise-{i:03d}.png")
     (folder / ".complete").write_text("ok\n")
     return folder
-
-
-def index_of(images: Path, encoder: Path, out: Path) -> Path:
-    from groco.index.build import build_index_dir
-
-    if not (out / "manifest.json").exists():
-        build_index_dir(images, encoder, out, progress=False)
-    return out
 
 
 def outlier_rows(index: Path) -> list[str]:

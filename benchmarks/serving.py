@@ -19,7 +19,6 @@ searches at once on every server (the app's ``settings.concurrency``).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header  # noqa: E402
-from app import export_untrained, gradio_queries, json_queries  # noqa: E402
+from app import export_untrained, gradio_queries, json_queries, start_server  # noqa: E402
 from fashion_mnist import write_folder  # noqa: E402
 from timing import LoadWatch  # noqa: E402
 
@@ -47,32 +46,6 @@ serve(state, port=int(sys.argv[2]), block=True)
 ROUTES = {"gradio": ("gradio_client `/search`", gradio_queries),
           "json": ("JSON route", json_queries)}
 SERVERS = {"unbatched": ("one at a time", False), "batched": ("batched", True)}
-
-
-def start(index: Path, batched: bool, concurrency: int, log: Path) -> tuple[subprocess.Popen,
-                                                                             str]:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(index), str(port),
-                                   "1" if batched else "0", str(concurrency)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server failed: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}groco/api/browse?page=1", timeout=5)
-            return server, url
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit("server did not start in 10 minutes")
 
 
 def row(fn, url: str, queries: list[Path], clients: int) -> dict[str, float]:
@@ -113,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         build_index_dir(images, encoder, index, progress=False)
     files = sorted(images.rglob("*.png"))
     routes = [ROUTES[r] for r in args.routes]
-    servers = {name: start(index, batched, args.concurrency, args.work / f"{key}.log")
+    servers = {name: start_server(index, args.work / f"{key}.log", SERVER,
+                                  ("1" if batched else "0", str(args.concurrency)))
                for key, (name, batched) in SERVERS.items() if key in args.servers}
     lines = ["| route | clients | server | queries | errors | queries/s | p50 ms | p95 ms |",
              "|---|---|---|---|---|---|---|---|"]

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header  # noqa: E402
+from _common import header, index_of  # noqa: E402
 from fashion_mnist import write_folder  # noqa: E402
 from index_map import encoders  # noqa: E402
 from timing import LoadWatch, interleaved, ratio_summary, threads_line  # noqa: E402
@@ -46,14 +46,6 @@ def split(images: Path, out: Path, count: int) -> list[Path]:
     for p in parts:
         (p / ".complete").write_text("ok\n")
     return parts
-
-
-def index_of(images: Path, encoder: Path, out: Path) -> Path:
-    from groco.index.build import build_index_dir
-
-    if not (out / "manifest.json").exists():
-        build_index_dir(images, encoder, out, progress=False)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
