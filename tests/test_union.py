@@ -144,7 +144,9 @@ def test_the_server_searches_the_union_through_every_route(shards, tmp_path: Pat
     app, url = launch_app([shards["a"], shards["b"], tmp_path / "gone"], port=free_port(),
                           block=False)
     try:
-        answer = _post(f"{url}groco/api/search?k=8", query.read_bytes())["results"]
+        full = _post(f"{url}groco/api/search?k=8", query.read_bytes())
+        assert list(full["missing"]) == [str(tmp_path / "gone")]  # named, not a failure
+        answer = full["results"]
         assert [r["relpath"] for r in answer] == [r.relpath for r in expected]
         np.testing.assert_allclose([r["score"] for r in answer],
                                    [r.score for r in expected], atol=1e-5)
@@ -153,6 +155,7 @@ def test_the_server_searches_the_union_through_every_route(shards, tmp_path: Pat
         _, status, raw = client.predict(gradio_client.handle_file(str(query)), 8, "all",
                                         api_name="/search")
         assert [r["relpath"] for r in raw] == [r.relpath for r in expected]
+        assert f"shard left out: `{tmp_path / 'gone'}`" in status
         # more like a result of the second shard, by its union id
         other = next(r for r in raw if r["id"] >= ID_STRIDE)
         with ShardUnion([shards["a"], shards["b"]]) as union:

@@ -14,7 +14,8 @@ caps). Query parameters: ``k``, ``label`` (a folder, or ``all``), ``min_score`` 
 cut-off, -1 for none), ``distinct`` (``1``: near copies collapsed, each group once). The
 answer is ``{"results": [{"id", "relpath", "score", "label", "copies", "thumbnail"}], "ms":
 server time}`` with ``copies`` the near copies hidden behind a result (``distinct``) and
-``thumbnail`` a URL path on this server;
+``thumbnail`` a URL path on this server; serving several index directories, ``"missing":
+{index directory: reason}`` names the shards left out of the answer;
 a bad request gets HTTP 400 and ``{"error": "one line"}``. At most
 ``settings.concurrency`` requests run at once and ``settings.queue_size`` more wait, as
 in the UI's queue; past that a request gets HTTP 429 (``Retry-After: 1``) at once.
@@ -91,7 +92,8 @@ class JsonApi:
             rows.append({"id": r.id, "relpath": r.relpath, "score": r.score, "label": r.label,
                          "copies": r.copies,
                          "thumbnail": file_url(thumb) if thumb is not None else None})
-        return {"results": rows}
+        missing = self.state.missing_shards()
+        return {"results": rows, **({"missing": missing} if missing else {})}
 
     @staticmethod
     def _params(request: Request) -> tuple[str, str, str | None, str]:

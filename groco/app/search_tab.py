@@ -51,8 +51,11 @@ class SearchHandlers:
 
     def _answer(self, results: list[Result], started: float, what: str):
         seconds = time.perf_counter() - started
-        return (self.state.gallery(results), _status(results, seconds, what),
-                results_json(results), [r.id for r in results])
+        status = _status(results, seconds, what) + "".join(
+            f" · shard left out: `{path}` ({why})"
+            for path, why in self.state.missing_shards().items())
+        return (self.state.gallery(results), status, results_json(results),
+                [r.id for r in results])
 
     def search(self, image: Any, k: float, label: str, min_score: float = -1.0,
                distinct: bool = False):

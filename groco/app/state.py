@@ -222,6 +222,13 @@ class AppState:
         shard, row = self.union.row(item)
         return shard * ID_STRIDE + row.id, row
 
+    def missing_shards(self) -> dict[str, str]:
+        """The shards of a union left out of the answers, ``{index directory: reason}``
+        (empty for one index)."""
+        if self.union is None:
+            return {}
+        return {str(path): why for path, why in self.union.missing.items()}
+
     def row(self, item: int | str) -> FileRow:
         """The metadata row of an id or a relative path; ``KeyError`` for neither."""
         return self._row(item)[1]
