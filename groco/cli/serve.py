@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 
 def serve(
-    index: list[Path] = typer.Argument(..., help="Index directory; several (built with one "
-                                                  "encoder) are searched as one."),
+    index: list[Path] = typer.Argument(..., metavar="INDEX",
+                                       help="Index directory; several (built with one "
+                                            "encoder) are searched as one."),
     host: str = typer.Option("127.0.0.1", help="Address to bind to; any other than this "
                                                 "machine's loopback needs --auth (or --no-auth)."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
