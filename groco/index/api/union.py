@@ -33,6 +33,7 @@ import numpy as np
 
 from ..manifest import IndexDirError, IndexMismatchError
 from ..search import QueryImage, Result
+from ..store import FileRow
 from .reader import IndexReader
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class ShardUnion:
                                   distinct=distinct, near_copy=near_copy,
                                   exclude=shard * ID_STRIDE + row.id)
 
-    def row(self, item: int | str | Path):
+    def row(self, item: int | str | Path) -> tuple[int, FileRow]:
         """``(shard, FileRow)`` of a union id or a path; ``KeyError`` when no shard has it."""
         readers = self._alive()
         if isinstance(item, (int, np.integer)):

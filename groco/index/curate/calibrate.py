@@ -49,7 +49,7 @@ from groco.images import ImageError, load_image
 
 from .. import shards
 from ..manifest import IndexDirError, check_encoder_hash
-from ..neighbours import DEFAULT_K, ensure_graph, read_graph
+from ..neighbours import DEFAULT_K, NeighbourGraph, ensure_graph, read_graph
 from ..store import DB_NAME, Store
 
 NAME = "calibration.json"
@@ -183,7 +183,7 @@ def calibrate(index_dir: str | Path, sample: int = SAMPLE, seed: int = 0,
     return result
 
 
-def _nearest_distinct(index_dir: Path, graph, ids: np.ndarray) -> np.ndarray:
+def _nearest_distinct(index_dir: Path, graph: NeighbourGraph, ids: np.ndarray) -> np.ndarray:
     """Each of ``ids``' cosine to its nearest other item that is not a byte copy of it
     (known by the content hash; -1 when the graph holds none)."""
     rows = np.searchsorted(graph.ids, ids)
