@@ -146,14 +146,16 @@ def test_every_kind_of_upload_ranks_as_groco_search_does(served, tmp_path):
 
 def test_transparent_upload_matches_the_search_command(served, tmp_path):
     import json
-    import subprocess
-    import sys
 
     _, index, url = served
     query = _odd_queries(tmp_path / "queries")["rgba"]
     _, _, raw = _search(url, query, k=6)
-    out = subprocess.run([sys.executable, "-m", "groco.cli", "search", str(index), str(query),
-                          "-k", "6", "--json"], capture_output=True, text=True, check=True)
+    from typer.testing import CliRunner
+
+    from groco.cli import app
+
+    out = CliRunner().invoke(app, ["search", str(index), str(query), "-k", "6", "--json"])
+    assert out.exit_code == 0, out.output
     expected = json.loads(out.stdout)["results"]
     assert _ranked(raw) == _ranked(expected)
     assert _scores(raw) == pytest.approx(_scores(expected), abs=1e-5)
