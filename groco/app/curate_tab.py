@@ -88,7 +88,7 @@ class CurateHandlers:
         item = ids[int(evt.index)]
         try:
             results = self.state.more_like(item, k)
-            _, row = self.state.thumbnail(item)
+            row = self.state.row(item)
         except UploadError as error:
             raise gr.Error(str(error)) from None
         return (self.state.gallery(results),

@@ -72,13 +72,7 @@ class AppState:
         (self.union or self.searcher).close()
 
     def _label_counts(self) -> dict[str, int]:
-        if self.union is None:
-            return self.searcher.label_counts()
-        counts: dict[str, int] = {}
-        for reader in self.union.readers.values():
-            for label, n in reader.label_counts().items():
-                counts[label] = counts.get(label, 0) + n
-        return counts
+        return (self.union or self.searcher).label_counts()
 
     def start_index_watch(self) -> threading.Thread:
         """Look for a newer index state every ``settings.refresh_seconds`` in a background

@@ -109,13 +109,20 @@ class Searcher:
 
     # -- queries
 
+    def preprocess_image(self, image: QueryImage) -> np.ndarray:
+        """A path, bytes, file object or PIL image as the encoder's input array.
+
+        :class:`groco.images.ImageError` for an image that cannot be decoded.
+        """
+        picture = image if isinstance(image, Image.Image) else load_image(image)
+        return self.encoder.preprocess(picture)
+
     def embed_image(self, image: QueryImage) -> np.ndarray:
         """The ``(dim,)`` unit embedding of a path, bytes, file object or PIL image.
 
         :class:`groco.images.ImageError` for an image that cannot be decoded.
         """
-        picture = image if isinstance(image, Image.Image) else load_image(image)
-        return self.encoder.embed_arrays(self.encoder.preprocess(picture)[None])[0]
+        return self.encoder.embed_arrays(self.preprocess_image(image)[None])[0]
 
     def search_image(self, image: QueryImage, k: int = 10,
                      min_score: float | None = None) -> list[Result]:

@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
-from groco.images import load_image
 
 from ..curate import DEFAULT_SCORE, CuratedFile, SampleReport, find_outliers, pick_sample
 from ..curate.calibrate import read_calibration
@@ -115,11 +112,9 @@ class IndexReader:
         (:class:`groco.images.ImageError` for one that cannot be decoded). Decoded and
         preprocessed in the calling thread; queries from several threads at once are
         embedded together (:mod:`.batcher`)."""
-        picture = image if isinstance(image, Image.Image) else load_image(image)
-        array = self.encoder.preprocess(picture)
         if not self.batch_queries:
-            return self.encoder.embed_arrays(array[None])[0]
-        return self._embedder().embed(array)
+            return self._searcher.embed_image(image)
+        return self._embedder().embed(self._searcher.preprocess_image(image))
 
     def _embedder(self) -> QueryBatcher:
         with self._lock:

@@ -104,6 +104,14 @@ class ShardUnion:
         with self._lock:
             return {s: r for s, r in self.readers.items() if s not in self._missing}
 
+    def label_counts(self) -> dict[str, int]:
+        """How many embedded images each folder label has, over the shards served."""
+        counts: dict[str, int] = {}
+        for reader in self._alive().values():
+            for label, n in reader.label_counts().items():
+                counts[label] = counts.get(label, 0) + n
+        return counts
+
     def shard_of(self, union_id: int) -> Path:
         """The index directory an item of the union comes from."""
         return self.index_dirs[int(union_id) // ID_STRIDE]
