@@ -3,6 +3,7 @@
     python -m benchmarks                   # every table of BENCHMARKS.md (hours on 2 cores)
     python -m benchmarks --quick           # each script on tiny inputs (CI runs this)
     python -m benchmarks --only sorting encoder --out .bench/tables.md
+    python -m benchmarks --gpu             # the GPU path on a CUDA machine (benchmarks/gpu.py)
     python -m benchmarks --list
 
 Each script runs in its own process (``python benchmarks/NAME.py ARGS``), one after
@@ -58,6 +59,7 @@ class Script:
     quick: tuple[str, ...] | None = ("--quick",)
     needs_fmnist: bool = False
     needs_weights: bool = False
+    needs_cuda: bool = False
     why: str = ""
 
     def argv(self, quick: bool, weights: Path, work: Path) -> list[str]:
@@ -121,6 +123,9 @@ SCRIPTS: tuple[Script, ...] = (
                   "--max-steps-per-epoch", "2", "--data-dir", WORK, "--out", WORK + "-out",
                   *TINY_TRAIN),
            needs_fmnist=True, needs_weights=True),
+    Script("gpu", "gpu.py", full=("--weights", WEIGHTS, "--work", WORK),
+           quick=("--quick", "--weights", WEIGHTS, "--work", WORK),
+           needs_cuda=True),
     Script("serving", "serving.py", quick=None, needs_fmnist=True,
            why="two servers and up to 20 gradio_client users each (minutes); the batcher "
                "is tested by tests/test_batcher.py, the routes by tests/test_app*.py"),
@@ -153,10 +158,19 @@ def random_lite0(path: Path) -> Path:
     return path
 
 
+def cuda_device() -> bool:
+    """Whether torch sees a CUDA device (asked in a child, so this process stays light)."""
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() == "True"
+
+
 def missing(script: Script, quick: bool, weights: Path | None) -> str | None:
     """Why ``script`` cannot run in this mode here, or None."""
     if quick:
         return None if script.quick is not None else f"not in the quick mode: {script.why}"
+    if script.needs_cuda and not cuda_device():
+        return "no CUDA device here (its quick mode runs on the CPU)"
     if script.needs_fmnist and not Path(os.environ.get("GROCO_FMNIST_DIR", FMNIST)).is_dir():
         return f"{FMNIST} not found: apt-get install dataset-fashion-mnist"
     if script.needs_weights and weights is None:
@@ -261,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="scripts run at a time [default: 1, so no two timings share "
                              "the CPU; only with --quick may it be more]")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU path only (benchmarks/gpu.py: training, export and index "
+                             "on CUDA), into .bench/tables-gpu.md")
     parser.add_argument("--list", action="store_true", help="list the scripts and exit")
     args = parser.parse_args(argv)
     by_name = {s.name: s for s in SCRIPTS}
@@ -274,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only or []) - set(by_name))
     if unknown:
         parser.error(f"unknown script(s) {', '.join(unknown)}; see --list")
-    scripts = [by_name[n] for n in args.only] if args.only else list(SCRIPTS)
-    out = args.out or REPO / ".bench" / ("tables-quick.md" if args.quick else "tables.md")
+    if args.gpu and args.only:
+        parser.error("--gpu runs the gpu script alone: not with --only")
+    names = ["gpu"] if args.gpu else args.only
+    scripts = [by_name[n] for n in names] if names else list(SCRIPTS)
+    default = "tables-gpu.md" if args.gpu else "tables.md"
+    out = args.out or REPO / ".bench" / ("tables-quick.md" if args.quick else default)
     timeout = args.timeout if args.timeout is not None else (300.0 if args.quick else None)
     return 1 if run_all(scripts, args.quick, out, timeout, args.jobs) else 0
 

@@ -59,7 +59,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, retrieval_figures  # noqa: E402
 from fashion_mnist import write_folder  # noqa: E402
 
-GROCO = str(Path(sys.executable).with_name("groco"))
+GROCO = ([str(Path(sys.executable).with_name("groco"))]
+         if Path(sys.executable).with_name("groco").is_file()
+         else [sys.executable, "-m", "groco.cli"])
+"""The product's command: its entry point, or ``python -m groco.cli`` where the project is
+on the path without being installed (a GPU machine's own Python)."""
 BOX = " \t│╭╰╮╯─"  # typer's error panel
 ALL_ROWS = ["raw", "untrained", "pretrained", "groco", "simclr", "scratch"]
 
@@ -91,11 +95,12 @@ def run_step(command: list[str], log: Path, timeout: float | None = None) -> flo
             done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, text=True,
                                   timeout=timeout, check=False)
         except subprocess.TimeoutExpired as error:
-            raise StepFailed(f"{command[1]} ran past {timeout:.0f} s") from error
+            raise StepFailed(f"{command[len(GROCO)]} ran past {timeout:.0f} s") from error
     if done.returncode != 0:
         lines = [line.strip(BOX) for line in log.read_text().splitlines()]
         lines = [line for line in lines if any(c.isalnum() for c in line)]
-        raise StepFailed(f"`{' '.join(command[1:3])}` exited {done.returncode}: "
+        sub = " ".join(command[len(GROCO):len(GROCO) + 2])
+        raise StepFailed(f"`{sub}` exited {done.returncode}: "
                          f"{lines[-1] if lines else 'no output'}")
     return time.perf_counter() - started
 
@@ -193,18 +198,18 @@ def make_encoder(row: Row, work: Path, bank: Path, timeout: float) -> dict:
     encoder = work / "encoder.onnx"
     facts: dict = {"encoder": str(encoder)}
     if row.train is None:
-        seconds = run_step([GROCO, "export", *row.export, "--out", str(encoder)],
+        seconds = run_step([*GROCO, "export", *row.export, "--out", str(encoder)],
                            work / "export.log", timeout)
         facts["export_seconds"] = round(seconds, 1)
         return facts
     run_dir = work / "run"
-    seconds = run_step([GROCO, "train", str(bank), "--out", str(run_dir), *row.train],
+    seconds = run_step([*GROCO, "train", str(bank), "--out", str(run_dir), *row.train],
                        work / "train.log", timeout)
     metrics = read_metrics(run_dir)
     speed = train_speed(metrics)
     facts.update(train_minutes=round(seconds / 60, 2), metrics=metrics,
                  train_images_per_s=None if speed is None else round(speed, 1))
-    seconds = run_step([GROCO, "export", str(run_dir), "--out", str(encoder)],
+    seconds = run_step([*GROCO, "export", str(run_dir), "--out", str(encoder)],
                        work / "export.log", timeout)
     facts["export_seconds"] = round(seconds, 1)
     facts["export_log"] = (work / "export.log").read_text().splitlines()[1:4]
@@ -220,7 +225,7 @@ def measure(row: Row, work: Path, bank: Path, queries: Path | None, classes: lis
         encoder = result["encoder"]
         index_options = ["--index-type", "Flat", "--no-progress", "--workers",
                          str(max(args.workers, 1))]
-        seconds = run_step([GROCO, "index", "build", str(bank), "--encoder", encoder, "--out",
+        seconds = run_step([*GROCO, "index", "build", str(bank), "--encoder", encoder, "--out",
                             str(work / "index"), *index_options], work / "index.log",
                            args.step_timeout)
         bank_x, bank_names = index_vectors(work / "index")
@@ -229,7 +234,7 @@ def measure(row: Row, work: Path, bank: Path, queries: Path | None, classes: lis
         if queries is None:
             figures = retrieval_figures(bank_x, bank_y)
         else:
-            run_step([GROCO, "index", "build", str(queries), "--encoder", encoder, "--out",
+            run_step([*GROCO, "index", "build", str(queries), "--encoder", encoder, "--out",
                       str(work / "queries"), *index_options], work / "queries.log",
                      args.step_timeout)
             query_x, query_names = index_vectors(work / "queries")
@@ -439,7 +444,7 @@ def main() -> None:
     (out / "table.md").write_text(header() + "\n" + description + "\n\n" + text + "\n")
     indexes = [str(out / r["key"] / "index") for r in results if "error" not in r]
     if indexes:
-        done = subprocess.run([GROCO, "index", "eval", *indexes], capture_output=True,
+        done = subprocess.run([*GROCO, "index", "eval", *indexes], capture_output=True,
                               text=True, check=False)
         print("\n`groco index eval` over the bank indexes:\n")
         print(done.stdout.strip() or done.stderr.strip().splitlines()[-1])
