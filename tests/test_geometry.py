@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import timm
@@ -47,8 +48,12 @@ def test_a_geometry_reads_and_names_its_short_form():
     for bad in ("s1", "4", "96px"):
         with pytest.raises(ValueError, match="64s1"):
             Geometry.parse(bad)
-    assert candidates((64, 96)) == [Geometry(64), Geometry(64, True), Geometry(96),
-                                    Geometry(96, True)]
+    assert candidates((64, 96), raw_sizes=()) == [Geometry(64), Geometry(64, True),
+                                                  Geometry(96), Geometry(96, True)]
+    assert Geometry.parse("RAW32") == Geometry(32, raw=True) and Geometry(32, raw=True).name \
+        == "raw32"
+    assert [g.name for g in candidates((64,), raw_sizes=(32, 16))] == ["64", "64s1", "raw16",
+                                                                       "raw32"]
 
 
 def test_labels_choose_by_knn_and_a_tie_goes_to_the_cheaper():
@@ -63,6 +68,59 @@ def test_labels_choose_by_knn_and_a_tie_goes_to_the_cheaper():
     assert choose(rows, labelled=False)[0] == Geometry(64, True)
     with pytest.raises(ValueError, match="max-cost"):
         choose(rows[3:], labelled=True)
+
+
+def test_raw_pixels_are_chosen_with_labels_for_an_export_only():
+    rows = [GeometryScore(Geometry(64), 0.1, knn_top1=0.80),
+            GeometryScore(Geometry(32, raw=True), 0.0, knn_top1=0.83)]
+    assert choose(rows, labelled=True)[0] == Geometry(32, raw=True)
+    assert choose(rows, labelled=True, networks_only=True)[0] == Geometry(64)
+    rows[1].knn_top1 = 0.804  # a tie goes to the cheaper: raw pixels cost nothing
+    assert choose(rows, labelled=True)[0] == Geometry(32, raw=True)
+    assert choose(rows, labelled=False)[0] == Geometry(64)  # no labels: never raw
+
+
+def test_a_raw_candidate_scores_what_the_raw_pixel_encoder_searches(start, tmp_path):
+    """The raw row's k-NN is the k-NN of the file `groco export --raw-pixels` writes, on
+    the same images: what is chosen is what ships."""
+    from groco.encoder.baselines import export_raw_pixels
+    from groco.encoder.runtime import Encoder
+    from groco.images import find_images
+    from groco.knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+
+    weights, images = start
+    choice = score_geometries("test_resnet", images, [Geometry(16, raw=True)],
+                              weights=weights, sample=1000, workers=0)
+    row = choice.rows[0]
+    assert row.cost == 0.0 and row.skipped is None
+    export_raw_pixels(16, tmp_path / "raw.onnx", data=images)
+    files = find_images(images)
+    vectors = Encoder(tmp_path / "raw.onnx").embed(files)
+    labels = np.array([sorted({f.parent.name for f in files}).index(f.parent.name)
+                       for f in files])
+    expected = knn_accuracy(vectors, labels, vectors, labels, exclude_self=True, k=KNN_K,
+                            temperature=KNN_TEMPERATURE, num_classes=3)
+    assert row.knn_top1 == pytest.approx(expected, abs=1e-6)
+
+
+def test_export_auto_writes_raw_pixels_when_they_win_and_train_refuses_them(start, tmp_path):
+    weights, images = start
+    out = tmp_path / "start.onnx"
+    runner = CliRunner()
+    result = runner.invoke(app, [  # every network over the cap: raw pixels win
+        "export", "--backbone", "test_resnet", "--weights", str(weights), "--data",
+        str(images), "--geometry", "auto", "--max-cost", "0.001", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "writing the raw-pixel encoder" in result.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["groco.backbone"] == "raw-pixels"
+    record = json.loads((tmp_path / "start.onnx.geometry.json").read_text())
+    assert record["raw"] and record["chosen"] == f"raw{meta['groco.input_size']}"
+    result = runner.invoke(app, ["train", str(images), "--out", str(tmp_path / "run"),
+                                 "--backbone", "test_resnet", "--weights", str(weights),
+                                 "--geometry", "raw32"])
+    assert result.exit_code == 1 and "nothing to train" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_score_measures_cost_and_knn_and_skips_what_the_cap_excludes(start, one_thread):

@@ -35,7 +35,8 @@ def export(
                                     help="--backbone's stem, as `groco train` takes it "
                                          "(default: the same automatic choice)."),
     geometry: str = typer.Option(None, "--geometry", help="--backbone's input size and "
-                                 "stem: auto (scored on --data) or e.g. 96, 64s1."),
+                                 "stem: auto (scored on --data, raw pixels among the "
+                                 "candidates with labels) or e.g. 96, 64s1, raw32."),
     max_cost: float = typer.Option(DEFAULT_MAX_COST, "--max-cost", help="--geometry auto: "
                                    "FLOPs cap, relative to the network at its pretraining "
                                    "size.", min=0.001, max=1000.0),
@@ -79,13 +80,19 @@ def export(
                 chosen = resolve_geometry(geometry, backbone, data, pretrained=pretrained,
                                           weights=weights, max_cost=max_cost,
                                           record=out.with_name(out.name + ".geometry.json"),
+                                          networks_only=precision != "fp32",
                                           progress=typer.echo)
                 image_size, small_stem = chosen.image_size, chosen.small_stem
-
-            report = export_backbone(backbone, image_size or 224, out, pretrained=pretrained,
-                                     weights=weights, precision=precision, data=data,
-                                     small_stem=small_stem)
-        else:
+                if chosen.raw:
+                    raw_pixels = chosen.image_size
+                    typer.echo(f"geometry {chosen.name}: writing the raw-pixel encoder at "
+                               f"{raw_pixels} px, not {backbone}")
+            if raw_pixels is None:
+                report = export_backbone(backbone, image_size or 224, out,
+                                         pretrained=pretrained, weights=weights,
+                                         precision=precision, data=data,
+                                         small_stem=small_stem)
+        if raw_pixels is not None:
             from groco.encoder.baselines import export_raw_pixels
 
             if precision != "fp32":

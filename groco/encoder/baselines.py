@@ -69,6 +69,21 @@ def raw_pixel_embeddings(batch: np.ndarray, centre: bool = RAW_PIXELS_CENTRE) ->
     return flat / np.maximum(norm, np.float32(L2_EPS))
 
 
+def raw_pixel_network(centre: bool = RAW_PIXELS_CENTRE):
+    """:func:`raw_pixel_embeddings` before its L2 step as a ``torch.nn.Module`` on
+    preprocessed ``(N, 3, S, S)`` batches (``flatten``, then ``- mean`` when ``centre``):
+    the raw-pixel encoder in the shape the training monitor scores a backbone."""
+    import torch
+    from torch import nn
+
+    class RawPixels(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            flat = x.flatten(1)
+            return flat - flat.mean(dim=1, keepdim=True) if centre else flat
+
+    return RawPixels()
+
+
 def raw_pixel_body(size: int, centre: bool = RAW_PIXELS_CENTRE,
                    opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """The body ``images (batch, 3, S, S) -> features (batch, 3 S^2)`` of the raw-pixel

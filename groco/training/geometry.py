@@ -2,12 +2,15 @@
 
 A geometry is an input size and, for a CNN, the stem's stride: ``96`` is 96 px through the
 network's own (stride-2) stem, ``64s1`` is 64 px with the stem's stride set to 1 (4x the
-pixels through the body, the pretrained 3x3 weights kept). Which one searches a collection
-best is not knowable in advance (FixRes, Touvron et al. 2019: a network serves best at a
-higher resolution than it trained at, and small images gain from the stride-1 stem), so
-:func:`score_geometries` measures each candidate on a sample of the collection, with the
-training monitor's own scores (:class:`groco.training.trainer.monitor.Monitor`: the
-figures epoch 0 of a run at that geometry would log):
+pixels through the body, the pretrained 3x3 weights kept). ``raw32`` is no network at all:
+the raw-pixel encoder at 32 x 32 (``groco export --raw-pixels 32``), scored beside the
+network so that a collection where pixels search best (small aligned scans) gets them.
+Which one searches a collection best is not knowable in advance (FixRes, Touvron et al.
+2019: a network serves best at a higher resolution than it trained at, and small images
+gain from the stride-1 stem), so :func:`score_geometries` measures each candidate on a
+sample of the collection, with the training monitor's own scores
+(:class:`groco.training.trainer.monitor.Monitor`: the figures epoch 0 of a run at that
+geometry would log):
 
 - with 2+ labelled folders, weighted k-NN top-1 (leave-one-out on the sample);
 - without labels, copy retrieval (:func:`groco.training.labelfree.copy_retrieval`) when
@@ -17,8 +20,10 @@ figures epoch 0 of a run at that geometry would log):
 **Cost** of a geometry: the network's forward FLOPs for one image
 (``torch.utils.flop_counter``), relative to the same network at the input size its weights
 were trained at (timm's ``pretrained_cfg["input_size"]``; 224 when it has none). A
-candidate costing more than ``max_cost`` is listed but not scored. Among scores within
-:data:`TIE` of the best, the cheapest wins.
+candidate costing more than ``max_cost`` is listed but not scored. A raw-pixel candidate
+costs 0. Among scores within :data:`TIE` of the best, the cheapest wins. Raw pixels are chosen
+only with labels, and only for an export: ``groco train`` chooses among the network's
+geometries and says when raw pixels scored higher.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (64, 96, 128)
 """Input sizes tried by default, each with the network's own stem and the stride-1 stem."""
+RAW_SIZES = (16, 32)
+"""Raw-pixel candidates tried by default (``raw16``, ``raw32``)."""
 DEFAULT_MAX_COST = 1.0
 """Candidates cost at most the network at its own pretraining resolution."""
 SAMPLE = 1000
@@ -55,31 +62,39 @@ most pixels through its body). On the benchmarks it picks 96s1: the best on Fash
 
 @dataclass(frozen=True, order=True)
 class Geometry:
-    """An input size and whether the stem's stride is set to 1."""
+    """An input size and whether the stem's stride is set to 1; or (``raw``) the raw-pixel
+    encoder at that size."""
 
     image_size: int
     small_stem: bool = False
+    raw: bool = False
 
     @property
     def name(self) -> str:
+        if self.raw:
+            return f"raw{self.image_size}"
         return f"{self.image_size}{'s1' if self.small_stem else ''}"
 
     @classmethod
     def parse(cls, text: str) -> Geometry:
-        """``96`` or ``64s1``; ``ValueError`` naming what it cannot read."""
+        """``96``, ``64s1`` or ``raw32``; ``ValueError`` naming what it cannot read."""
         text = text.strip().lower()
-        stem = text.endswith("s1")
-        size = text.removesuffix("s1")
+        raw = text.startswith("raw")
+        stem = text.endswith("s1") and not raw
+        size = text.removeprefix("raw").removesuffix("s1") if not raw else text[3:]
         if not size.isdigit() or int(size) < 8:
             raise ValueError(f"geometry {text!r}: use a size of 8+ px, with s1 for the "
-                             "stride-1 stem (e.g. 96 or 64s1)")
-        return cls(int(size), stem)
+                             "stride-1 stem or raw for raw pixels (e.g. 96, 64s1, raw32)")
+        return cls(int(size), stem, raw)
 
 
-def candidates(sizes: Sequence[int] = DEFAULT_SIZES, stems: bool = True) -> list[Geometry]:
-    """Every size with the network's own stem, and with the stride-1 stem when ``stems``."""
-    return sorted({Geometry(s, stem) for s in sizes for stem in ((False, True) if stems
-                                                                  else (False,))})
+def candidates(sizes: Sequence[int] = DEFAULT_SIZES, stems: bool = True,
+               raw_sizes: Sequence[int] = RAW_SIZES) -> list[Geometry]:
+    """Every size with the network's own stem, and with the stride-1 stem when ``stems``;
+    then raw pixels at each of ``raw_sizes``."""
+    network = sorted({Geometry(s, stem) for s in sizes for stem in ((False, True) if stems
+                                                                     else (False,))})
+    return network + [Geometry(s, raw=True) for s in sorted(set(raw_sizes))]
 
 
 @dataclass
@@ -95,7 +110,8 @@ class GeometryScore:
 
     def to_dict(self) -> dict[str, Any]:
         return {"geometry": self.geometry.name, "image_size": self.geometry.image_size,
-                "small_stem": self.geometry.small_stem, "cost": self.cost,
+                "small_stem": self.geometry.small_stem, "raw": self.geometry.raw,
+                "cost": self.cost,
                 "knn_top1": self.knn_top1, "copy_top1": self.copy_top1,
                 "seconds": round(self.seconds, 2), "skipped": self.skipped}
 
@@ -116,6 +132,7 @@ class GeometryChoice:
     def to_dict(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "chosen": self.chosen.name,
                 "image_size": self.chosen.image_size, "small_stem": self.chosen.small_stem,
+                "raw": self.chosen.raw,
                 "criterion": self.criterion, "sample": self.sample,
                 "max_cost": self.max_cost, "labelled": self.labelled,
                 "rows": [r.to_dict() for r in self.rows], "notes": self.notes}
@@ -158,9 +175,12 @@ def pretraining_size(backbone: Any) -> int:
     return int(size[-1])
 
 
-def choose(rows: Sequence[GeometryScore], labelled: bool) -> tuple[Geometry, str]:
-    """The chosen geometry of the scored ``rows`` and the criterion that chose it."""
-    scored = [r for r in rows if r.skipped is None]
+def choose(rows: Sequence[GeometryScore], labelled: bool,
+           networks_only: bool = False) -> tuple[Geometry, str]:
+    """The chosen geometry of the scored ``rows`` and the criterion that chose it. Raw
+    pixels are a candidate with labels only, and never with ``networks_only``."""
+    scored = [r for r in rows if r.skipped is None
+              and not (r.geometry.raw and (networks_only or not labelled))]
     if not scored:
         raise ValueError("no candidate geometry could be scored (raise --max-cost?)")
     if labelled:
@@ -181,14 +201,18 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
                      *, pretrained: bool = False, pretrained_file: str | Path | None = None,
                      weights: str | Path | None = None, sample: int = SAMPLE,
                      max_cost: float = DEFAULT_MAX_COST, seed: int = 0, workers: int = 0,
+                     networks_only: bool = False,
                      progress: Callable[[str], None] = log.info) -> GeometryChoice:
     """Score each of ``geometries`` for the start ``backbone`` (+ weights) on a fixed
-    sample of ``data`` (module docstring) and choose one. Imports torch
+    sample of ``data`` (module docstring) and choose one (``networks_only``: not raw
+    pixels, which a training run cannot start from; a note says when they scored higher
+    than the chosen network). Imports torch
     only when called (the CLI imports this module). ``ValueError`` for a folder
     without images or when no candidate fits ``max_cost``."""
     import torch
     from torch import nn
 
+    from groco.encoder.baselines import raw_pixel_network, raw_pixel_preprocessing
     from groco.training import labelfree
     from groco.training.config import TrainConfig
     from groco.training.data import ImageFolderDataset
@@ -203,28 +227,39 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
     start = {"pretrained": pretrained, "pretrained_file": pretrained_file,
              "weights": None if weights is None else str(weights)}
     rows, notes, reference = [], [], None
-    for geometry in sorted(geometries):
+    for geometry in sorted(geometries, key=lambda g: (g.raw, g)):
         began = time.perf_counter()
-        try:
-            network, _ = build_backbone(backbone, geometry.image_size, geometry.small_stem,
-                                        **start)
-        except ValueError as error:  # e.g. a stride-1 stem asked of a ViT
-            rows.append(GeometryScore(geometry, None, skipped=str(error).split(";")[0]))
-            continue
-        if reference is None:  # the network with its own stem, at its pretraining size
-            own = (build_backbone(backbone, geometry.image_size, False, **start)[0]
-                   if geometry.small_stem else network)
-            reference = forward_flops(own, pretraining_size(own))
-        cost = forward_flops(network, geometry.image_size) / reference
+        if geometry.raw:
+            network, cost = raw_pixel_network(), 0.0
+        else:
+            try:
+                network, _ = build_backbone(backbone, geometry.image_size,
+                                            geometry.small_stem, **start)
+            except ValueError as error:  # e.g. a stride-1 stem asked of a ViT
+                rows.append(GeometryScore(geometry, None, skipped=str(error).split(";")[0]))
+                continue
+            if reference is None:  # the network with its own stem, at its pretraining size
+                own = (build_backbone(backbone, geometry.image_size, False, **start)[0]
+                       if geometry.small_stem else network)
+                reference = forward_flops(own, pretraining_size(own))
+            cost = forward_flops(network, geometry.image_size) / reference
         row = GeometryScore(geometry, cost)
         rows.append(row)
         if cost > max_cost:
             row.skipped = f"over the cost cap {max_cost:g}"
             continue
-        config = TrainConfig(data=str(data), out=".", backbone=backbone,
-                             image_size=geometry.image_size, small_stem=geometry.small_stem,
-                             workers=workers, seed=seed, device="cpu", **start)
-        config = config.resolved().with_network(network)
+        if geometry.raw:  # the raw-pixel encoder's preprocessing: resize to the size, [0, 1]
+            raw = raw_pixel_preprocessing(geometry.image_size)
+            config = TrainConfig(data=str(data), out=".", backbone=backbone,
+                                 image_size=geometry.image_size, eval_resize=raw.resize_to,
+                                 mean=list(raw.mean), std=list(raw.std), workers=workers,
+                                 seed=seed, device="cpu").resolved()
+        else:
+            config = TrainConfig(data=str(data), out=".", backbone=backbone,
+                                 image_size=geometry.image_size,
+                                 small_stem=geometry.small_stem, workers=workers, seed=seed,
+                                 device="cpu", **start)
+            config = config.resolved().with_network(network)
         monitor = Monitor(config, files, targets, listing.classes, torch.device("cpu"),
                           channels_last=False, autocast_dtype=None)
         start_network = nn.Module()
@@ -235,7 +270,16 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
         progress(f"geometry {geometry.name}: cost {cost:.2f}, k-NN "
                  f"{'-' if knn is None else f'{100 * knn:.1f}'}, copy retrieval "
                  f"{100 * (row.copy_top1 or 0):.1f} ({row.seconds:.0f} s)")
-    chosen, criterion = choose(rows, labelled)
+    chosen, criterion = choose(rows, labelled, networks_only)
+    chosen_row = next(r for r in rows if r.geometry == chosen)
+    raw_best = max((r for r in rows if r.geometry.raw and r.knn_top1 is not None),
+                   key=lambda r: r.knn_top1, default=None)
+    if (networks_only and raw_best is not None and chosen_row.knn_top1 is not None
+            and raw_best.knn_top1 > chosen_row.knn_top1 + TIE):
+        notes.append(f"raw pixels ({raw_best.geometry.name}) score {100 * raw_best.knn_top1:.1f} "
+                     f"k-NN, above the network's best geometry ({100 * chosen_row.knn_top1:.1f}):"
+                     f" compare `groco export --raw-pixels {raw_best.geometry.image_size}` with "
+                     "the trained encoder in `groco index eval`")
     if not labelled:
         notes.append("(no labelled subfolders: k-NN n/a; copy retrieval is shown, not used: "
                      "it does not rank geometries as k-NN does on the benchmarks)")
@@ -251,14 +295,19 @@ def resolve_geometry(text: str, backbone: str, data: str | Path | None, *,
                      pretrained: bool = False, pretrained_file: str | Path | None = None,
                      weights: str | Path | None = None, max_cost: float = DEFAULT_MAX_COST,
                      seed: int = 0, workers: int = 0, record: Path | None = None,
+                     networks_only: bool = False,
                      progress: Callable[[str], None] = log.info) -> Geometry:
-    """The geometry ``--geometry TEXT`` names: ``"96"``/``"64s1"`` parsed; ``"auto"``
-    scored (:func:`score_geometries` over :func:`candidates` on ``data``), its table given
-    to ``progress`` and written as JSON to ``record``. ``ValueError`` for ``auto`` without
-    ``data`` or without a start from weights: an untrained network has no serving geometry
-    to measure."""
+    """The geometry ``--geometry TEXT`` names: ``"96"``/``"64s1"``/``"raw32"`` parsed;
+    ``"auto"`` scored (:func:`score_geometries` over :func:`candidates` on ``data``), its
+    table given to ``progress`` and written as JSON to ``record``. ``ValueError`` for
+    ``auto`` without ``data`` or without a start from weights (an untrained network has no
+    serving geometry to measure), and for raw pixels with ``networks_only``."""
     if text.strip().lower() != "auto":
-        return Geometry.parse(text)
+        geometry = Geometry.parse(text)
+        if geometry.raw and networks_only:
+            raise ValueError(f"--geometry {geometry.name}: raw pixels have nothing to train; "
+                             f"`groco export --raw-pixels {geometry.image_size}` writes them")
+        return geometry
     if data is None:
         raise ValueError("--geometry auto scores the candidates on your images: give --data")
     if not (pretrained or pretrained_file or weights):
@@ -267,7 +316,7 @@ def resolve_geometry(text: str, backbone: str, data: str | Path | None, *,
     choice = score_geometries(backbone, data, candidates(), pretrained=pretrained,
                               pretrained_file=pretrained_file, weights=weights,
                               max_cost=max_cost, seed=seed, workers=workers,
-                              progress=progress)
+                              networks_only=networks_only, progress=progress)
     progress(choice.table())
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +336,6 @@ def with_geometry(config: Any, run_dir: Path) -> Any:
         config.geometry, config.backbone, config.data, pretrained=config.pretrained,
         pretrained_file=config.pretrained_file, weights=config.weights,
         max_cost=config.geometry_max_cost, seed=config.seed, workers=config.workers,
-        record=run_dir / RECORD)
+        record=run_dir / RECORD, networks_only=True)
     return dataclasses.replace(config, image_size=chosen.image_size,
                                small_stem=chosen.small_stem, geometry=chosen.name)
