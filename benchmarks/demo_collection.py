@@ -1,6 +1,10 @@
 """A candidate demo collection: scikit-learn's handwritten digits "in the wild" (tried for
 ``groco demo``; BENCHMARKS.md, "groco demo: what training buys").
 
+    python benchmarks/demo_collection.py --variants plain flat grey grey-light big \
+        big-colour shift            # each: the demo's own path, its three k-NN figures
+    python benchmarks/demo_collection.py --variants shift --epochs 12
+
 Each of scikit-learn's 1,797 bundled 8×8 digit scans (``sklearn.datasets.load_digits``, no
 download) is drawn once onto a ``SIZE``-pixel RGB picture:
 
@@ -19,6 +23,11 @@ deterministic given ``seed``.
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +153,107 @@ def write_digits_in_the_wild(folder: Path, seed: int = 0, size: int = SIZE,
         render_digit(scan, rng, size).save(folder / str(target) / f"{n:04d}.png")
     done.write_text("ok\n")
     return folder
+
+
+VARIANTS: dict[str, dict] = {
+    "plain": {},  # groco demo's own collection: the scans, white on black, 32 px
+    "wild": {},  # the module's constants as they stand
+    "flat": {"CLUTTER": (0, 0), "BACKGROUNDS": (0, 0, 1), "NOISE": 4.0, "MAX_ROTATION": 10.0,
+             "DIGIT_SCALE": (0.5, 0.8)},
+    "grey": {"SATURATION": 0.0, "CLUTTER": (0, 0), "BACKGROUNDS": (0, 0, 1), "NOISE": 4.0,
+             "MAX_ROTATION": 10.0, "DIGIT_SCALE": (0.5, 0.8)},
+    "grey-light": {"SATURATION": 0.0, "CLUTTER": (0, 0), "BACKGROUNDS": (0, 0, 1),
+                   "NOISE": 4.0, "MAX_ROTATION": 10.0, "DIGIT_SCALE": (0.5, 0.8),
+                   "light": True},
+    "big": {"SATURATION": 0.0, "CLUTTER": (0, 0), "BACKGROUNDS": (0, 0, 1), "NOISE": 4.0,
+            "MAX_ROTATION": 0.0, "DIGIT_SCALE": (0.85, 1.0), "light": True},
+    "big-colour": {"SATURATION": 0.5, "CLUTTER": (0, 0), "BACKGROUNDS": (0, 0, 1),
+                   "NOISE": 4.0, "MAX_ROTATION": 0.0, "DIGIT_SCALE": (0.85, 1.0)},
+    "shift": {"SATURATION": 0.0, "CLUTTER": (0, 0), "NOISE": 0.0, "MAX_ROTATION": 0.0,
+              "DIGIT_SCALE": (0.55, 0.75), "light": True, "black": True},
+}
+"""Rendering overrides tried: module constants, plus ``light`` (the digit always lighter
+than the background, grey) and ``black`` (a black background)."""
+
+
+def _light_digit(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """A grey at least 90 (of 255) lighter than ``under``'s mean luminance."""
+    low = min(255.0, float(_luminance(under).mean()) + 90.0)
+    return np.full(3, rng.uniform(low, 255.0))
+
+
+def use_variant(name: str) -> None:
+    """Set this module's rendering to variant ``name`` of :data:`VARIANTS`."""
+    global _digit_colour, _background
+    overrides = dict(VARIANTS[name])
+    if overrides.pop("light", False):
+        _digit_colour = _light_digit
+    if overrides.pop("black", False):
+        _background = lambda rng, size: np.zeros((size, size, 3))  # noqa: E731
+    for key, value in overrides.items():
+        globals()[key] = value
+
+
+def measure(name: str, work: Path, epochs: int | None) -> dict:
+    """The demo's path on variant ``name`` (:func:`groco.demo.run_demo`, without the map):
+    trained, untrained and raw-pixel k-NN top-1 and the seconds it took."""
+    import groco.demo as demo
+
+    work = work / name
+    shutil.rmtree(work, ignore_errors=True)
+    data = None
+    if name != "plain":
+        use_variant(name)
+        data = write_digits_in_the_wild(work / "images")
+    demo._draw_map = lambda index, log: False
+    started = time.perf_counter()
+    result = demo.run_demo(work, data=data, epochs=epochs, log=lambda message: None)
+    return {"variant": name, "trained": result.knn_top1, "untrained": result.random_knn_top1,
+            "raw": result.raw_knn_top1, "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["plain"])
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs [default: the demo's]")
+    parser.add_argument("--work", type=Path, default=Path(".bench/demo-collection"))
+    args = parser.parse_args()
+    from groco.demo import DEMO_SETTINGS
+
+    rows = []
+    for name in args.variants:  # each in a fresh process: variants change module state
+        done = subprocess_measure(name, args)
+        rows.append(done)
+        print(json.dumps(done), file=sys.stderr, flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import header
+
+    print(header())
+    epochs = args.epochs or DEMO_SETTINGS["epochs"]
+    print(f"groco demo's path ({DEMO_SETTINGS['backbone']} at {DEMO_SETTINGS['image_size']} px, "
+          f"{epochs} epochs; raw pixels at 32 px; k-NN top-1 leave-one-out over 1,797 "
+          "images).\n")
+    print("| variant | trained k-NN | untrained k-NN | raw pixels k-NN | trained - best "
+          "baseline | seconds |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        gap = r["trained"] - max(r["untrained"], r["raw"])
+        print(f"| {r['variant']} | {100 * r['trained']:.1f} | {100 * r['untrained']:.1f} | "
+              f"{100 * r['raw']:.1f} | {100 * gap:+.1f} | {r['seconds']:.0f} |")
+
+
+def subprocess_measure(name: str, args: argparse.Namespace) -> dict:
+    import subprocess
+
+    code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import demo_collection as d; from pathlib import Path; "
+            f"print(json.dumps(d.measure({name!r}, Path({str(args.work)!r}), {args.epochs!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
