@@ -4,6 +4,8 @@
     python benchmarks/demo_collection.py --variants plain flat grey grey-light big \
         big-colour shift            # each: the demo's own path, its three k-NN figures
     python benchmarks/demo_collection.py --variants shift --epochs 12
+    python benchmarks/demo_collection.py --variants shift \
+        --settings '{"image_size": 32, "small_stem": false}'
 
 Each of scikit-learn's 1,797 bundled 8×8 digit scans (``sklearn.datasets.load_digits``, no
 download) is drawn once onto a ``SIZE``-pixel RGB picture:
@@ -194,11 +196,13 @@ def use_variant(name: str) -> None:
         globals()[key] = value
 
 
-def measure(name: str, work: Path, epochs: int | None) -> dict:
-    """The demo's path on variant ``name`` (:func:`groco.demo.run_demo`, without the map):
-    trained, untrained and raw-pixel k-NN top-1 and the seconds it took."""
+def measure(name: str, work: Path, epochs: int | None, settings: dict | None = None) -> dict:
+    """The demo's path on variant ``name`` (:func:`groco.demo.run_demo`, without the map,
+    ``settings`` over its ``DEMO_SETTINGS``): trained, untrained and raw-pixel k-NN top-1
+    and the seconds it took."""
     import groco.demo as demo
 
+    demo.DEMO_SETTINGS.update(settings or {})
     work = work / name
     shutil.rmtree(work, ignore_errors=True)
     data = None
@@ -218,6 +222,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["plain"])
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs [default: the demo's]")
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help="JSON object of TrainConfig fields over the demo's settings")
     parser.add_argument("--work", type=Path, default=Path(".bench/demo-collection"))
     args = parser.parse_args()
     from groco.demo import DEMO_SETTINGS
@@ -231,10 +237,11 @@ def main() -> None:
     from _common import header
 
     print(header())
-    epochs = args.epochs or DEMO_SETTINGS["epochs"]
-    print(f"groco demo's path ({DEMO_SETTINGS['backbone']} at {DEMO_SETTINGS['image_size']} px, "
-          f"{epochs} epochs; raw pixels at 32 px; k-NN top-1 leave-one-out over 1,797 "
-          "images).\n")
+    settings = {**DEMO_SETTINGS, **args.settings}
+    epochs = args.epochs or settings["epochs"]
+    print(f"groco demo's path ({settings['backbone']} at {settings['image_size']} px, small "
+          f"stem {settings['small_stem']}, {epochs} epochs; raw pixels at 32 px; k-NN top-1 "
+          "leave-one-out over 1,797 images).\n")
     print("| variant | trained k-NN | untrained k-NN | raw pixels k-NN | trained - best "
           "baseline | seconds |")
     print("|---|---|---|---|---|---|")
@@ -249,7 +256,8 @@ def subprocess_measure(name: str, args: argparse.Namespace) -> dict:
 
     code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"import demo_collection as d; from pathlib import Path; "
-            f"print(json.dumps(d.measure({name!r}, Path({str(args.work)!r}), {args.epochs!r})))")
+            f"print(json.dumps(d.measure({name!r}, Path({str(args.work)!r}), {args.epochs!r}, "
+            f"{args.settings!r})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
