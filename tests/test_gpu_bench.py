@@ -46,9 +46,13 @@ def test_the_plan_stages_each_load_and_runs_the_script_last() -> None:
     assert text.count("cp -r") == 2 and text.rstrip().endswith("`bash benchmarks/gpu_device.sh`")
 
 
-@pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import torch, sys; "
-                                    "sys.exit(torch.cuda.is_available())"]).returncode != 0,
-                    reason="a CUDA device is here: the full run would start")
+NO_CUDA = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import torch, sys; "
+                    "sys.exit(torch.cuda.is_available())"]).returncode != 0,
+    reason="a CUDA device is here: the full run would start")
+
+
+@NO_CUDA
 def test_the_gpu_run_without_a_gpu_says_so_and_fails_nothing(tmp_path: Path) -> None:
     out = tmp_path / "gpu.md"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--gpu", "--out", str(out)],
@@ -62,3 +66,40 @@ def test_the_parts_are_the_orchestrators_in_its_order() -> None:
     import gpu_parts
 
     assert tuple(gpu_parts.PARTS) == gpu.PARTS
+
+
+def tiny_wheel(folder: Path, name: str) -> Path:
+    """A pure-Python wheel of one module ``name`` (``import name`` gives ``OK = True``)."""
+    import zipfile
+
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    info = f"{name}-0.1.dist-info"
+    files = {f"{name}.py": "OK = True\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+@NO_CUDA
+def test_the_device_script_joins_installs_and_runs_the_check(tmp_path: Path) -> None:
+    """benchmarks/gpu_device.sh as the last device call runs it, on staged loads made here:
+    a wheel in base, another cut into two ort loads; without CUDA the check says so."""
+    staged = tmp_path / "staged"
+    (staged / "base").mkdir(parents=True)
+    tiny_wheel(staged / "base", "groco_probe_base")
+    (staged / "base" / "lite0.safetensors").write_bytes(b"not used here")
+    split(tiny_wheel(tmp_path, "groco_probe_ort"), staged / "ort", 200)
+    site, out = tmp_path / "site", tmp_path / "out"
+    env = {"STAGED": str(staged), "SITE": str(site), "PYTHON": sys.executable,
+           "OUT": str(out), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_device.sh")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (site / "groco_probe_base.py").is_file() and (site / "groco_probe_ort.py").is_file()
+    assert "Skipped: no CUDA device here" in (out / "gpu-tables.md").read_text()
+    assert (out / "gpu-log.txt").is_file()
