@@ -342,3 +342,23 @@ def test_cli_export_and_embed(runs, data, exported, tmp_path) -> None:
     result = runner.invoke(app, ["embed", str(broken), "--encoder", str(onnx_path),
                                  "--out", str(npy)])
     assert result.exit_code == 1 and "broken.jpg" in result.stderr
+
+
+def test_a_cuda_session_loads_the_cuda_libraries_once_first(exported, monkeypatch) -> None:
+    """ONNX Runtime's CUDA provider finds the NVIDIA pip packages' libraries only when they
+    are loaded first; without them it runs on the CPU without an error."""
+    from groco.encoder import runtime
+
+    calls: list[int] = []
+    monkeypatch.setattr(runtime.ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    runtime.preload_cuda_libraries.cache_clear()
+    try:
+        Encoder(exported("cnn").path, providers=[runtime.CPU])
+        assert calls == []
+        for _ in range(2):  # where CUDA cannot start, the session runs on the CPU
+            assert Encoder(exported("cnn").path,
+                           providers=[runtime.CUDA, runtime.CPU]).provider in (runtime.CUDA,
+                                                                                runtime.CPU)
+        assert calls == [1]
+    finally:
+        runtime.preload_cuda_libraries.cache_clear()

@@ -13,6 +13,7 @@ metadata: the same value the training monitor and the exporter's parity check us
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -70,6 +71,24 @@ def default_providers(device_id: int | None = None) -> list[str | tuple[str, dic
     return [CUDA if device_id is None else (CUDA, {"device_id": int(device_id)}), CPU]
 
 
+@functools.cache
+def preload_cuda_libraries() -> bool:
+    """Load the CUDA and cuDNN libraries of the NVIDIA pip packages (those torch runs on)
+    into this process once, before the first CUDA session: otherwise ONNX Runtime's CUDA
+    provider looks for them on the loader's path alone and, not finding them, runs on the
+    CPU without an error (``onnxruntime.preload_dlls``, ONNX Runtime 1.21 and later). True
+    when the libraries were loaded."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return False
+    try:
+        preload()
+    except Exception as error:  # missing packages: the provider's own search still runs
+        log.info("CUDA libraries not preloaded: %s", error)
+        return False
+    return True
+
+
 def _int_meta(meta: dict[str, str], key: str, path: Path) -> int:
     try:
         value = int(meta[key])
@@ -121,6 +140,8 @@ class Encoder:
         options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = list(providers) if providers else (default_providers())
+        if any((p[0] if isinstance(p, tuple) else p) == CUDA for p in wanted):
+            preload_cuda_libraries()
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
         except Exception as error:  # ORT raises Fail/InvalidProtobuf/InvalidGraph/...
