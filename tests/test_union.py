@@ -187,3 +187,60 @@ def test_the_page_names_a_shard_left_out(shards, tmp_path: Path) -> None:
         assert ids and all(i < ID_STRIDE for i in ids)  # the first shard's items
     finally:
         state.close()
+
+
+@pytest.mark.slow
+def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Path) -> None:
+    """`--ray local`: the second shard searched in a Ray Serve replica gives the same top-k
+    as one index over all the images, through the union, `groco search` and the JSON
+    route; a replica that goes away is left out and named."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from groco.app.settings import AppSettings
+    from groco.app.web import launch_app
+    from groco.index.api.remote import RemoteShard
+
+    query = shards["images"] / "class2" / "img003.png"
+    try:
+        with ShardUnion([shards["a"], shards["b"]], ray_address="local") as union, \
+                IndexReader(shards["all"]) as one:
+            assert isinstance(union.readers[1], RemoteShard)
+            for k in (1, 30):
+                same(union.search_image(query, k), one.search_image(query, k))
+            other = next(r for r in union.search_image(query, 30) if r.id >= ID_STRIDE)
+            same(union.more_like(other.id, 5), one.more_like(other.relpath, 5))
+            same(union.search_image(query, 4, label="class2"),
+                 one.search_image(query, 4, label="class2"))
+            assert union.label_counts() == one.label_counts()
+            with pytest.raises(KeyError):
+                union.row(ID_STRIDE + 10_000)
+            union.readers[1].close()  # the replica goes away: left out, named
+            alone = union.search_image(query, 5)
+            assert list(union.missing) == [shards["b"]] and "failed" in union.missing[
+                shards["b"]]
+            assert all(r.id < ID_STRIDE for r in alone)
+
+        result = CliRunner().invoke(app, ["search", str(shards["a"]), str(query), "--index",
+                                          str(shards["b"]), "--ray", "local", "-k", "8",
+                                          "--json"])
+        assert result.exit_code == 0, result.output
+        with IndexReader(shards["all"]) as single:
+            expected = single.search_image(query, 8)
+        assert [r["relpath"] for r in json.loads(result.stdout)["results"]] == \
+            [r.relpath for r in expected]
+
+        from conftest import free_port
+
+        server, url = launch_app([shards["a"], shards["b"]], port=free_port(), block=False,
+                                 settings=AppSettings(ray_address="local"))
+        try:
+            answer = _post(f"{url}groco/api/search?k=8", query.read_bytes())
+            assert [r["relpath"] for r in answer["results"]] == [r.relpath for r in expected]
+            assert not answer.get("missing")
+        finally:
+            server.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()

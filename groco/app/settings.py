@@ -29,6 +29,9 @@ class AppSettings:
       ``groco index update`` and switches to it (1 s).
     - ``batch_queries``: embed the queries that wait together in one call (on; off only
       to measure what it saves: :mod:`groco.index.api.batcher`).
+    - ``ray_address``: with several index directories, serve every shard but the first in
+      a Ray Serve replica (``local`` or a cluster's address; :mod:`groco.index.api.remote`);
+      ``None``: threads of this process.
     """
 
     max_upload_bytes: int = 10 * MIB
@@ -43,6 +46,7 @@ class AppSettings:
     reduce_queries: bool = True
     refresh_seconds: float = 1.0
     batch_queries: bool = True
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",

@@ -60,8 +60,10 @@ class AppState:
         directories as one (a list of more than one); thumbnails go to
         ``INDEX/thumbnails`` (of the first) unless ``thumbnails_dir``."""
         dirs = list(index_dir) if isinstance(index_dir, (list, tuple)) else [index_dir]
-        batch = (settings or AppSettings()).batch_queries
-        union = ShardUnion(dirs, encoder, batch_queries=batch) if len(dirs) > 1 else None
+        settings = settings or AppSettings()
+        batch = settings.batch_queries
+        union = ShardUnion(dirs, encoder, batch_queries=batch,
+                           ray_address=settings.ray_address) if len(dirs) > 1 else None
         searcher = union.readers[min(union.readers)] if union else IndexReader(
             dirs[0], encoder, batch_queries=batch)
         folder = thumbnails_dir or Path(searcher.index_dir) / "thumbnails"

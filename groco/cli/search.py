@@ -30,6 +30,9 @@ def search(
                                       help="Another index directory built with the same "
                                            "encoder, searched with INDEX as one "
                                            "(repeatable: the shards of a collection)."),
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
+                            help="With --index: each --index shard searched in a Ray Serve "
+                                 "replica (local, auto or ray://HOST:10001; groco[ray])."),
 ) -> None:
     """Print the nearest neighbours of IMAGE in INDEX (and in every --index with it)."""
     import json
@@ -40,9 +43,11 @@ def search(
     union = None
     try:
         if shards:
-            union = ShardUnion([index, *shards], encoder_path=encoder)
+            union = ShardUnion([index, *shards], encoder_path=encoder, ray_address=ray)
             reader = union.readers[min(union.readers)]
         else:
+            if ray is not None:
+                raise ValueError("--ray serves the --index shards: give at least one --index")
             reader = IndexReader(index, encoder_path=encoder)
         with union or reader:
             if near_copy is None:

@@ -36,12 +36,17 @@ def serve(
     queue_size: int = typer.Option(AppSettings.queue_size, min=1, max=100_000,
                                    help="Queries that may wait; past it one is refused at "
                                         "once (busy, HTTP 429)."),
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS",
+                            help="With several INDEX: every shard but the first in a Ray "
+                                 "Serve replica (local, auto or ray://HOST:10001; "
+                                 "groco[ray])."),
 ) -> None:
     """Serve the visual search web UI over INDEX (on 127.0.0.1 unless --host says else).
 
     With several index directories (the shards of a collection), a query is embedded once,
     searched in each and the best k kept; a shard that is missing or fails is left out and
     named on the page. Browsing, duplicates, the map and curation show the first shard.
+    With --ray, the other shards are searched in Ray Serve replicas, each its own.
     """
     from groco.app.auth import is_loopback
     from groco.app.web import launch_app
@@ -58,7 +63,8 @@ def serve(
                        "the network readable", err=True)
         launch_app(index if len(index) > 1 else index[0], host=host, port=port,
                    encoder=encoder, block=True,
-                   settings=AppSettings(queue_size=queue_size), credentials=credentials,
+                   settings=AppSettings(queue_size=queue_size, ray_address=ray),
+                   credentials=credentials,
                    **tls)
     except (ValueError, OSError) as error:
         fail(error)

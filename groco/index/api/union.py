@@ -17,6 +17,9 @@ shard, not across shards.
 A shard that cannot be opened, or fails during a query, is left out of the answer and
 named in :attr:`ShardUnion.missing` (its path and the one-line reason) until the union is
 opened again; a union with no shard left raises :class:`~groco.index.manifest.IndexDirError`.
+
+With ``ray_address``, every shard but the first is searched in a Ray Serve replica of its
+own (:mod:`.remote`) instead of a thread of this process.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..manifest import IndexDirError, IndexMismatchError
 from ..search import QueryImage, Result
 from ..store import FileRow
 from .reader import IndexReader
+from .remote import RemoteShard
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +53,28 @@ class ShardUnion:
     """Index directories ``index_dirs`` searched as one (module docstring; thread-safe)."""
 
     def __init__(self, index_dirs: Sequence[str | Path], encoder_path: str | Path | None = None,
-                 providers: list[str] | None = None, batch_queries: bool = True) -> None:
+                 providers: list[str] | None = None, batch_queries: bool = True,
+                 ray_address: str | None = None) -> None:
         if not index_dirs:
             raise ValueError("give at least one index directory")
         self.index_dirs = [Path(p) for p in index_dirs]
-        self.readers: dict[int, IndexReader] = {}
+        self.readers: dict[int, IndexReader | RemoteShard] = {}
         self._missing: dict[int, str] = {}
         self._lock = threading.Lock()
         for shard, path in enumerate(self.index_dirs):
             try:
-                self.readers[shard] = IndexReader(path, encoder_path, providers,
-                                                  batch_queries=batch_queries)
+                self.readers[shard] = (
+                    RemoteShard(path, ray_address) if ray_address and shard > 0 else
+                    IndexReader(path, encoder_path, providers, batch_queries=batch_queries))
             except IndexMismatchError:
                 self.close()
                 raise
             except (IndexDirError, OSError) as error:
                 self._missing[shard] = _one_line(error)
+        if ray_address and 0 not in self.readers:
+            self.close()
+            raise IndexDirError(f"{self.index_dirs[0]}: the first shard embeds the queries "
+                                f"and backs the page: {self._missing.get(0)}")
         if not self.readers:
             raise IndexDirError("no shard could be opened: " + "; ".join(
                 f"{self.index_dirs[s]}: {why}" for s, why in self._missing.items()))
@@ -119,8 +129,11 @@ class ShardUnion:
     # -- search
 
     def embed_image(self, image: QueryImage) -> np.ndarray:
-        """The query's ``(dim,)`` unit embedding, by the shards' encoder."""
-        reader = next(iter(self._alive().values()), None) or next(iter(self.readers.values()))
+        """The query's ``(dim,)`` unit embedding, by the shards' encoder (in this process:
+        a shard served here, one still answering first)."""
+        alive = self._alive()
+        here = sorted(self.readers.items(), key=lambda pair: (pair[0] not in alive, pair[0]))
+        reader = next(r for _, r in here if isinstance(r, IndexReader))
         return reader.embed_image(image)
 
     def search_image(self, image: QueryImage, k: int = 10, *, label: str | None = None,
