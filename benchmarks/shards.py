@@ -12,8 +12,12 @@ a shard, merged). Beside the time, the union's top-10 agreement with the single 
 (each shard centres on its own mean and averages over its own neighbours, so they differ;
 without post-processing they are equal, `tests/test_union.py`) and the precision@10 of
 each side by folder label (the query itself is indexed and counts, alike on every side).
+With ``--ray``, the same unions again with every shard but the first in a Ray Serve
+replica (``--ray local``: a Ray started here, on the same cores), as ``groco serve --ray``
+opens them.
 
     python benchmarks/shards.py
+    python benchmarks/shards.py --ray
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--weights", type=Path, default=REPO / ".bench/lite0.safetensors")
     parser.add_argument("--work", type=Path, default=REPO / ".bench/shards")
+    parser.add_argument("--ray", action="store_true",
+                        help="also each union with its shards but the first on a local Ray Serve")
     args = parser.parse_args(argv)
 
     from PIL import Image
@@ -76,21 +82,23 @@ def main(argv: list[str] | None = None) -> None:
     unions = {}
     for count in args.shards:
         parts = split(images, args.work / f"split-{count}", count)
-        unions[count] = ShardUnion([index_of(p, encoder, args.work / f"index-{args.encoder}-"
-                                             f"{p.name}") for p in parts])
+        dirs = [index_of(p, encoder, args.work / f"index-{args.encoder}-{p.name}")
+                for p in parts]
+        unions[f"{count} shards"] = ShardUnion(dirs)
+        if args.ray:
+            unions[f"{count} shards, Ray Serve"] = ShardUnion(dirs, ray_address="local")
 
     def searches(reader):
         return lambda: [reader.search_image(q, 10) for q in queries]
 
-    sides = {"one index": searches(one),
-             **{f"{count} shards": searches(u) for count, u in unions.items()}}
+    sides = {"one index": searches(one), **{name: searches(u) for name, u in unions.items()}}
     with LoadWatch() as load:
         timed = interleaved(sides, runs=args.runs, warmup=2)
     expected = [[r.relpath for r in one.search_image(q, 10)] for q in queries]
     rows = ["| search | ms / query: median (min-max) | vs one index | top-10 agreement "
             "with one index | P@10 (folder labels) |", "|---|---|---|---|---|"]
     for name, side in timed.items():
-        reader = one if name == "one index" else unions[int(name.split()[0])]
+        reader = one if name == "one index" else unions[name]
         answers = [reader.search_image(q, 10) for q in queries]
         got = [[r.relpath for r in a] for a in answers]
         agree = sum(len(set(a) & set(b)) for a, b in zip(got, expected, strict=True)) / (
