@@ -192,8 +192,8 @@ def test_the_page_names_a_shard_left_out(shards, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Path) -> None:
     """`--ray local`: the second shard searched in a Ray Serve replica gives the same top-k
-    as one index over all the images, through the union, `groco search` and the JSON
-    route; a replica that goes away is left out and named."""
+    as one index over all the images, through the union, `groco search`, the JSON route
+    and `gradio_client`; a replica that goes away is left out and named."""
     pytest.importorskip("ray.serve")
     import ray
     from ray import serve
@@ -239,6 +239,11 @@ def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Pat
             answer = _post(f"{url}groco/api/search?k=8", query.read_bytes())
             assert [r["relpath"] for r in answer["results"]] == [r.relpath for r in expected]
             assert not answer.get("missing")
+            gradio_client = pytest.importorskip("gradio_client")
+            client = gradio_client.Client(url, verbose=False)
+            _, _, raw = client.predict(gradio_client.handle_file(str(query)), 8, "all",
+                                       api_name="/search")
+            assert [r["relpath"] for r in raw] == [r.relpath for r in expected]
         finally:
             server.close()
     finally:
