@@ -26,4 +26,7 @@ export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1
 [ -d .gpu/data ] && export GROCO_FMNIST_DIR=$PWD/.gpu/data
 [ -f .bench/lite0.safetensors ] || cp "$STAGED"/base/lite0.safetensors .bench/lite0.safetensors
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PYTHON" -m benchmarks --gpu --out "$OUT/gpu-tables.md" 2>&1 | tee "$OUT/gpu-log.txt"
+# The script itself, not `python -m benchmarks --gpu` (which writes its file at the end):
+# each part's table reaches $OUT as it finishes, so a call stopped at its limit keeps them.
+"$PYTHON" benchmarks/gpu.py --weights .bench/lite0.safetensors --work /tmp/groco-gpu-work \
+  2> "$OUT/gpu-log.txt" | tee "$OUT/gpu-tables.md"
