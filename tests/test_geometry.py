@@ -199,3 +199,13 @@ def test_train_geometry_auto_trains_at_the_choice_and_resumes_it(start, tmp_path
     # the same command resumes: auto stands for what the run chose
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
+    assert not record["raw"]  # a run trains a network, whatever raw pixels scored
+    # the export says when raw pixels scored above the run's start on the same sample
+    rows = {r["geometry"]: r for r in record["rows"]}
+    rows["raw16"]["knn_top1"] = min(1.0, (rows[record["chosen"]]["knn_top1"] or 0) + 0.2)
+    rows[record["chosen"]]["knn_top1"] = rows["raw16"]["knn_top1"] - 0.2
+    (run / RECORD).write_text(json.dumps({**record, "rows": list(rows.values())}))
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "e.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "note: raw pixels (raw16) scored" in result.output
+    assert "groco export --raw-pixels 16" in result.output

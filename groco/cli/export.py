@@ -70,7 +70,12 @@ def export(
         fail(ValueError("--last goes with a RUN directory"))
     try:
         if run is not None:
+            from groco.training.geometry import raw_pixels_note
+
             report = export_encoder(run, out, precision=precision, data=data, last=last)
+            note = raw_pixels_note(run)
+            if note:
+                typer.echo(note)
         elif backbone is not None:
             from groco.encoder.baselines import export_backbone
 

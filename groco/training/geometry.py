@@ -339,3 +339,25 @@ def with_geometry(config: Any, run_dir: Path) -> Any:
         record=run_dir / RECORD, networks_only=True)
     return dataclasses.replace(config, image_size=chosen.image_size,
                                small_stem=chosen.small_stem, geometry=chosen.name)
+
+
+def raw_pixels_note(run_dir: Path) -> str | None:
+    """A line for ``groco export RUN`` when the run's :data:`RECORD` shows raw pixels
+    scoring above the geometry it trained at (on the same sample, by k-NN), else None."""
+    path = Path(run_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    rows = {r.get("geometry"): r for r in record.get("rows", [])}
+    chosen = rows.get(record.get("chosen"), {}).get("knn_top1")
+    raw = [r for r in rows.values() if r.get("raw") and r.get("knn_top1") is not None]
+    if chosen is None or not raw:
+        return None
+    best = max(raw, key=lambda r: r["knn_top1"])
+    if best["knn_top1"] <= chosen + TIE:
+        return None
+    return (f"note: raw pixels ({best['geometry']}) scored {100 * best['knn_top1']:.1f} k-NN "
+            f"on {record.get('sample')} of these images against {100 * chosen:.1f} for the "
+            f"start at {record['chosen']} ({path}); compare `groco export --raw-pixels "
+            f"{best['image_size']}` with this encoder in `groco index eval`")
