@@ -190,7 +190,8 @@ def test_the_page_names_a_shard_left_out(shards, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Path) -> None:
+def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Path,
+                                                           monkeypatch) -> None:
     """`--ray local`: the second shard searched in a Ray Serve replica gives the same top-k
     as one index over all the images, through the union, `groco search`, the JSON route
     and `gradio_client`; a replica that goes away is left out and named."""
@@ -200,6 +201,7 @@ def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Pat
 
     from groco.app.settings import AppSettings
     from groco.app.web import launch_app
+    from groco.index.api import remote
     from groco.index.api.remote import RemoteShard
 
     query = shards["images"] / "class2" / "img003.png"
@@ -216,6 +218,7 @@ def test_shards_in_ray_serve_replicas_answer_as_threads_do(shards, tmp_path: Pat
             assert union.label_counts() == one.label_counts()
             with pytest.raises(KeyError):
                 union.row(ID_STRIDE + 10_000)
+            monkeypatch.setattr(remote, "CALL_TIMEOUT_S", 3.0)  # a gone app may not answer
             union.readers[1].close()  # the replica goes away: left out, named
             alone = union.search_image(query, 5)
             assert list(union.missing) == [shards["b"]] and "failed" in union.missing[

@@ -31,8 +31,9 @@ import numpy as np
 from ..manifest import IndexDirError
 from .reader import IndexReader
 
-CALL_TIMEOUT_S = 60.0
-"""Seconds a replica has to answer one call before its shard counts as failed."""
+CALL_TIMEOUT_S = 10.0
+"""Seconds a replica has to answer one call before its shard counts as failed (a query's
+user is waiting: a shard that slow is left out and named)."""
 
 
 class RayServeMissingError(ValueError):
