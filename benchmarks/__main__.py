@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from _common import machine  # noqa: E402
+from _common import machine, run_limited  # noqa: E402
 from preloaded import PreloadedRunner  # noqa: E402
 
 LITE0 = REPO / ".bench" / "lite0.safetensors"
@@ -196,14 +196,7 @@ def run_one(script: Script, quick: bool, weights: Path | None, work: Path,
     if runner is not None:
         code, output, errors = runner.run(argv, env, REPO, work / f"{script.name}-logs", timeout)
     else:
-        try:
-            done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
-            code, output, errors = done.returncode, done.stdout, done.stderr
-        except subprocess.TimeoutExpired as error:
-            partial = error.stdout or ""
-            code, errors = -1, ""
-            output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+        code, output, errors = run_limited(argv, timeout, env, REPO)
     seconds = time.perf_counter() - begin
     if code == -1:
         problem = [f"timed out after {timeout:.0f} s"]

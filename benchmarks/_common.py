@@ -126,3 +126,17 @@ def index_of(images: Path, encoder: Path, out: Path) -> Path:
     if not (out / "manifest.json").exists():
         build_index_dir(images, encoder, out, progress=False)
     return out
+
+
+def run_limited(argv: list[str], timeout: float | None, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[int, str, str]:
+    """``(exit code, standard output, standard error)`` of ``argv`` run to its end or
+    stopped after ``timeout`` seconds: then the code is -1 and the output what it printed
+    so far."""
+    try:
+        done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        partial = error.stdout or ""
+        return -1, partial.decode(errors="replace") if isinstance(partial, bytes) else partial, ""
+    return done.returncode, done.stdout, done.stderr

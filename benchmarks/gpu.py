@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import header  # noqa: E402
+from _common import header, run_limited  # noqa: E402
 
 PARTS = ("env", "train", "run", "export", "index")
 LIMITS_S = {"env": 30, "train": 100, "run": 250, "export": 60, "index": 120}
@@ -89,14 +88,7 @@ def run_part(part: str, args: argparse.Namespace, limit: float) -> tuple[str, st
     started = time.perf_counter()
     print(f"[{time.strftime('%H:%M:%S')}] {part}: started (limit {limit:.0f} s)",
           file=sys.stderr, flush=True)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        code, output, errors = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as error:
-        code, errors = -1, ""
-        partial = error.stdout or b""
-        output = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+    code, output, errors = run_limited(argv, limit, {**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.perf_counter() - started
     if code == -1:
         why = f"stopped at its limit of {limit:.0f} s"

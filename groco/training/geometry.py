@@ -81,7 +81,7 @@ class Geometry:
         text = text.strip().lower()
         raw = text.startswith("raw")
         stem = text.endswith("s1") and not raw
-        size = text.removeprefix("raw").removesuffix("s1") if not raw else text[3:]
+        size = text[3:] if raw else text.removesuffix("s1")
         if not size.isdigit() or int(size) < 8:
             raise ValueError(f"geometry {text!r}: use a size of 8+ px, with s1 for the "
                              "stride-1 stem or raw for raw pixels (e.g. 96, 64s1, raw32)")
@@ -271,15 +271,13 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
                  f"{'-' if knn is None else f'{100 * knn:.1f}'}, copy retrieval "
                  f"{100 * (row.copy_top1 or 0):.1f} ({row.seconds:.0f} s)")
     chosen, criterion = choose(rows, labelled, networks_only)
-    chosen_row = next(r for r in rows if r.geometry == chosen)
-    raw_best = max((r for r in rows if r.geometry.raw and r.knn_top1 is not None),
-                   key=lambda r: r.knn_top1, default=None)
-    if (networks_only and raw_best is not None and chosen_row.knn_top1 is not None
-            and raw_best.knn_top1 > chosen_row.knn_top1 + TIE):
-        notes.append(f"raw pixels ({raw_best.geometry.name}) score {100 * raw_best.knn_top1:.1f} "
-                     f"k-NN, above the network's best geometry ({100 * chosen_row.knn_top1:.1f}):"
-                     f" compare `groco export --raw-pixels {raw_best.geometry.image_size}` with "
-                     "the trained encoder in `groco index eval`")
+    above = raw_above([r.to_dict() for r in rows], chosen.name) if networks_only else None
+    if above is not None:
+        raw, network = above
+        notes.append(f"raw pixels ({raw['geometry']}) score {100 * raw['knn_top1']:.1f} "
+                     f"k-NN, above the network's best geometry ({100 * network:.1f}): compare "
+                     f"`groco export --raw-pixels {raw['image_size']}` with the trained "
+                     "encoder in `groco index eval`")
     if not labelled:
         notes.append("(no labelled subfolders: k-NN n/a; copy retrieval is shown, not used: "
                      "it does not rank geometries as k-NN does on the benchmarks)")
@@ -341,6 +339,18 @@ def with_geometry(config: Any, run_dir: Path) -> Any:
                                small_stem=chosen.small_stem, geometry=chosen.name)
 
 
+def raw_above(rows: Sequence[dict[str, Any]], chosen: str) -> tuple[dict[str, Any], float] | None:
+    """``(the best raw-pixel row, the chosen row's k-NN)`` when a raw-pixel row of ``rows``
+    (:meth:`GeometryScore.to_dict`) scores above the ``chosen`` geometry's by more than
+    :data:`TIE`, else None."""
+    network = next((r.get("knn_top1") for r in rows if r.get("geometry") == chosen), None)
+    raw = [r for r in rows if r.get("raw") and r.get("knn_top1") is not None]
+    if network is None or not raw:
+        return None
+    best = max(raw, key=lambda r: r["knn_top1"])
+    return (best, network) if best["knn_top1"] > network + TIE else None
+
+
 def raw_pixels_note(run_dir: Path) -> str | None:
     """A line for ``groco export RUN`` when the run's :data:`RECORD` shows raw pixels
     scoring above the geometry it trained at (on the same sample, by k-NN), else None."""
@@ -349,14 +359,10 @@ def raw_pixels_note(run_dir: Path) -> str | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    rows = {r.get("geometry"): r for r in record.get("rows", [])}
-    chosen = rows.get(record.get("chosen"), {}).get("knn_top1")
-    raw = [r for r in rows.values() if r.get("raw") and r.get("knn_top1") is not None]
-    if chosen is None or not raw:
+    above = raw_above(record.get("rows", []), record.get("chosen"))
+    if above is None:
         return None
-    best = max(raw, key=lambda r: r["knn_top1"])
-    if best["knn_top1"] <= chosen + TIE:
-        return None
+    best, chosen = above
     return (f"note: raw pixels ({best['geometry']}) scored {100 * best['knn_top1']:.1f} k-NN "
             f"on {record.get('sample')} of these images against {100 * chosen:.1f} for the "
             f"start at {record['chosen']} ({path}); compare `groco export --raw-pixels "

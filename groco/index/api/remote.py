@@ -82,7 +82,7 @@ class RemoteShard:
                                            name=self.app, route_prefix=None)
         except Exception as error:  # the replica could not open the shard
             raise IndexDirError(f"{self.index_dir}: its replica did not start: "
-                                f"{_first_line(error)}") from None
+                                f"{first_line(error)}") from None
         facts = self._call("facts")
         self.encoder = SimpleNamespace(hash=facts["hash"])
         self.root = Path(facts["root"])
@@ -97,7 +97,7 @@ class RemoteShard:
             raise
         except Exception as error:  # the replica died, timed out or is unreachable
             raise RuntimeError(f"the replica of {self.index_dir} failed: "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
 
     def search_vector(self, vector: np.ndarray, k: int = 10, **options: Any) -> list:
         return self._call("search_vector", np.asarray(vector, dtype=np.float32), k, **options)
@@ -119,6 +119,8 @@ class RemoteShard:
             self._serve.delete(self.app)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+def first_line(error: BaseException) -> str:
+    """The first line of ``str(error)`` (its type's name when empty): how a shard's
+    failure is named."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -38,7 +38,7 @@ from ..manifest import IndexDirError, IndexMismatchError
 from ..search import QueryImage, Result
 from ..store import FileRow
 from .reader import IndexReader
-from .remote import RemoteShard
+from .remote import RemoteShard, first_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ShardUnion:
                 self.close()
                 raise
             except (IndexDirError, OSError) as error:
-                self._missing[shard] = _one_line(error)
+                self._missing[shard] = first_line(error)
         if ray_address and 0 not in self.readers:
             self.close()
             raise IndexDirError(f"{self.index_dirs[0]}: the first shard embeds the queries "
@@ -202,8 +202,8 @@ class ShardUnion:
 
     def _lose(self, shard: int, error: BaseException) -> None:
         with self._lock:
-            self._missing[shard] = _one_line(error)
-        log.warning("shard %s left out: %s", self.index_dirs[shard], _one_line(error))
+            self._missing[shard] = first_line(error)
+        log.warning("shard %s left out: %s", self.index_dirs[shard], first_line(error))
 
 
 def _local(union_id: int | None, shard: int) -> int | None:
@@ -211,7 +211,3 @@ def _local(union_id: int | None, shard: int) -> int | None:
         return None
     return int(union_id) % ID_STRIDE
 
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
