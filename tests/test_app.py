@@ -424,3 +424,24 @@ def test_a_burst_of_large_decodes_is_given_back(tmp_path):
     peak, kept = int(out[0]), int(out[1])
     assert peak < 3 * 64  # 2 decodes in flight (8 threads took turns)
     assert kept < 20
+
+
+def test_answered_queries_do_not_rebuild_gradios_monitoring_table(served, monkeypatch):
+    """Gradio's monitoring summary (a pandas table of up to 10,000 past events) is rebuilt
+    once per ``ANALYTICS_EVERY`` events, not after every query."""
+    from gradio.queueing import Queue
+
+    from groco.app.web import ANALYTICS_EVERY
+
+    images, _, url = served
+    built = []
+    original = Queue._get_df
+    monkeypatch.setattr(Queue, "_get_df", staticmethod(
+        lambda records: built.append(len(records)) or original(records)))
+    client = gradio_client.Client(url, verbose=False)
+    queries = 5
+    for n in range(queries):
+        client.predict(gradio_client.handle_file(str(images / "class0" / f"img00{n}.png")),
+                       3, "all", api_name="/search")
+    assert queries < ANALYTICS_EVERY
+    assert len(built) <= 1

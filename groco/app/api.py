@@ -88,7 +88,7 @@ class JsonApi:
     def _results(self, results: list[Result]) -> dict[str, Any]:
         rows = []
         for r in results:
-            thumb, _ = self.state.thumbnail(r.id)
+            thumb = self.state.result_thumbnail(r)
             rows.append({"id": r.id, "relpath": r.relpath, "score": r.score, "label": r.label,
                          "copies": r.copies,
                          "thumbnail": file_url(thumb) if thumb is not None else None})

@@ -240,11 +240,18 @@ class AppState:
         _, row = self._row(item)
         return self.thumbnails.path_for(self.root_of(item) / row.path, row.hash), row
 
+    def result_thumbnail(self, result: Result) -> Path | None:
+        """:meth:`thumbnail` of a search result, from the path and content hash it carries
+        (no metadata lookup)."""
+        if result.hash is None:
+            return self.thumbnail(result.id)[0]
+        return self.thumbnails.path_for(result.path, result.hash)
+
     def gallery(self, results: list[Result]) -> list[tuple[str, str]]:
         """(thumbnail path, caption "score · label · relpath") of each result that has one."""
         items = []
         for result in results:
-            thumb, _ = self.thumbnail(result.id)
+            thumb = self.result_thumbnail(result)
             if thumb is not None:
                 label = f" · {result.label}" if result.label else ""
                 copies = f" · +{result.copies} near copies" if result.copies else ""

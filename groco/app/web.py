@@ -26,6 +26,7 @@ rest are refused at once.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,15 @@ def tab_urls(url: str) -> dict[str, str]:
     return {name: base + ("/" if name == "search" else f"/?tab={name}") for name in TABS}
 
 
+ANALYTICS_EVERY = 100
+"""Events between two recomputations of Gradio's monitoring summary (its default, 1,
+rebuilds a pandas table of up to the last 10,000 events after every event: 10 ms each
+once a server has answered that many; BENCHMARKS.md, "Serving many users")."""
+
+
 def build_app(state: AppState) -> gr.Blocks:
     """The Blocks app over ``state`` (not launched)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     with gr.Blocks(title="groco visual search", analytics_enabled=False) as app:
         gr.Markdown("## groco visual search\nClick any image of the collection, or drop "
                     "your own, to find its nearest neighbours; click a result for more "

@@ -58,6 +58,8 @@ class Result:
     copies: int = 0
     """Near copies of this result hidden behind it by a distinct search
     (:mod:`groco.index.distinct`); 0 otherwise."""
+    hash: str | None = None
+    """The file's content hash as indexed (names its thumbnail in the web app)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,7 +235,7 @@ class Searcher:
 
     def _result(self, row: FileRow, score: float, rank_score: float | None = None) -> Result:
         return Result(id=row.id, path=str(self.root / row.path), relpath=row.path,
-                      score=score, label=row.label, rank_score=rank_score)
+                      score=score, label=row.label, rank_score=rank_score, hash=row.hash)
 
     def embedded_files(self) -> list[tuple[Path, str]]:
         """(absolute path, content hash) of every embedded image."""
