@@ -1,16 +1,24 @@
-"""Serving many users: queries/s and latency for 1, 8 and 20 concurrent clients on the
-Gradio API (`gradio_client`) and the JSON route, with concurrent queries embedded
-together (the batcher, :mod:`groco.index.api.batcher`) and one at a time, in one run.
+"""Serving many users: queries/s, latency and the server's CPU per query for 1, 8 and 20
+concurrent clients on the Gradio API (`gradio_client`) and the JSON route, the server as
+before and as now, in one run.
 
 Server: `groco serve`'s app over the Fashion-MNIST test split (``--count`` images; the
 encoder of ``benchmarks/app.py``: resnet18 at 32 px, untrained, ONNX Runtime on the CPU),
-each configuration in its own process, all started before the first query; clients and
-servers share the machine's cores, as in the issue's figures. Rows alternate between the
-servers (batched, one at a time) for each route and client count, so load from elsewhere
-falls on both alike. Each client sends its share of the row's queries one after another
-(no pause); a row reports its queries, errors, queries/s over its wall time, and p50 /
-p95 latency. ``--concurrency`` sets Gradio's events at once and the JSON route's
-searches at once on every server (the app's ``settings.concurrency``).
+each configuration in its own process, all started before the first query: "before"
+embeds each query in its own call, lets ONNX Runtime's threads spin between runs and
+Gradio rebuild its monitoring table after every event (the defaults of both); "batched"
+hands queries to the batcher (:mod:`groco.index.api.batcher`), blocks those threads
+between runs (``AppSettings.encoder_spinning``) and rebuilds that table every
+``groco.app.web.ANALYTICS_EVERY`` events (the product now). Clients and servers share the
+machine's cores, as in the issue's figures. Rows alternate between the servers for each
+route and client count, so load from elsewhere falls on both alike. Each client sends its
+share of the row's queries one after another (no pause); a row reports its queries,
+errors, queries/s over its wall time, p50 / p95 latency, and the server process's CPU
+time (user + system) per query. Routes: ``gradio_client`` as made by default, the same
+with ``ssl_verify=False`` (the server is plain HTTP: no TLS either way, but the default
+client builds a TLS context for each of its HTTP calls, about 100 ms of CPU a query on
+the same cores), and the JSON route. ``--concurrency`` sets Gradio's events at once and
+the JSON route's searches at once on every server (the app's ``settings.concurrency``).
 
     python benchmarks/serving.py
     python benchmarks/serving.py --quick
@@ -19,6 +27,7 @@ searches at once on every server (the app's ``settings.concurrency``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,28 +36,48 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header  # noqa: E402
-from app import export_untrained, gradio_queries, json_queries, start_server  # noqa: E402
+from app import (  # noqa: E402
+    export_untrained,
+    gradio_plain_http_queries,
+    gradio_queries,
+    json_queries,
+    start_server,
+)
 from fashion_mnist import write_folder  # noqa: E402
 from timing import LoadWatch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = """
+import os
 import sys
+if sys.argv[5] == "1":
+    os.environ["GRADIO_ANALYTICS_CACHE_FREQUENCY"] = "1"
 from groco.app.settings import AppSettings
 from groco.app.state import AppState
 from groco.app.web import serve
 settings = AppSettings(batch_queries=sys.argv[3] == "1", concurrency=int(sys.argv[4]),
-                       queue_size=1000)
+                       queue_size=1000, encoder_spinning=sys.argv[5] == "1")
 state = AppState.open(sys.argv[1], settings=settings)
 state.start_thumbnail_warmup().join()
 serve(state, port=int(sys.argv[2]), block=True)
 """
 ROUTES = {"gradio": ("gradio_client `/search`", gradio_queries),
+          "gradio-plain": ("gradio_client `/search`, ssl_verify=False", gradio_plain_http_queries),
           "json": ("JSON route", json_queries)}
-SERVERS = {"unbatched": ("one at a time", False), "batched": ("batched", True)}
+SERVERS = {"unbatched": ("before: one at a time", False, True),
+           "batched": ("batched", True, False)}
+"""name: (label, queries embedded together, as before: ONNX Runtime's threads spinning
+and Gradio's monitoring table rebuilt after every event)."""
 
 
-def row(fn, url: str, queries: list[Path], clients: int) -> dict[str, float]:
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def row(fn, url: str, queries: list[Path], clients: int, pid: int) -> dict[str, float]:
+    cpu = server_cpu_seconds(pid)
     started = time.perf_counter()
     errors = 0
     try:
@@ -58,6 +87,7 @@ def row(fn, url: str, queries: list[Path], clients: int) -> dict[str, float]:
         ms, errors = np.array([np.nan]), len(queries)
     wall = time.perf_counter() - started
     return {"queries": len(queries), "errors": errors, "qps": len(queries) / wall,
+            "cpu_ms": (server_cpu_seconds(pid) - cpu) / len(queries) * 1000,
             "p50": float(np.nanpercentile(ms, 50)), "p95": float(np.nanpercentile(ms, 95))}
 
 
@@ -87,10 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     files = sorted(images.rglob("*.png"))
     routes = [ROUTES[r] for r in args.routes]
     servers = {name: start_server(index, args.work / f"{key}.log", SERVER,
-                                  ("1" if batched else "0", str(args.concurrency)))
-               for key, (name, batched) in SERVERS.items() if key in args.servers}
-    lines = ["| route | clients | server | queries | errors | queries/s | p50 ms | p95 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+                                  ("1" if batched else "0", str(args.concurrency),
+                                   "1" if before else "0"))
+               for key, (name, batched, before) in SERVERS.items() if key in args.servers}
+    lines = ["| route | clients | server | queries | errors | queries/s | p50 ms | p95 ms | "
+             "server CPU ms / query |", "|---|---|---|---|---|---|---|---|---|"]
     try:
         with LoadWatch() as load:
             for _, url in servers.values():  # warm-up: 10 queries a route
@@ -101,11 +132,11 @@ def main(argv: list[str] | None = None) -> None:
                 for clients in args.clients:
                     queries = files[offset:offset + clients * args.per_client]
                     offset += len(queries)
-                    for name, (_, url) in servers.items():
-                        r = row(fn, url, queries, clients)
+                    for name, (server, url) in servers.items():
+                        r = row(fn, url, queries, clients, server.pid)
                         lines.append(f"| {route} | {clients} | {name} | {r['queries']} | "
                                      f"{r['errors']} | {r['qps']:.1f} | {r['p50']:.0f} | "
-                                     f"{r['p95']:.0f} |")
+                                     f"{r['p95']:.0f} | {r['cpu_ms']:.0f} |")
                         print(lines[-1], file=sys.stderr, flush=True)
     finally:
         for server, _ in servers.values():

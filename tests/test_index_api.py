@@ -167,3 +167,27 @@ def test_every_index_groco_builds_takes_the_selector(factory):
     if is_exact(index):
         exact = np.argsort(-(vectors[::40] @ vectors[0]))[:5]
         assert found[0].tolist() == subset[exact].tolist()
+
+
+def test_a_served_index_blocks_onnx_runtime_threads_between_queries(indexes):
+    """A server's encoder does not spin its ONNX Runtime threads between queries (their CPU
+    goes to answering requests); it spins when asked, and answers the same either way."""
+    from PIL import Image
+
+    from groco.app.settings import AppSettings
+    from groco.app.state import AppState
+
+    key = "session.intra_op.allow_spinning"
+    answers = {}
+    for spinning in (False, True):
+        state = AppState.open(indexes["auto"],
+                              settings=AppSettings(encoder_spinning=spinning))
+        try:
+            options = state.searcher.encoder.session.get_session_options()
+            assert options.get_session_config_entry(key) == ("1" if spinning else "0")
+            query = Image.open(min(state.searcher.root.rglob("*.png")))
+            answers[spinning] = [(r.id, round(r.score, 5))
+                                 for r in state.search_image(query, 5)]
+        finally:
+            state.close()
+    assert answers[False] == answers[True]

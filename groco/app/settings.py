@@ -29,6 +29,9 @@ class AppSettings:
       ``groco index update`` and switches to it (1 s).
     - ``batch_queries``: embed the queries that wait together in one call (on; off only
       to measure what it saves: :mod:`groco.index.api.batcher`).
+    - ``encoder_spinning``: let ONNX Runtime's threads spin between queries
+      (:class:`groco.encoder.runtime.Encoder`; off: that CPU goes to answering requests;
+      on only to measure what it costs).
     - ``ray_address``: with several index directories, serve every shard but the first in
       a Ray Serve replica (``local`` or a cluster's address; :mod:`groco.index.api.remote`);
       ``None``: threads of this process.
@@ -47,6 +50,7 @@ class AppSettings:
     refresh_seconds: float = 1.0
     batch_queries: bool = True
     ray_address: str | None = None
+    encoder_spinning: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_query_pixels", "decode_concurrency",

@@ -62,10 +62,11 @@ class AppState:
         dirs = list(index_dir) if isinstance(index_dir, (list, tuple)) else [index_dir]
         settings = settings or AppSettings()
         batch = settings.batch_queries
-        union = ShardUnion(dirs, encoder, batch_queries=batch,
-                           ray_address=settings.ray_address) if len(dirs) > 1 else None
+        spinning = settings.encoder_spinning
+        union = ShardUnion(dirs, encoder, batch_queries=batch, ray_address=settings.ray_address,
+                           spinning=spinning) if len(dirs) > 1 else None
         searcher = union.readers[min(union.readers)] if union else IndexReader(
-            dirs[0], encoder, batch_queries=batch)
+            dirs[0], encoder, batch_queries=batch, spinning=spinning)
         folder = thumbnails_dir or Path(searcher.index_dir) / "thumbnails"
         return cls(searcher, ThumbnailCache(folder), settings, union=union)
 

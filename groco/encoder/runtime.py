@@ -103,7 +103,7 @@ def _int_meta(meta: dict[str, str], key: str, path: Path) -> int:
 class Encoder:
     """An ONNX Runtime session over a groco encoder file.
 
-    ``Encoder(path, providers=None, batch_size=64, threads=None)``:
+    ``Encoder(path, providers=None, batch_size=64, threads=None, spinning=True)``:
 
     - ``providers``: ONNX Runtime execution providers to ask for, in order of preference
       (names, or ``(name, options)`` pairs as ONNX Runtime takes them). ``None``: CUDA
@@ -113,6 +113,10 @@ class Encoder:
     - ``batch_size``: images per ``session.run`` in :meth:`embed` and :meth:`embed_arrays`.
     - ``threads``: intra-op threads (default: the cores this process may use).
       Graph optimisation level ALL.
+    - ``spinning``: whether those threads spin after a run, waiting for the next one (ONNX
+      Runtime's default, best for back-to-back batches) or block at once (``False``: a
+      server whose cores also decode, search and answer requests gets that CPU back;
+      BENCHMARKS.md, "Serving many users").
 
     Raises :class:`EncoderError` (one line) for a missing file, a file that is not a
     readable ONNX model, a model without the groco metadata, or metadata that disagrees
@@ -125,6 +129,7 @@ class Encoder:
         providers: list[str | tuple[str, dict[str, Any]]] | None = None,
         batch_size: int = 64,
         threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         self.path = Path(path)
         if batch_size < 1:
@@ -138,6 +143,8 @@ class Encoder:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = list(providers) if providers else (default_providers())
         if any((p[0] if isinstance(p, tuple) else p) == CUDA for p in wanted):

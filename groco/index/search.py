@@ -74,10 +74,12 @@ class Searcher:
     missing, unfinished or inconsistent raises :class:`IndexDirError`. If the metadata
     changed after ``index.faiss`` was written (an interrupted ``update``), a warning is
     logged, results whose file is gone are dropped, and :meth:`facts` says ``stale``.
+    ``spinning``: :class:`~groco.encoder.runtime.Encoder`'s, off: queries come one or a
+    few at a time, between other work on the same cores.
     """
 
     def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, spinning: bool = False) -> None:
         self.index_dir = Path(index_dir)
         self.manifest, self.index = open_current(self.index_dir)
         self.expansion = Expansion.open(self.index_dir, self.manifest)
@@ -88,7 +90,7 @@ class Searcher:
         if encoder_path is None and not path.is_file():
             raise EncoderError(f"{path}: the encoder this index was built with is gone; "
                                "pass the encoder file (--encoder)")
-        self.encoder = Encoder(path, providers=providers)
+        self.encoder = Encoder(path, providers=providers, spinning=spinning)
         check_encoder_hash(self.manifest["encoder_hash"], self.encoder.hash, path,
                            self.index_dir)
         self._store = Store(self.index_dir / DB_NAME, readonly=True)

@@ -48,9 +48,10 @@ class IndexReader:
     """
 
     def __init__(self, index_dir: str | Path, encoder_path: str | Path | None = None,
-                 providers: list[str] | None = None, batch_queries: bool = True) -> None:
-        self._searcher = Searcher(index_dir, encoder_path, providers)
-        self._opening = (encoder_path, providers)
+                 providers: list[str] | None = None, batch_queries: bool = True,
+                 spinning: bool = False) -> None:
+        self._searcher = Searcher(index_dir, encoder_path, providers, spinning)
+        self._opening = (encoder_path, providers, spinning)
         self._previous: Searcher | None = None
         self.generation = 0
         """How many newer index states this reader has switched to (:meth:`refresh`)."""

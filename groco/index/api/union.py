@@ -54,7 +54,7 @@ class ShardUnion:
 
     def __init__(self, index_dirs: Sequence[str | Path], encoder_path: str | Path | None = None,
                  providers: list[str] | None = None, batch_queries: bool = True,
-                 ray_address: str | None = None) -> None:
+                 ray_address: str | None = None, spinning: bool = False) -> None:
         if not index_dirs:
             raise ValueError("give at least one index directory")
         self.index_dirs = [Path(p) for p in index_dirs]
@@ -65,7 +65,8 @@ class ShardUnion:
             try:
                 self.readers[shard] = (
                     RemoteShard(path, ray_address) if ray_address and shard > 0 else
-                    IndexReader(path, encoder_path, providers, batch_queries=batch_queries))
+                    IndexReader(path, encoder_path, providers, batch_queries=batch_queries,
+                                spinning=spinning))
             except IndexMismatchError:
                 self.close()
                 raise
