@@ -23,6 +23,7 @@ from groco.training.geometry import (
     GeometryScore,
     candidates,
     choose,
+    default_geometry,
     score_geometries,
     with_geometry,
 )
@@ -183,15 +184,44 @@ def test_export_geometry_refuses_what_it_cannot_do(start, tmp_path):
         assert len(result.output.strip().splitlines()) == 1
 
 
-def test_train_geometry_auto_trains_at_the_choice_and_resumes_it(start, tmp_path):
+def test_a_start_from_weights_that_names_no_size_is_measured():
+    assert default_geometry({"weights": "w.safetensors"}) == "auto"
+    assert default_geometry({"pretrained": True, "image_size": None}) == "auto"
+    assert default_geometry({"pretrained_file": "f.pth", "image_size": 64}) is None
+    assert default_geometry({"weights": "w.safetensors", "geometry": "96s1"}) is None
+    assert default_geometry({"image_size": None, "pretrained": False}) is None
+
+
+def test_export_of_a_start_with_data_and_no_size_scores_its_geometries(start, tmp_path):
+    weights, images = start
+    runner = CliRunner()
+    result = runner.invoke(app, [
+        "export", "--backbone", "test_resnet", "--weights", str(weights), "--data",
+        str(images), "--max-cost", "0.4", "--out", str(tmp_path / "start.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "--geometry auto" in result.output and "chosen: " in result.output
+    record = json.loads((tmp_path / "start.onnx.geometry.json").read_text())
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "start.onnx").metadata_props}
+    assert meta["groco.backbone"] != "raw-pixels"  # asked for the network: it is the network
+    assert meta["groco.input_size"] == str(record["image_size"])
+    result = runner.invoke(app, [
+        "export", "--backbone", "test_resnet", "--weights", str(weights), "--data",
+        str(images), "--image-size", "24", "--out", str(tmp_path / "sized.onnx")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "sized.onnx.geometry.json").exists()
+
+
+def test_train_from_weights_without_a_size_trains_at_the_choice_and_resumes_it(start,
+                                                                              tmp_path):
     weights, images = start
     run = tmp_path / "run"
     args = ["train", str(images), "--out", str(run), "--backbone", "test_resnet",
-            "--weights", str(weights), "--geometry", "auto", "--geometry-max-cost", "0.4",
+            "--weights", str(weights), "--geometry-max-cost", "0.4",
             "--epochs", "1", "--batch-size", "8", "--topk-neg", "4", "--workers", "0",
             "--projector-dim", "16", "--projector-hidden", "16"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "--geometry auto" in result.output
     record = json.loads((run / RECORD).read_text())
     saved = TrainConfig.from_yaml(run / "config.yaml")
     assert (saved.image_size, saved.small_stem, saved.geometry) == (

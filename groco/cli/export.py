@@ -23,7 +23,8 @@ def export(
     backbone: str = typer.Option(None, "--backbone", help="Baseline: export this timm network "
                                                           "as it is, without a run."),
     image_size: int = typer.Option(None, "--image-size", help="Input size of --backbone "
-                                                              "(default: 224).", min=8, max=4096),
+                                   "(default: measured on --data for a start from weights, "
+                                   "as --geometry auto; else 224).", min=8, max=4096),
     pretrained: bool = typer.Option(False, "--pretrained", help="--backbone with timm's "
                                                                 "pretrained weights."),
     weights: Path = typer.Option(None, "--weights", help="--backbone with this local weights "
@@ -78,14 +79,22 @@ def export(
                 typer.echo(note)
         elif backbone is not None:
             from groco.encoder.baselines import export_backbone
+            from groco.training.geometry import default_geometry
 
+            implicit = data is not None and small_stem is None and geometry is None
+            if implicit:
+                geometry = default_geometry({"pretrained": pretrained, "weights": weights,
+                                             "image_size": image_size})
+                if geometry:
+                    typer.echo("a start from weights without --image-size or --geometry: "
+                               "scoring its geometries on --data (--geometry auto)")
             if geometry is not None:
                 from groco.training.geometry import resolve_geometry
 
                 chosen = resolve_geometry(geometry, backbone, data, pretrained=pretrained,
                                           weights=weights, max_cost=max_cost,
                                           record=out.with_name(out.name + ".geometry.json"),
-                                          networks_only=precision != "fp32",
+                                          networks_only=implicit or precision != "fp32",
                                           progress=typer.echo)
                 image_size, small_stem = chosen.image_size, chosen.small_stem
                 if chosen.raw:

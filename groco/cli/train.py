@@ -56,6 +56,14 @@ def train(images: Path, out: Path, config: Path | None, resume: bool,
     given = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()
              if v is not None}
     try:
+        if not resume:
+            from groco.training.geometry import default_geometry
+
+            named = {**(_file_settings(config) if config is not None else {}), **given}
+            if default_geometry(named):
+                given["geometry"] = default_geometry(named)
+                typer.echo("a start from weights without --image-size or --geometry: "
+                           "scoring its geometries on IMAGES (--geometry auto)")
         if config is not None:
             cfg = TrainConfig.from_yaml(config, data=str(images), out=str(out), **given)
         else:
@@ -71,6 +79,18 @@ def train(images: Path, out: Path, config: Path | None, resume: bool,
         start = " (no epoch improved on the start)" if result.kept_epoch == 0 else ""
         typer.echo(f"kept epoch {result.kept_epoch}{start}: {result.kept_reason}; "
                    "`groco export` takes it")
+
+
+def _file_settings(config: Path) -> dict[str, Any]:
+    """The settings a ``--config`` YAML file names (empty when it cannot be read: building
+    the run's config reports that)."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return values if isinstance(values, dict) else {}
 
 
 def _signature() -> list[inspect.Parameter]:

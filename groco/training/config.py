@@ -71,8 +71,9 @@ class TrainConfig:
     method: str = setting("groco", _methods_help())
     backbone: str = setting("resnet18", "Any timm model name, or an hf-hub: name with "
                             "--pretrained (default: resnet18).")
-    image_size: int = setting(224, "Training and search resolution (default: 224); compute "
-                              "grows with its square.", low=8, high=4096)
+    image_size: int = setting(224, "Training and search resolution (default: 224; a start "
+                              "from weights: --geometry auto). Compute grows with its "
+                              "square.", low=8, high=4096)
     small_stem: bool | None = setting(
         None, "3x3 stride-1 CNN stem (default: on for untrained CNNs at <= 64 px; a start "
         "from weights keeps the stem it had).")

@@ -32,7 +32,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,6 +320,18 @@ def resolve_geometry(text: str, backbone: str, data: str | Path | None, *,
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(choice.to_dict(), indent=2) + "\n")
     return choice.chosen
+
+
+def default_geometry(settings: Mapping[str, Any]) -> str | None:
+    """The ``geometry`` setting a run or an export gets when it names none: ``"auto"`` for
+    a start from weights that gives neither ``geometry`` nor ``image_size`` (its serving
+    geometry is measured on the images, not assumed: at its pretraining size Lite0 scores
+    82.6 k-NN on Fashion-MNIST and 84.6 on the digits, against 83.5 and 88.4 at 96 px with
+    the stride-1 stem, for 1.4x the cost; BENCHMARKS.md, "Serving geometry"), else
+    ``None``."""
+    starts = any(settings.get(key) for key in ("weights", "pretrained", "pretrained_file"))
+    named = any(settings.get(key) is not None for key in ("geometry", "image_size"))
+    return "auto" if starts and not named else None
 
 
 def with_geometry(config: Any, run_dir: Path) -> Any:
