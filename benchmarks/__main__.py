@@ -123,6 +123,11 @@ SCRIPTS: tuple[Script, ...] = (
                   "--max-steps-per-epoch", "2", "--data-dir", WORK, "--out", WORK + "-out",
                   *TINY_TRAIN),
            needs_fmnist=True, needs_weights=True),
+    Script("train_share", "train_share.py", full=("--weights", WEIGHTS), quick=None,
+           needs_fmnist=True, needs_weights=True,
+           why="three fine-tuning runs (15 min); a run's weights rebuilt from their file "
+               "are tested by tests/test_pretrained.py, a start's export by "
+               "tests/test_baselines.py"),
     Script("gpu", "gpu.py", full=("--weights", WEIGHTS, "--work", WORK),
            quick=("--quick", "--weights", WEIGHTS, "--work", WORK),
            needs_cuda=True),

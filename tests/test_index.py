@@ -143,7 +143,8 @@ def test_search_json_cli_parses(built) -> None:
     first = payload["results"][0]
     assert first["relpath"] == "class2/img003.png" and first["label"] == "class2"
     assert set(first) == {"rank", "id", "path", "relpath", "score", "label", "rank_score",
-                          "copies"}
+                          "copies", "hash"}
+    assert len(first["hash"]) >= 16  # the file's content hash as indexed
     bad = run_cli("search", str(index_dir / "nope"), str(images / "class2/img003.png"))
     assert bad.returncode == 1 and "not found" in bad.stderr
 
