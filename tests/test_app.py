@@ -445,3 +445,32 @@ def test_answered_queries_do_not_rebuild_gradios_monitoring_table(served, monkey
                        3, "all", api_name="/search")
     assert queries < ANALYTICS_EVERY
     assert len(built) <= 1
+
+
+def test_a_thumbnail_is_found_static_at_the_first_static_path(served, monkeypatch):
+    """Gradio checks each answer's files against its static paths in order, resolving both
+    paths for each one tried: a thumbnail is found at the first (two ``realpath`` calls),
+    and serving again adds no second entry."""
+    import os
+
+    from gradio.data_classes import FileData, _StaticFiles
+    from gradio.utils import is_static_file
+
+    from groco.app.web import static_first
+
+    images, _, url = served
+    client = gradio_client.Client(url, verbose=False, download_files=False)
+    answer = client.predict(gradio_client.handle_file(str(images / "class0" / "img000.png")),
+                            3, "all", api_name="/search")
+    thumbnail = Path(answer[0][0]["image"]["path"])
+    folder = thumbnail.parent
+    assert folder.name == "thumbnails" and thumbnail.is_file()
+    static_first(folder)
+    assert _StaticFiles.all_paths.count(folder.resolve()) == 1
+    calls = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda *a, **kw: calls.append(a) or realpath(*a, **kw))
+    assert is_static_file(FileData(path=str(thumbnail)))
+    assert len(calls) == 2
+    calls.clear()
+    assert not is_static_file(FileData(path=str(images / "class0" / "img000.png")))
