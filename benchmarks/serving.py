@@ -14,11 +14,12 @@ machine's cores, as in the issue's figures. Rows alternate between the servers f
 route and client count, so load from elsewhere falls on both alike. Each client sends its
 share of the row's queries one after another (no pause); a row reports its queries,
 errors, queries/s over its wall time, p50 / p95 latency, and the server process's CPU
-time (user + system) per query. Routes: ``gradio_client`` as made by default, the same
-with ``ssl_verify=False`` (the server is plain HTTP: no TLS either way, but the default
-client builds a TLS context for each of its HTTP calls, about 100 ms of CPU a query on
-the same cores), and the JSON route. ``--concurrency`` sets Gradio's events at once and
-the JSON route's searches at once on every server (the app's ``settings.concurrency``).
+time (user + system) per query and the clients' (this process's threads). Routes:
+``gradio_client`` as made by default, the same with ``ssl_verify=False`` (the server is
+plain HTTP: no TLS either way, but the default client builds a TLS context for each of
+its HTTP calls, about 100 ms of CPU a query on the same cores), and the JSON route.
+``--concurrency`` sets Gradio's events at once and the JSON route's searches at once on
+every server (the app's ``settings.concurrency``).
 
     python benchmarks/serving.py
     python benchmarks/serving.py --quick
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -76,8 +78,15 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def client_cpu_seconds() -> float:
+    """User + system CPU seconds this process (the clients' threads) has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def row(fn, url: str, queries: list[Path], clients: int, pid: int) -> dict[str, float]:
     cpu = server_cpu_seconds(pid)
+    client_cpu = client_cpu_seconds()
     started = time.perf_counter()
     errors = 0
     try:
@@ -88,6 +97,7 @@ def row(fn, url: str, queries: list[Path], clients: int, pid: int) -> dict[str, 
     wall = time.perf_counter() - started
     return {"queries": len(queries), "errors": errors, "qps": len(queries) / wall,
             "cpu_ms": (server_cpu_seconds(pid) - cpu) / len(queries) * 1000,
+            "client_cpu_ms": (client_cpu_seconds() - client_cpu) / len(queries) * 1000,
             "p50": float(np.nanpercentile(ms, 50)), "p95": float(np.nanpercentile(ms, 95))}
 
 
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                                    "1" if before else "0"))
                for key, (name, batched, before) in SERVERS.items() if key in args.servers}
     lines = ["| route | clients | server | queries | errors | queries/s | p50 ms | p95 ms | "
-             "server CPU ms / query |", "|---|---|---|---|---|---|---|---|---|"]
+             "server CPU ms / query | clients' CPU ms / query |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     try:
         with LoadWatch() as load:
             for _, url in servers.values():  # warm-up: 10 queries a route
@@ -136,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                         r = row(fn, url, queries, clients, server.pid)
                         lines.append(f"| {route} | {clients} | {name} | {r['queries']} | "
                                      f"{r['errors']} | {r['qps']:.1f} | {r['p50']:.0f} | "
-                                     f"{r['p95']:.0f} | {r['cpu_ms']:.0f} |")
+                                     f"{r['p95']:.0f} | {r['cpu_ms']:.0f} | "
+                                     f"{r['client_cpu_ms']:.0f} |")
                         print(lines[-1], file=sys.stderr, flush=True)
     finally:
         for server, _ in servers.values():
