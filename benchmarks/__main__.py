@@ -131,6 +131,7 @@ SCRIPTS: tuple[Script, ...] = (
     Script("gpu", "gpu.py", full=("--weights", WEIGHTS, "--work", WORK),
            quick=("--quick", "--weights", WEIGHTS, "--work", WORK),
            needs_cuda=True),
+    Script("batched_search", "batched_search.py"),
     Script("serving", "serving.py", quick=None, needs_fmnist=True,
            why="two servers and up to 20 gradio_client users each (minutes); the batcher "
                "is tested by tests/test_batcher.py, the routes by tests/test_app*.py"),
