@@ -101,6 +101,39 @@ def test_a_missing_or_failing_shard_is_left_out_and_named(shards, tmp_path: Path
         ShardUnion([gone, tmp_path / "also-gone"])
 
 
+def test_a_failing_shard_does_not_stop_the_watch_for_newer_states(shards, monkeypatch,
+                                                                   caplog) -> None:
+    """The server's watch refreshes every shard on its own: one that fails (a replica
+    that died) is said once, and the others are still refreshed."""
+    import logging
+    import time
+
+    from groco.app.settings import AppSettings
+    from groco.app.state import AppState
+
+    state = AppState.open([shards["a"], shards["b"]],
+                          settings=AppSettings(refresh_seconds=0.05))
+    refreshed = []
+
+    def dies() -> bool:
+        raise RuntimeError("the replica of index-b failed: Timed out")
+
+    monkeypatch.setattr(state.union.readers[0], "refresh",
+                        lambda: refreshed.append(time.monotonic()) or False)
+    monkeypatch.setattr(state.union.readers[1], "refresh", dies)
+    try:
+        with caplog.at_level(logging.WARNING, logger="groco.app"):
+            watch = state.start_index_watch()
+            deadline = time.monotonic() + 10
+            while len(refreshed) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert watch.is_alive() and len(refreshed) >= 4
+        failures = [r for r in caplog.records if "Timed out" in r.getMessage()]
+        assert len(failures) == 1 and "index-b" in failures[0].getMessage()
+    finally:
+        state.close()
+
+
 def test_groco_search_with_several_indexes(shards, tmp_path: Path) -> None:
     runner = CliRunner()
     query = str(shards["images"] / "class2" / "img003.png")

@@ -89,14 +89,22 @@ class AppState:
 
     def _watch_index(self) -> None:
         readers = list(self.union.readers.values()) if self.union else [self.searcher]
+        failing: dict[int, str] = {}  # reader -> its last failure, said once
         while not self._stop.wait(self.settings.refresh_seconds):
-            try:
-                if any([reader.refresh() for reader in readers]):
-                    self.labels = self._label_counts()
-                    log.info("switched to the index's newer state (%s)",
-                             self.searcher.index_dir)
-            except (ValueError, OSError) as error:  # e.g. a damaged newer state
-                log.warning("keeping the index state being served: %s", error)
+            switched = False
+            for number, reader in enumerate(readers):
+                try:
+                    switched |= bool(reader.refresh())
+                    failing.pop(number, None)
+                # a damaged newer state; a shard's replica that died or timed out
+                except (ValueError, OSError, RuntimeError) as error:
+                    if failing.get(number) != str(error):
+                        failing[number] = str(error)
+                        log.warning("keeping the index state being served (%s): %s",
+                                    reader.index_dir, error)
+            if switched:
+                self.labels = self._label_counts()
+                log.info("switched to the index's newer state (%s)", self.searcher.index_dir)
 
     # -- the collection's thumbnails
 

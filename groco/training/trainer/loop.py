@@ -9,6 +9,7 @@ its shard with DDP and the losses gather negatives from every rank.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -30,6 +31,8 @@ from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
 from groco.training.geometry import with_geometry
+from groco.training.holdout import auto_count
+from groco.training.holdout import split as holdout_split
 from groco.training.methods import Objective, build_objective, get_method
 from groco.training.models import build_model, is_vit, network_facts
 from groco.training.optim import build_optimizer, learning_rate
@@ -54,6 +57,28 @@ from groco.training.trainer.setup import (
 log = logging.getLogger("groco.train")
 
 
+def _split_folder(config: TrainConfig, recorded: bool
+                  ) -> tuple[TrainConfig, ImageFolderDataset, list[str]]:
+    """``(config with its holdout count, the images it trains on, the held-out images)``
+    (:mod:`groco.training.holdout`). A resumed run recorded before holdouts existed
+    (``holdout`` unset) holds none out, as it trained."""
+    listing = ImageFolderDataset(config.data, config.base_size)
+    count = config.holdout
+    if count is None:
+        labelled = sum(t >= 0 for t in listing.targets)
+        count = 0 if recorded else auto_count(labelled, len(listing.classes))
+    try:
+        trained, held = holdout_split(listing.targets, count, config.seed)
+    except ValueError as error:
+        raise TrainError(f"--holdout: {error}") from None
+    config = dataclasses.replace(config, holdout=count)
+    if not len(held):
+        return config, listing, []
+    dataset = ImageFolderDataset(config.data, config.base_size,
+                                 files=[listing.files[i] for i in trained])
+    return config, dataset, [str(listing.files[i]) for i in held]
+
+
 class Trainer:
     """Holds a run's pieces; ``fit()`` trains to ``config.epochs`` and returns the result."""
 
@@ -63,7 +88,8 @@ class Trainer:
         (the settings a user gave, e.g. on the command line) must agree with them."""
         init_distributed(config.device)
         self.run_dir = Path(config.out)
-        if resume and (self.run_dir / checkpoint.CONFIG).is_file():
+        recorded = resume and (self.run_dir / checkpoint.CONFIG).is_file()
+        if recorded:
             config = TrainConfig.from_dict(checkpoint.load_config(self.run_dir))
             check_resume_settings(self.run_dir, config, asked or {})
         elif not resume and (self.run_dir / checkpoint.STATE).exists():
@@ -74,7 +100,7 @@ class Trainer:
         self.show_progress = show_progress and rank() == 0
         torch.manual_seed(config.seed)  # same initial weights on every rank
 
-        self.dataset = ImageFolderDataset(config.data, config.base_size)
+        config, self.dataset, held_out = _split_folder(config, recorded)
         global_batch = config.batch_size * world_size()
         if len(self.dataset) < global_batch:
             raise TrainError(f"{config.data}: {len(self.dataset)} images, fewer than one batch "
@@ -111,7 +137,7 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.monitor = Monitor(config, self.dataset.files, self.dataset.targets,
                                self.dataset.classes, self.device, self.channels_last,
-                               self.autocast_dtype)
+                               self.autocast_dtype, held_out=held_out)
         self.epoch = self.step = 0
         self.kept: dict[str, str] | None = None  # metadata of best.safetensors
         self.last_scores: tuple[float | None, dict[str, float]] | None = None
@@ -294,7 +320,8 @@ class Trainer:
             knn, scores = self.last_scores  # the exported features are those scored
         elif evaluate:
             knn, scores = self.evaluate()
-            record = kept_record(self.kept, self.epoch, self.config.method, knn, scores)
+            record = kept_record(self.kept, self.epoch, self.config.method, knn, scores,
+                                 self.monitor.scored_on)
             kept = record is not None
             self.kept = record or self.kept
             self.last_scores = (knn, scores)

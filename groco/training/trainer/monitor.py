@@ -38,9 +38,13 @@ class Monitor:
 
     def __init__(self, config: TrainConfig, files: list[str], targets: list[int],
                  classes: list[str], device: torch.device, channels_last: bool,
-                 autocast_dtype: torch.dtype | None) -> None:
+                 autocast_dtype: torch.dtype | None, held_out: list[str] | None = None
+                 ) -> None:
         self.config = config
         self.files, self.targets, self.classes = files, targets, classes
+        self.held_out = list(held_out or [])
+        """Labelled images of ``config.data`` the run does not train on: the k-NN queries
+        when given (:mod:`groco.training.holdout`)."""
         self.device = device
         self.channels_last = channels_last
         self.autocast_dtype = autocast_dtype
@@ -78,6 +82,15 @@ class Monitor:
             return np.zeros((0, 0), np.float32), []
         return np.concatenate(features), labels
 
+    @property
+    def scored_on(self) -> str:
+        """What the k-NN figure's queries are, in words."""
+        if self.held_out:
+            return f"{len(self.held_out)} held-out images"
+        if self.config.eval_data:
+            return f"the images of {self.config.eval_data}"
+        return "the trained images, leave-one-out"
+
     def labelled_files(self) -> list[str]:
         return [f for f, t in zip(self.files, self.targets, strict=True) if t >= 0]
 
@@ -90,8 +103,9 @@ class Monitor:
 
     def knn(self, network: nn.Module, bank: Features | None = None) -> float | None:
         """Weighted k-NN top-1 (k, T from the config) on backbone features, or None
-        without labels. Queries: ``eval_data`` when given, else leave-one-out on the bank
-        (``bank``: the labelled images' features and class names, embedded when absent)."""
+        without labels. Queries (:attr:`scored_on`): the held-out images, or ``eval_data``,
+        else leave-one-out on the bank (``bank``: the labelled images' features and class
+        names, embedded when absent)."""
         if bank is None:
             bank = self.embed_bank(network)
         features, names = bank
@@ -100,10 +114,13 @@ class Monitor:
         classes, labels = class_indices(names, self.classes)
         settings = {"k": self.config.knn_k, "temperature": self.config.knn_temperature,
                     "num_classes": len(classes)}
-        if not self.config.eval_data:
+        if self.held_out:
+            queries, query_names = self.embed_folder(network, self.config.data, self.held_out)
+        elif self.config.eval_data:
+            queries, query_names = self.embed_folder(network, self.config.eval_data)
+        else:
             return knn_accuracy(features, labels, features, labels, exclude_self=True,
                                 **settings)
-        queries, query_names = self.embed_folder(network, self.config.eval_data)
         _, query_labels = class_indices(query_names, classes)
         keep = query_labels >= 0
         if not keep.any():
@@ -164,7 +181,8 @@ class Monitor:
 
 
 def kept_record(kept: dict[str, str] | None, epoch: int, method: str, knn: float | None,
-                scores: dict[str, float]) -> dict[str, str] | None:
+                scores: dict[str, float], scored_on: str | None = None
+                ) -> dict[str, str] | None:
     """The metadata of ``best.safetensors`` when epoch ``epoch`` beats the ``kept`` one
     (epoch 0 is kept first), else None. With labels, k-NN top-1 decides (any gain);
     without, the label-free :data:`~groco.training.labelfree.CRITERION` must gain more
@@ -181,6 +199,8 @@ def kept_record(kept: dict[str, str] | None, epoch: int, method: str, knn: float
         return None
     start = float(kept["start_score"]) if kept else value
     what = "k-NN top-1" if criterion == "knn_top1" else f"label-free {criterion}"
+    if criterion == "knn_top1" and scored_on:
+        what += f" on {scored_on}"
     if epoch == 0:
         reason = f"the start, {what} {value:.4f}"
     else:
