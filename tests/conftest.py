@@ -23,6 +23,18 @@ from groco.index.manifest import read_manifest
 from groco.index.store import DB_NAME, EMBEDDED, Store
 
 
+def hard_collection(root: Path, classes: int = 4, per_class: int = 12) -> Path:
+    """Classes whose mean colours differ by less than their noise: k-NN stays unsaturated."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = 128 + 12 * c + rng.normal(0, 70, (30, 26, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                root / f"class{c}" / f"{i:02d}.png")
+    return root
+
+
 def make_collection(root: Path, classes: int = 3, per_class: int = 8, size: int = 24,
                     seed: int = 0, broken: int = 0) -> Path:
     """``classes`` subfolders of coloured noise images (one hue per class), plus ``broken``

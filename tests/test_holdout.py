@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from conftest import hard_collection
 
 from groco.encoder.export import export_encoder
 from groco.encoder.runtime import Encoder
@@ -53,19 +53,8 @@ def test_holdout_and_eval_data_are_refused_together(tmp_path):
         config.resolved()
 
 
-def _collection(root: Path, classes: int = 4, per_class: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = 128 + 12 * c + rng.normal(0, 70, (30, 26, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                root / f"class{c}" / f"{i:02d}.png")
-    return root
-
-
 def test_the_monitor_scores_held_out_images_as_the_export_does(tmp_path, one_thread):
-    data = _collection(tmp_path / "images")
+    data = hard_collection(tmp_path / "images")
     run = tmp_path / "run"
     common = dict(data=str(data), out=str(run), backbone="resnet18", image_size=16,
                   batch_size=12, topk_neg=4, workers=0, projector_dim=32,

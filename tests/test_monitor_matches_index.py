@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
-from PIL import Image
+from conftest import hard_collection
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -27,20 +27,8 @@ from groco.training.config import TrainConfig
 from groco.training.trainer import Trainer
 
 
-def _hard_collection(root: Path, classes: int = 4, per_class: int = 12) -> Path:
-    """Classes whose mean colours differ by less than their noise: k-NN stays unsaturated."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = 128 + 12 * c + rng.normal(0, 70, (30, 26, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                root / f"class{c}" / f"{i:02d}.png")
-    return root
-
-
 def test_monitor_knn_equals_index_eval(tmp_path):
-    data = _hard_collection(tmp_path / "images")
+    data = hard_collection(tmp_path / "images")
     run = tmp_path / "run"
     config = TrainConfig(data=str(data), out=str(run), backbone="resnet18", image_size=16,
                          eval_resize=20, batch_size=12, topk_neg=4, workers=0,
@@ -88,7 +76,7 @@ def test_export_of_a_run_from_weights_is_the_network_it_trained(tmp_path, start,
     """At <= 64 px an untrained CNN gets the stride-1 stem and a started one keeps its own:
     the export rebuilds the stem the run trained (its recorded facts), and its parity check
     is against the trained network's own features, so another stem could not pass."""
-    data = _hard_collection(tmp_path / "images", classes=3, per_class=10)
+    data = hard_collection(tmp_path / "images", classes=3, per_class=10)
     start_file = _start_file(tmp_path / "start.safetensors")
     common = dict(data=str(data), backbone="test_resnet", image_size=size, batch_size=12,
                   topk_neg=4, workers=0, projector_dim=16, projector_hidden=16, lr=0.5,
@@ -118,7 +106,7 @@ def test_export_of_a_run_from_weights_is_the_network_it_trained(tmp_path, start,
 def test_export_refuses_a_network_that_is_not_the_trained_one(tmp_path):
     """A run whose recorded stem was lost (an older groco, an edited file): the network
     rebuilt by the automatic rule differs from the trained one, and the export says so."""
-    data = _hard_collection(tmp_path / "images", classes=2, per_class=6)
+    data = hard_collection(tmp_path / "images", classes=2, per_class=6)
     run = tmp_path / "run"
     Trainer(TrainConfig(data=str(data), out=str(run), backbone="test_resnet", image_size=32,
                         weights=str(_start_file(tmp_path / "start.safetensors")),
