@@ -62,7 +62,7 @@ def train(run: Path, bank: Path, args: argparse.Namespace, seed: int) -> float:
     command = [sys.executable, "-m", "groco.cli", "train", str(bank), "--out", str(run),
                "--backbone", "tf_efficientnet_lite0", "--weights", str(args.weights),
                "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-               "--seed", str(seed), *([] if args.small_stem else ["--no-small-stem"])]
+               "--seed", str(seed), "--small-stem" if args.small_stem else "--no-small-stem"]
     started = time.perf_counter()
     with open(run.with_suffix(".log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)

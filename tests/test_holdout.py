@@ -15,7 +15,7 @@ from groco.encoder.export import export_encoder
 from groco.encoder.runtime import Encoder
 from groco.knn import class_indices, knn_accuracy
 from groco.training.config import TrainConfig
-from groco.training.holdout import AUTO_MAX, AUTO_MIN_LABELLED, auto_count, split
+from groco.training.holdout import split
 from groco.training.trainer import Trainer
 
 
@@ -37,13 +37,6 @@ def test_a_holdout_of_every_labelled_image_is_refused():
     with pytest.raises(ValueError, match="cannot hold out 4 of 4"):
         split([0, 0, 1, 1], 4, seed=0)
     assert split([0, 1], 0, seed=0)[1].size == 0
-
-
-def test_large_labelled_folders_hold_out_a_tenth_by_default():
-    assert auto_count(AUTO_MIN_LABELLED - 1, 10) == 0
-    assert auto_count(4000, 10) == 400
-    assert auto_count(50_000, 10) == AUTO_MAX
-    assert auto_count(4000, 1) == 0  # one class: no k-NN to score
 
 
 def test_holdout_and_eval_data_are_refused_together(tmp_path):

@@ -151,10 +151,8 @@ class TrainConfig:
         "at the start, keeping the best; 0 = off (default: 1).", low=0, high=100000)
     eval_data: str | None = setting(None, "Labelled folder for the k-NN monitor's queries "
                                     "(default: leave-one-out on IMAGES).")
-    holdout: int | None = setting(
-        None, "Labelled images kept out of training as the k-NN monitor's queries "
-        "(default: 10 %, at most 1,000, from 1,000 labelled images; else 0).",
-        low=0, high=10**9)
+    holdout: int = setting(0, "Labelled images kept out of training as the k-NN monitor's "
+                           "queries, each class its share (default: 0).", low=0, high=10**9)
     knn_k: int = setting(KNN_K, "Neighbours in the k-NN monitor's vote.", cli=False)
     knn_temperature: float = setting(KNN_TEMPERATURE, "Temperature of the k-NN monitor's "
                                      "vote.", cli=False)
@@ -189,7 +187,6 @@ class TrainConfig:
             if self.holdout:
                 raise ValueError("--holdout and --eval-data both name the k-NN monitor's "
                                  "queries; give one")
-            changes["holdout"] = 0
         if self.lr is None:
             factor = spec.finetune_lr_factor if changes["finetune"] else 1.0
             changes["lr"] = spec.base_lr[self.optimizer] * factor

@@ -9,7 +9,6 @@ its shard with DDP and the losses gather negatives from every rank.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -31,7 +30,6 @@ from groco.training.config import TrainConfig
 from groco.training.data import ImageFolderDataset, make_loader
 from groco.training.distributed import is_distributed, rank, world_size
 from groco.training.geometry import with_geometry
-from groco.training.holdout import auto_count
 from groco.training.holdout import split as holdout_split
 from groco.training.methods import Objective, build_objective, get_method
 from groco.training.models import build_model, is_vit, network_facts
@@ -57,26 +55,19 @@ from groco.training.trainer.setup import (
 log = logging.getLogger("groco.train")
 
 
-def _split_folder(config: TrainConfig, recorded: bool
-                  ) -> tuple[TrainConfig, ImageFolderDataset, list[str]]:
-    """``(config with its holdout count, the images it trains on, the held-out images)``
-    (:mod:`groco.training.holdout`). A resumed run recorded before holdouts existed
-    (``holdout`` unset) holds none out, as it trained."""
+def _split_folder(config: TrainConfig) -> tuple[ImageFolderDataset, list[str]]:
+    """``(the images the run trains on, the held-out images)``
+    (:mod:`groco.training.holdout`; none held out by default)."""
     listing = ImageFolderDataset(config.data, config.base_size)
-    count = config.holdout
-    if count is None:
-        labelled = sum(t >= 0 for t in listing.targets)
-        count = 0 if recorded else auto_count(labelled, len(listing.classes))
     try:
-        trained, held = holdout_split(listing.targets, count, config.seed)
+        trained, held = holdout_split(listing.targets, config.holdout or 0, config.seed)
     except ValueError as error:
         raise TrainError(f"--holdout: {error}") from None
-    config = dataclasses.replace(config, holdout=count)
     if not len(held):
-        return config, listing, []
+        return listing, []
     dataset = ImageFolderDataset(config.data, config.base_size,
                                  files=[listing.files[i] for i in trained])
-    return config, dataset, [str(listing.files[i]) for i in held]
+    return dataset, [str(listing.files[i]) for i in held]
 
 
 class Trainer:
@@ -88,8 +79,7 @@ class Trainer:
         (the settings a user gave, e.g. on the command line) must agree with them."""
         init_distributed(config.device)
         self.run_dir = Path(config.out)
-        recorded = resume and (self.run_dir / checkpoint.CONFIG).is_file()
-        if recorded:
+        if resume and (self.run_dir / checkpoint.CONFIG).is_file():
             config = TrainConfig.from_dict(checkpoint.load_config(self.run_dir))
             check_resume_settings(self.run_dir, config, asked or {})
         elif not resume and (self.run_dir / checkpoint.STATE).exists():
@@ -100,7 +90,7 @@ class Trainer:
         self.show_progress = show_progress and rank() == 0
         torch.manual_seed(config.seed)  # same initial weights on every rank
 
-        config, self.dataset, held_out = _split_folder(config, recorded)
+        self.dataset, held_out = _split_folder(config)
         global_batch = config.batch_size * world_size()
         if len(self.dataset) < global_batch:
             raise TrainError(f"{config.data}: {len(self.dataset)} images, fewer than one batch "
