@@ -16,7 +16,7 @@ The FAISS search stays in the caller's thread on ``SINGLE_QUERY_THREADS`` OpenMP
 cores either. One FAISS call for the waiting queries would save nothing: on the same
 threads, ``n`` one-query searches cost what one ``n``-query search costs (0.99-1.09x for
 2-32 queries, Flat 10k x 512 and IVF1024 200k x 384, k 12 and 100; BENCHMARKS.md,
-"Serving many users"), about 1 ms of a query's 12-45 ms of server CPU.
+"Serving many users"), about 1 ms of a query's 10-44 ms of server CPU.
 """
 
 from __future__ import annotations

@@ -199,11 +199,10 @@ def kept_record(kept: dict[str, str] | None, epoch: int, method: str, knn: float
         return None
     start = float(kept["start_score"]) if kept else value
     what = "k-NN top-1" if criterion == "knn_top1" else f"label-free {criterion}"
-    if criterion == "knn_top1" and scored_on:
-        what += f" on {scored_on}"
+    on = f" on {scored_on}" if criterion == "knn_top1" and scored_on else ""
     if epoch == 0:
-        reason = f"the start, {what} {value:.4f}"
+        reason = f"the start, {what} {value:.4f}{on}"
     else:
-        reason = f"best {what} {value:.4f} (the start: {start:.4f})"
+        reason = f"best {what} {value:.4f}{on} (the start: {start:.4f})"
     return {"epoch": str(epoch), "criterion": criterion, "score": f"{value}",
             "start_score": f"{start}", "reason": reason, "method": method}
