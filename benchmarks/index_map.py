@@ -101,8 +101,9 @@ def digits_folder(root: Path) -> Path:
 def encoders(work: Path, weights: Path,
              names: tuple[str, ...] | list[str] = ("raw-28", "raw-8", "lite0-64"),
              ) -> dict[str, Path]:
-    """Raw pixels at 28 and 8 px and the Lite0 start at 64 px, those of ``names``
-    (exported once)."""
+    """Raw pixels at 28 and 8 px and the Lite0 start at 64 px or at 96 px
+    with the stride-1 stem (``lite0-96s1``, the geometry ``--geometry auto`` chooses on
+    Fashion-MNIST), those of ``names`` (exported once)."""
     from groco.encoder.baselines import export_backbone, export_raw_pixels
 
     out = {name: work / f"{name}.onnx" for name in names}
@@ -111,6 +112,9 @@ def encoders(work: Path, weights: Path,
             export_raw_pixels(size, out[name])
     if "lite0-64" in out and not out["lite0-64"].exists():
         export_backbone("tf_efficientnet_lite0", 64, out["lite0-64"], weights=weights)
+    if "lite0-96s1" in out and not out["lite0-96s1"].exists():
+        export_backbone("tf_efficientnet_lite0", 96, out["lite0-96s1"], weights=weights,
+                        small_stem=True)
     return out
 
 

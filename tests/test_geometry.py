@@ -55,6 +55,22 @@ def test_a_geometry_reads_and_names_its_short_form():
         == "raw32"
     assert [g.name for g in candidates((64,), raw_sizes=(32, 16))] == ["64", "64s1", "raw16",
                                                                        "raw32"]
+    assert Geometry.parse("96s1-max") == Geometry(96, True, pool="max")
+    assert Geometry(96, True, pool="max").name == "96s1-max" and Geometry.parse("96-avg") \
+        == Geometry(96)
+    for bad in ("raw32-max", "96-gem", "96s1-"):
+        with pytest.raises(ValueError, match="96s1-max"):
+            Geometry.parse(bad)
+
+
+def test_max_pooling_wins_a_tie_and_the_rule_without_labels():
+    rows = [GeometryScore(Geometry(96, True), 0.7, knn_top1=0.85),
+            GeometryScore(Geometry(96, True, pool="max"), 0.7, knn_top1=0.848),
+            GeometryScore(Geometry(64), 0.1, knn_top1=0.80)]
+    assert choose(rows, labelled=True)[0] == Geometry(96, True, pool="max")
+    assert choose(rows, labelled=False)[0] == Geometry(96, True, pool="max")
+    rows[0].knn_top1 = 0.86  # averaging a full tie above: it wins
+    assert choose(rows, labelled=True)[0] == Geometry(96, True)
 
 
 def test_labels_choose_by_knn_and_a_tie_goes_to_the_cheaper():
@@ -166,10 +182,17 @@ def test_export_geometry_auto_scores_prints_records_and_exports_the_choice(start
     assert result.exit_code == 0, result.output
     assert "chosen: " in result.output
     record = json.loads((tmp_path / "start.onnx.geometry.json").read_text())
-    chosen = Geometry(record["image_size"], record["small_stem"])
+    chosen = Geometry(record["image_size"], record["small_stem"], pool=record["pool"])
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert meta["groco.input_size"] == str(chosen.image_size)
-    assert {r["geometry"] for r in record["rows"]} == {g.name for g in candidates()}
+    assert meta.get("groco.pool", "avg") == chosen.pool
+    # every candidate, then the best network geometry of those with max pooling
+    names = [r["geometry"] for r in record["rows"]]
+    assert set(names[:-1]) == {g.name for g in candidates()}
+    first_round = [GeometryScore(Geometry.parse(r["geometry"]), r["cost"], r["knn_top1"],
+                                 skipped=r["skipped"]) for r in record["rows"][:-1]]
+    best, _ = choose(first_round, labelled=True, networks_only=True)
+    assert names[-1] == best.name + "-max"
 
 
 def test_export_geometry_refuses_what_it_cannot_do(start, tmp_path):
@@ -224,8 +247,8 @@ def test_train_from_weights_without_a_size_trains_at_the_choice_and_resumes_it(s
     assert "--geometry auto" in result.output
     record = json.loads((run / RECORD).read_text())
     saved = TrainConfig.from_yaml(run / "config.yaml")
-    assert (saved.image_size, saved.small_stem, saved.geometry) == (
-        record["image_size"], record["small_stem"], record["chosen"])
+    assert (saved.image_size, saved.small_stem, saved.pool, saved.geometry) == (
+        record["image_size"], record["small_stem"], record["pool"], record["chosen"])
     # the same command resumes: auto stands for what the run chose
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output

@@ -124,3 +124,35 @@ def test_export_refuses_a_network_that_is_not_the_trained_one(tmp_path):
     with pytest.raises(ExportError, match="not the one the run trained"):
         export_encoder(run, tmp_path / "wrong.onnx")
     assert not (tmp_path / "wrong.onnx").exists()
+
+
+def test_a_max_pooled_run_exports_max_pooled_and_a_lost_pooling_fact_is_refused(tmp_path):
+    """`--pool max` is a fact of the network like its stem: the export of the kept start is
+    `groco export --backbone … --pool max` of the same weights, not the averaged network;
+    with the fact edited to `avg` the rebuilt network is not the trained one, and the
+    export says so instead of writing it. (At 96 px the last feature map is 3 x 3: the
+    two poolings differ.)"""
+    data = hard_collection(tmp_path / "images", classes=2, per_class=6)
+    start_file = _start_file(tmp_path / "start.safetensors")
+    run = tmp_path / "run"
+    Trainer(TrainConfig(data=str(data), out=str(run), backbone="test_resnet", image_size=96,
+                        weights=str(start_file), pool="max", batch_size=12, topk_neg=4,
+                        workers=0, projector_dim=16, projector_hidden=16, epochs=1),
+            show_progress=False).fit()
+    assert checkpoint.weights_metadata(run, checkpoint.BEST)["pool"] == "max"
+    export_encoder(run, tmp_path / "run.onnx")
+    images = sorted(data.rglob("*.png"))[::3]
+    exported = Encoder(tmp_path / "run.onnx").embed(images)
+    for pool, path in (("max", "max.onnx"), ("avg", "avg.onnx")):
+        export_backbone("test_resnet", 96, tmp_path / path, weights=start_file, pool=pool)
+    assert np.abs(exported - Encoder(tmp_path / "max.onnx").embed(images)).max() <= 1e-5
+    assert np.abs(exported - Encoder(tmp_path / "avg.onnx").embed(images)).max() > 1e-2
+
+    generation = checkpoint.current_generation(run)
+    for name in (checkpoint.WEIGHTS, checkpoint.BEST):
+        facts = checkpoint.weights_metadata(generation, name)
+        save_file(load_file(str(generation / name)), str(generation / name),
+                  metadata={**facts, "pool": "avg"})
+    with pytest.raises(ExportError, match="not the one the run trained"):
+        export_encoder(run, tmp_path / "wrong.onnx")
+    assert not (tmp_path / "wrong.onnx").exists()

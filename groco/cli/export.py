@@ -35,9 +35,11 @@ def export(
     small_stem: bool = typer.Option(None, "--small-stem/--no-small-stem",
                                     help="--backbone's stem, as `groco train` takes it "
                                          "(default: the same automatic choice)."),
-    geometry: str = typer.Option(None, "--geometry", help="--backbone's input size and "
-                                 "stem: auto (scored on --data, raw pixels among the "
-                                 "candidates with labels) or e.g. 96, 64s1, raw32."),
+    pool: str = typer.Option(None, "--pool", help="--backbone's global pooling: avg or max "
+                             "(default: avg; --geometry auto measures both)."),
+    geometry: str = typer.Option(None, "--geometry", help="--backbone's input size, stem "
+                                 "and pooling: auto (scored on --data, raw pixels among the "
+                                 "candidates with labels) or e.g. 96, 64s1, 96s1-max, raw32."),
     max_cost: float = typer.Option(DEFAULT_MAX_COST, "--max-cost", help="--geometry auto: "
                                    "FLOPs cap, relative to the network at its pretraining "
                                    "size.", min=0.001, max=1000.0),
@@ -61,12 +63,14 @@ def export(
         fail(ValueError("give one of RUN, --backbone NAME or --raw-pixels N"
                          + (f", not {' and '.join(given)}" if given else "")))
     if backbone is None and (pretrained or weights is not None or image_size is not None
-                             or small_stem is not None or geometry is not None):
-        fail(ValueError("--pretrained, --weights, --image-size, --small-stem and --geometry "
-                         "go with --backbone"))
-    if geometry is not None and (image_size is not None or small_stem is not None):
-        fail(ValueError("--geometry sets the size and stem: give it, or --image-size and "
-                         "--small-stem, not both"))
+                             or small_stem is not None or geometry is not None
+                             or pool is not None):
+        fail(ValueError("--pretrained, --weights, --image-size, --small-stem, --pool and "
+                         "--geometry go with --backbone"))
+    if geometry is not None and (image_size is not None or small_stem is not None
+                                 or pool is not None):
+        fail(ValueError("--geometry sets the size, stem and pooling: give it, or "
+                         "--image-size, --small-stem and --pool, not both"))
     if run is None and last:
         fail(ValueError("--last goes with a RUN directory"))
     try:
@@ -81,7 +85,8 @@ def export(
             from groco.encoder.baselines import export_backbone
             from groco.training.geometry import default_geometry
 
-            implicit = data is not None and small_stem is None and geometry is None
+            implicit = (data is not None and small_stem is None and geometry is None
+                        and pool is None)
             if implicit:
                 geometry = default_geometry({"pretrained": pretrained, "weights": weights,
                                              "image_size": image_size})
@@ -97,6 +102,7 @@ def export(
                                           networks_only=implicit or precision != "fp32",
                                           progress=typer.echo)
                 image_size, small_stem = chosen.image_size, chosen.small_stem
+                pool = chosen.pool
                 if chosen.raw:
                     raw_pixels = chosen.image_size
                     typer.echo(f"geometry {chosen.name}: writing the raw-pixel encoder at "
@@ -105,7 +111,7 @@ def export(
                 report = export_backbone(backbone, image_size or 224, out,
                                          pretrained=pretrained, weights=weights,
                                          precision=precision, data=data,
-                                         small_stem=small_stem)
+                                         small_stem=small_stem, pool=pool or "avg")
         if raw_pixels is not None:
             from groco.encoder.baselines import export_raw_pixels
 

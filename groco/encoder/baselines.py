@@ -149,6 +149,7 @@ def export_backbone(
     parity_images: int = 16,
     calibration_images: int = 64,
     small_stem: bool | None = None,
+    pool: str = "avg",
 ) -> ExportReport:
     """Export the timm network ``name`` at ``image_size`` as it is, without a run.
 
@@ -157,7 +158,8 @@ def export_backbone(
     (groco's or timm's format), or, with neither, a fresh initialisation
     (``torch.manual_seed(seed)``). The stem is the one ``groco train`` gives the same
     network (``small_stem``: ``None`` = the same automatic choice, see ``build_backbone``),
-    so a baseline is the epoch 0 of a run from the same start.
+    so a baseline is the epoch 0 of a run from the same start; ``pool``: its global pooling
+    (``avg`` or ``max``, recorded in the metadata when not ``avg``).
     Input normalisation is the network's own: ``pretrained_normalisation(name)`` (timm's
     ``pretrained_cfg`` mean/std), recorded in the metadata; ``groco.method`` is
     ``pretrained``, ``weights`` or ``untrained``. Checked against the PyTorch network on
@@ -175,7 +177,7 @@ def export_backbone(
     torch.manual_seed(seed)
     try:
         backbone, dim = build_backbone(name, image_size, small_stem=small_stem, weights=weights,
-                                       pretrained=pretrained)
+                                       pretrained=pretrained, pool=pool)
     except (ValueError, RuntimeError, OSError) as error:
         raise ExportError(" ".join(str(error).split())) from error
     mean, std = pretrained_normalisation(name)
@@ -185,6 +187,8 @@ def export_backbone(
     facts = {"weights": Path(weights).name} if weights is not None else {}
     if method == "untrained":
         facts["seed"] = str(seed)
+    if pool != "avg":
+        facts["pool"] = pool
     body = traced(model, image_size, files=(Path(weights),) if weights is not None else ())
 
     def metadata(precision: str) -> dict[str, str]:

@@ -48,6 +48,7 @@ from groco.training.models import (
     ARCHITECTURE_KEY,
     HUB_PREFIXES,
     IMAGE_SIZE_KEY,
+    POOL_KEY,
     SMALL_STEM_KEY,
     build_backbone,
 )
@@ -114,11 +115,13 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def trained_network(run_dir: Path, config: TrainConfig, weights_file: str
-                    ) -> tuple[str, int, bool | None]:
-    """``(timm name, image size, small stem)`` of the network the run trained, from the facts
-    its weights file records (:func:`groco.training.models.network_facts`), else from its
-    config. A run that started from weights and records no stem cannot be rebuilt with
-    certainty (the stem is chosen by the start): :class:`ExportError`."""
+                    ) -> tuple[str, int, bool | None, str]:
+    """``(timm name, image size, small stem, global pooling)`` of the network the run
+    trained, from the facts its weights file records
+    (:func:`groco.training.models.network_facts`), else from its config (a file without a
+    pooling fact predates the choice: ``avg``). A run that started from weights and records
+    no stem cannot be rebuilt with certainty (the stem is chosen by the start):
+    :class:`ExportError`."""
     facts = checkpoint.weights_metadata(run_dir, weights_file)
     name, image_size = config.backbone, config.image_size
     if facts.get(IMAGE_SIZE_KEY, str(image_size)) != str(image_size):
@@ -135,7 +138,7 @@ def trained_network(run_dir: Path, config: TrainConfig, weights_file: str
     elif small_stem is None and config.starts_from_weights:
         raise ExportError(f"{run_dir}: {weights_file} does not record the network's stem and "
                           "the run started from weights; retrain with this groco version")
-    return name, image_size, small_stem
+    return name, image_size, small_stem, facts.get(POOL_KEY, config.pool)
 
 
 def load_embedding_model(run_dir: str | Path, weights_file: str = checkpoint.WEIGHTS,
@@ -152,11 +155,11 @@ def load_embedding_model(run_dir: str | Path, weights_file: str = checkpoint.WEI
     config = load_run_config(run_dir)
     try:
         weights = checkpoint.load_weights(run_dir, prefix="backbone.", name=weights_file)
-        name, image_size, small_stem = trained_network(run_dir, config, weights_file)
+        name, image_size, small_stem, pool = trained_network(run_dir, config, weights_file)
     except checkpoint.RunError as error:
         raise ExportError(str(error)) from error
     try:
-        backbone, dim = build_backbone(name, image_size, small_stem=small_stem)
+        backbone, dim = build_backbone(name, image_size, small_stem=small_stem, pool=pool)
     except (ValueError, RuntimeError) as error:
         raise ExportError(f"{run_dir}: cannot build backbone {name!r}: {error}") from error
     if not weights:
@@ -250,9 +253,12 @@ def export_encoder(
     body = traced(model, preprocessing.image_size, opset,
                   files=(run_dir / weights_file, run_dir / checkpoint.CONFIG))
 
+    pool = getattr(model.features.backbone, "groco_pool", "avg")
+    extra = {} if pool == "avg" else {"pool": pool}
+
     def metadata(precision: str) -> dict[str, str]:
         return encoder_metadata(preprocessing, dim, precision, config.backbone, config.method,
-                                epochs=config.epochs, weights=weights_file)
+                                epochs=config.epochs, weights=weights_file, **extra)
 
     report = export_checked(
         body, out_path, model.embed, preprocessing, metadata, precision=precision,

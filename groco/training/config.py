@@ -43,6 +43,11 @@ def default_queue_size(data: str | Path) -> int:
     return max(1, min(MAX_QUEUE_SIZE, len(find_images(data))))
 
 
+POOLS = ("avg", "max")
+"""Global pooling of a CNN's last feature map: the mean of each channel (timm's default) or
+its maximum (MAC, Tolias et al., ICLR 2016: an off-the-shelf retrieval descriptor)."""
+
+
 def setting(default: Any, help: str, cli: bool = True, low: float | None = None,
             high: float | None = None) -> Any:
     """A :class:`TrainConfig` field with its help and, for a number, its range ``[low,
@@ -77,6 +82,8 @@ class TrainConfig:
     small_stem: bool | None = setting(
         None, "3x3 stride-1 CNN stem (default: on for untrained CNNs at <= 64 px; a start "
         "from weights keeps the stem it had).")
+    pool: str = setting("avg", "Global pooling of a CNN's last feature map: avg or max "
+                        "(default: avg; --geometry auto measures max too).")
     geometry: str | None = setting(
         None, "auto: score sizes x stems of the start on IMAGES, train at the best; or e.g. "
         "96, 64s1 (s1: stride-1 stem). Overrides --image-size.")
@@ -175,6 +182,8 @@ class TrainConfig:
         network's own facts come with it: :meth:`with_network`)."""
         self.check_ranges()
         spec = get_method(self.method)
+        if self.pool not in POOLS:
+            raise ValueError(f"--pool {self.pool!r}: choose one of {', '.join(POOLS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         changes: dict[str, Any] = {
@@ -215,13 +224,15 @@ class TrainConfig:
 
     def with_network(self, backbone: Any) -> TrainConfig:
         """A copy recording what building ``backbone`` (a timm model from
-        :func:`groco.training.models.build_backbone`) decided: its stem (``small_stem``) and,
+        :func:`groco.training.models.build_backbone`) decided: its stem (``small_stem``), its
+        global pooling (``pool``) and,
         where unset, its own input normalisation (``mean``/``std`` of its timm
         ``pretrained_cfg``, ImageNet's when it has none). Resolving a config needs no timm;
         the network it builds brings these facts."""
         cfg = getattr(backbone, "pretrained_cfg", None) or {}
         return dataclasses.replace(
             self, small_stem=bool(getattr(backbone, "groco_small_stem", False)),
+            pool=getattr(backbone, "groco_pool", self.pool),
             mean=list(self.mean or [float(v) for v in cfg.get("mean") or IMAGENET_MEAN]),
             std=list(self.std or [float(v) for v in cfg.get("std") or IMAGENET_STD]))
 

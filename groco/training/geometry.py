@@ -1,8 +1,10 @@
 """The serving geometry of a start, chosen by measuring it on the user's collection.
 
-A geometry is an input size and, for a CNN, the stem's stride: ``96`` is 96 px through the
-network's own (stride-2) stem, ``64s1`` is 64 px with the stem's stride set to 1 (4x the
-pixels through the body, the pretrained 3x3 weights kept). ``raw32`` is no network at all:
+A geometry is an input size and, for a CNN, the stem's stride and the global pooling:
+``96`` is 96 px through the network's own (stride-2) stem, ``64s1`` is 64 px with the
+stem's stride set to 1 (4x the pixels through the body, the pretrained 3x3 weights kept),
+``96s1-max`` the same with the last feature map max-pooled instead of averaged (MAC, Tolias
+et al. 2016; no weights change). ``raw32`` is no network at all:
 the raw-pixel encoder at 32 x 32 (``groco export --raw-pixels 32``), scored beside the
 network so that a collection where pixels search best (small aligned scans) gets them.
 Which one searches a collection best is not knowable in advance (FixRes, Touvron et al.
@@ -13,6 +15,8 @@ sample of the collection, with the training monitor's own scores
 geometry would log):
 
 - with 2+ labelled folders, weighted k-NN top-1 (leave-one-out on the sample);
+- the best network geometry of that first round is then scored with each other pooling of
+  :data:`POOLINGS` (a ViT has none: its tokens are pooled by its own rule);
 - without labels, copy retrieval (:func:`groco.training.labelfree.copy_retrieval`) when
   :data:`LABEL_FREE_CHOOSES` says it ranks geometries as k-NN does on the benchmark
   collections, else the :data:`FALLBACK` rule.
@@ -21,7 +25,8 @@ geometry would log):
 (``torch.utils.flop_counter``), relative to the same network at the input size its weights
 were trained at (timm's ``pretrained_cfg["input_size"]``; 224 when it has none). A
 candidate costing more than ``max_cost`` is listed but not scored. A raw-pixel candidate
-costs 0. Among scores within :data:`TIE` of the best, the cheapest wins. Raw pixels are chosen
+costs 0. Among scores within :data:`TIE` of the best, the cheapest wins, then the
+:data:`PREFERRED_POOL`. Raw pixels are chosen
 only with labels, and only for an export: ``groco train`` chooses among the network's
 geometries and says when raw pixels scored higher.
 """
@@ -54,6 +59,13 @@ LABEL_FREE_CHOOSES = False
 the default cap it ranks them as k-NN does on Fashion-MNIST (Kendall tau +0.81) but hardly
 on the digits (+0.14), where the costliest-candidate rule does better (+0.65; +0.85 on
 Fashion-MNIST; BENCHMARKS.md, "Serving geometry")."""
+POOLINGS = ("avg", "max")
+"""Global poolings tried at the first round's best network geometry."""
+PREFERRED_POOL = "max"
+"""The pooling a tie (and the rule without labels, where every pooling costs the same)
+chooses: max pooling scored higher k-NN top-1 and precision@10 than averaging for the
+Lite0 start at 64s1 and 96s1 on both benchmark collections (BENCHMARKS.md, "Serving
+geometry")."""
 FALLBACK = "costliest"
 """The rule without labels: the costliest candidate within the cost cap (for a CNN, the
 most pixels through its body). On the benchmarks it picks 96s1: the best on Fashion-MNIST,
@@ -68,24 +80,30 @@ class Geometry:
     image_size: int
     small_stem: bool = False
     raw: bool = False
+    pool: str = "avg"
 
     @property
     def name(self) -> str:
         if self.raw:
             return f"raw{self.image_size}"
-        return f"{self.image_size}{'s1' if self.small_stem else ''}"
+        pool = "" if self.pool == "avg" else f"-{self.pool}"
+        return f"{self.image_size}{'s1' if self.small_stem else ''}{pool}"
 
     @classmethod
     def parse(cls, text: str) -> Geometry:
-        """``96``, ``64s1`` or ``raw32``; ``ValueError`` naming what it cannot read."""
+        """``96``, ``64s1``, ``96s1-max`` or ``raw32``; ``ValueError`` naming what it cannot
+        read."""
         text = text.strip().lower()
-        raw = text.startswith("raw")
-        stem = text.endswith("s1") and not raw
-        size = text[3:] if raw else text.removesuffix("s1")
-        if not size.isdigit() or int(size) < 8:
+        base, dash, pool = text.partition("-")
+        raw = base.startswith("raw")
+        stem = base.endswith("s1") and not raw
+        size = base[3:] if raw else base.removesuffix("s1")
+        if (not size.isdigit() or int(size) < 8 or (dash and raw)
+                or (dash and pool not in POOLINGS)):
             raise ValueError(f"geometry {text!r}: use a size of 8+ px, with s1 for the "
-                             "stride-1 stem or raw for raw pixels (e.g. 96, 64s1, raw32)")
-        return cls(int(size), stem, raw)
+                             "stride-1 stem, -max for max pooling, or raw for raw pixels "
+                             "(e.g. 96, 64s1, 96s1-max, raw32)")
+        return cls(int(size), stem, raw, pool or "avg")
 
 
 def candidates(sizes: Sequence[int] = DEFAULT_SIZES, stems: bool = True,
@@ -111,6 +129,7 @@ class GeometryScore:
     def to_dict(self) -> dict[str, Any]:
         return {"geometry": self.geometry.name, "image_size": self.geometry.image_size,
                 "small_stem": self.geometry.small_stem, "raw": self.geometry.raw,
+                "pool": self.geometry.pool,
                 "cost": self.cost,
                 "knn_top1": self.knn_top1, "copy_top1": self.copy_top1,
                 "seconds": round(self.seconds, 2), "skipped": self.skipped}
@@ -132,7 +151,7 @@ class GeometryChoice:
     def to_dict(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "chosen": self.chosen.name,
                 "image_size": self.chosen.image_size, "small_stem": self.chosen.small_stem,
-                "raw": self.chosen.raw,
+                "raw": self.chosen.raw, "pool": self.chosen.pool,
                 "criterion": self.criterion, "sample": self.sample,
                 "max_cost": self.max_cost, "labelled": self.labelled,
                 "rows": [r.to_dict() for r in self.rows], "notes": self.notes}
@@ -193,7 +212,8 @@ def choose(rows: Sequence[GeometryScore], labelled: bool,
     best = max(key(r) for r in scored)
     tie = TIE if labelled or LABEL_FREE_CHOOSES else 0.0
     near = [r for r in scored if key(r) >= best - tie]
-    pick = min(near, key=lambda r: (r.cost or 0.0, r.geometry))
+    pick = min(near, key=lambda r: (r.cost or 0.0, r.geometry.pool != PREFERRED_POOL,
+                                    r.geometry))
     return pick.geometry, criterion
 
 
@@ -201,10 +221,12 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
                      *, pretrained: bool = False, pretrained_file: str | Path | None = None,
                      weights: str | Path | None = None, sample: int = SAMPLE,
                      max_cost: float = DEFAULT_MAX_COST, seed: int = 0, workers: int = 0,
-                     networks_only: bool = False,
+                     networks_only: bool = False, pools: Sequence[str] = (),
                      progress: Callable[[str], None] = log.info) -> GeometryChoice:
     """Score each of ``geometries`` for the start ``backbone`` (+ weights) on a fixed
-    sample of ``data`` (module docstring) and choose one (``networks_only``: not raw
+    sample of ``data`` (module docstring), then the best network geometry of those with
+    each of ``pools`` they did not try (a network without a global pooling layer to set,
+    such as a ViT, adds no row), and choose one (``networks_only``: not raw
     pixels, which a training run cannot start from; a note says when they scored higher
     than the chosen network). Imports torch
     only when called (the CLI imports this module). ``ValueError`` for a folder
@@ -226,28 +248,33 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
     labelled = len({t for t in targets if t >= 0}) >= 2
     start = {"pretrained": pretrained, "pretrained_file": pretrained_file,
              "weights": None if weights is None else str(weights)}
-    rows, notes, reference = [], [], None
-    for geometry in sorted(geometries, key=lambda g: (g.raw, g)):
+    rows: list[GeometryScore] = []
+    notes: list[str] = []
+    reference: list[float] = []  # the network with its own stem at its pretraining size
+
+    def score(geometry: Geometry) -> None:
         began = time.perf_counter()
         if geometry.raw:
             network, cost = raw_pixel_network(), 0.0
         else:
             try:
-                network, _ = build_backbone(backbone, geometry.image_size,
-                                            geometry.small_stem, **start)
+                network, _ = build_backbone(backbone, geometry.image_size, geometry.small_stem,
+                                            pool=geometry.pool, **start)
             except ValueError as error:  # e.g. a stride-1 stem asked of a ViT
-                rows.append(GeometryScore(geometry, None, skipped=str(error).split(";")[0]))
-                continue
-            if reference is None:  # the network with its own stem, at its pretraining size
+                if geometry.pool == "avg":
+                    rows.append(GeometryScore(geometry, None,
+                                              skipped=str(error).split(";")[0]))
+                return
+            if not reference:
                 own = (build_backbone(backbone, geometry.image_size, False, **start)[0]
                        if geometry.small_stem else network)
-                reference = forward_flops(own, pretraining_size(own))
-            cost = forward_flops(network, geometry.image_size) / reference
+                reference.append(forward_flops(own, pretraining_size(own)))
+            cost = forward_flops(network, geometry.image_size) / reference[0]
         row = GeometryScore(geometry, cost)
         rows.append(row)
         if cost > max_cost:
             row.skipped = f"over the cost cap {max_cost:g}"
-            continue
+            return
         if geometry.raw:  # the raw-pixel encoder's preprocessing: resize to the size, [0, 1]
             raw = raw_pixel_preprocessing(geometry.image_size)
             config = TrainConfig(data=str(data), out=".", backbone=backbone,
@@ -257,8 +284,8 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
         else:
             config = TrainConfig(data=str(data), out=".", backbone=backbone,
                                  image_size=geometry.image_size,
-                                 small_stem=geometry.small_stem, workers=workers, seed=seed,
-                                 device="cpu", **start)
+                                 small_stem=geometry.small_stem, pool=geometry.pool,
+                                 workers=workers, seed=seed, device="cpu", **start)
             config = config.resolved().with_network(network)
         monitor = Monitor(config, files, targets, listing.classes, torch.device("cpu"),
                           channels_last=False, autocast_dtype=None)
@@ -270,6 +297,15 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
         progress(f"geometry {geometry.name}: cost {cost:.2f}, k-NN "
                  f"{'-' if knn is None else f'{100 * knn:.1f}'}, copy retrieval "
                  f"{100 * (row.copy_top1 or 0):.1f} ({row.seconds:.0f} s)")
+
+    for geometry in sorted(geometries, key=lambda g: (g.raw, g)):
+        score(geometry)
+    tried = {g.pool for g in geometries if not g.raw}
+    if pools and any(r.skipped is None and not r.geometry.raw for r in rows):
+        best, _ = choose(rows, labelled, networks_only=True)
+        for pool in pools:
+            if pool not in tried:
+                score(dataclasses.replace(best, pool=pool))
     chosen, criterion = choose(rows, labelled, networks_only)
     above = raw_above([r.to_dict() for r in rows], chosen.name) if networks_only else None
     if above is not None:
@@ -314,7 +350,8 @@ def resolve_geometry(text: str, backbone: str, data: str | Path | None, *,
     choice = score_geometries(backbone, data, candidates(), pretrained=pretrained,
                               pretrained_file=pretrained_file, weights=weights,
                               max_cost=max_cost, seed=seed, workers=workers,
-                              networks_only=networks_only, progress=progress)
+                              networks_only=networks_only, pools=POOLINGS,
+                              progress=progress)
     progress(choice.table())
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -336,8 +373,8 @@ def default_geometry(settings: Mapping[str, Any]) -> str | None:
 
 def with_geometry(config: Any, run_dir: Path) -> Any:
     """``config`` (a :class:`~groco.training.config.TrainConfig`) at its ``geometry``
-    (:func:`resolve_geometry`; ``None`` leaves it as it is): ``image_size`` and
-    ``small_stem`` set, ``auto`` capped at ``config.geometry_max_cost`` and recorded in
+    (:func:`resolve_geometry`; ``None`` leaves it as it is): ``image_size``,
+    ``small_stem`` and ``pool`` set, ``auto`` capped at ``config.geometry_max_cost`` and recorded in
     ``run_dir``/:data:`RECORD`; ``geometry`` becomes the chosen name, so a resumed run
     keeps it."""
     if config.geometry is None:
@@ -348,7 +385,8 @@ def with_geometry(config: Any, run_dir: Path) -> Any:
         max_cost=config.geometry_max_cost, seed=config.seed, workers=config.workers,
         record=run_dir / RECORD, networks_only=True)
     return dataclasses.replace(config, image_size=chosen.image_size,
-                               small_stem=chosen.small_stem, geometry=chosen.name)
+                               small_stem=chosen.small_stem, pool=chosen.pool,
+                               geometry=chosen.name)
 
 
 def raw_above(rows: Sequence[dict[str, Any]], chosen: str) -> tuple[dict[str, Any], float] | None:

@@ -26,6 +26,7 @@ import timm
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
+from groco.training.config import POOLS
 from groco.training.weights import SMALL_STEM_KEY, load_backbone_weights, recorded_small_stem
 
 if TYPE_CHECKING:
@@ -177,14 +178,17 @@ def _apply_small_stem(model: nn.Module, keep_weights: bool = False) -> bool:
 
 IMAGE_SIZE_KEY = "image_size"
 ARCHITECTURE_KEY = "architecture"
+POOL_KEY = "pool"
 
 
 def network_facts(backbone: nn.Module, image_size: int) -> dict[str, str]:
     """Every fact :func:`build_backbone` decided for ``backbone``, as a checkpoint's string
-    metadata: the stem (:data:`SMALL_STEM_KEY`), the input size and timm's architecture name
-    (what an ``hf-hub:`` name resolved to)."""
+    metadata: the stem (:data:`SMALL_STEM_KEY`), the input size, the global pooling
+    (:data:`POOL_KEY`) and timm's architecture name (what an ``hf-hub:`` name resolved
+    to)."""
     facts = {SMALL_STEM_KEY: "true" if getattr(backbone, "groco_small_stem", False) else "false",
-             IMAGE_SIZE_KEY: str(int(image_size))}
+             IMAGE_SIZE_KEY: str(int(image_size)),
+             POOL_KEY: getattr(backbone, "groco_pool", "avg")}
     architecture = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
     if architecture:
         facts[ARCHITECTURE_KEY] = str(architecture)
@@ -198,6 +202,7 @@ def build_backbone(
     weights: str | Path | None = None,
     pretrained: bool = False,
     pretrained_file: str | Path | None = None,
+    pool: str = "avg",
 ) -> tuple[nn.Module, int]:
     """A timm backbone returning pooled features ``(B, D)``, and ``D`` (see ``feature_dim``).
 
@@ -217,6 +222,9 @@ def build_backbone(
       (keeping a pretrained 3x3 stem's weights, see ``_apply_small_stem``) and raises
       ``ValueError`` for a ViT or an unrecognised CNN stem; recognised: the ResNet family
       (deep stems included), DenseNet, EfficientNet, MobileNetV3, GhostNet, RegNet.
+    - ``pool``: one of :data:`POOLS` for the CNN's global pooling (``ValueError`` for
+      ``max`` on a ViT, whose tokens are pooled by its own rule); recorded as
+      ``model.groco_pool``.
     """
     hub_name = name.startswith(HUB_PREFIXES)
     if hub_name and not (pretrained or pretrained_file):
@@ -240,6 +248,7 @@ def build_backbone(
             and image_size <= SMALL_STEM_MAX_SIZE):
         log.info("%s: keeping the pretrained stem at %d px (pass --small-stem for a stride-1 "
                  "stem that keeps its 3x3 weights, at 4x the compute)", name, image_size)
+    _apply_pool(model, name, pool, vit)
     keep = pretrained or pretrained_file is not None
     model.groco_small_stem = False
     if want and _apply_small_stem(model, keep_weights=keep):
@@ -261,7 +270,7 @@ def build_backbone(
                 raise
             try:  # a file saved from a small-stem network without groco's metadata
                 small = build_backbone(name, image_size, True, weights, pretrained,
-                                       pretrained_file)
+                                       pretrained_file, pool)
             except ValueError:
                 pass
             else:
@@ -269,6 +278,26 @@ def build_backbone(
                 return small
             raise
     return model, feature_dim(model)
+
+
+def _apply_pool(model: nn.Module, name: str, pool: str, vit: bool) -> None:
+    """Set the global pooling of the CNN ``model`` to ``pool`` (timm's
+    ``SelectAdaptivePool2d``, replaced in place; no weights involved)."""
+    from timm.layers import SelectAdaptivePool2d
+
+    if pool not in POOLS:
+        raise ValueError(f"pool {pool!r}: choose one of {', '.join(POOLS)}")
+    model.groco_pool = pool
+    if pool == "avg":
+        return
+    pools = [(n, m) for n, m in model.named_modules() if isinstance(m, SelectAdaptivePool2d)]
+    if vit or len(pools) != 1:
+        raise ValueError(f"pool {pool!r} applies to a CNN with one global pooling layer; "
+                         f"{name!r} has {'patch tokens' if vit else f'{len(pools)}'}")
+    where, old = pools[0]
+    parent = model.get_submodule(where.rpartition(".")[0]) if "." in where else model
+    setattr(parent, where.rpartition(".")[2],
+            SelectAdaptivePool2d(pool_type=pool, flatten=isinstance(old.flatten, nn.Flatten)))
 
 
 class Projector(nn.Sequential):
@@ -323,17 +352,18 @@ class SSLModel(nn.Module):
 def build_model(config: TrainConfig) -> SSLModel:
     """``SSLModel`` of a resolved ``TrainConfig``: ``build_backbone(config.backbone,
     config.image_size, config.small_stem, config.weights, config.pretrained,
-    config.pretrained_file)`` and a ``Projector`` of ``projector_hidden``/``projector_dim``/
-    ``projector_layers``."""
+    config.pretrained_file, config.pool)`` and a ``Projector`` of ``projector_hidden``/
+    ``projector_dim``/``projector_layers``."""
     if isinstance(config, Mapping):  # a plain settings mapping, as in config.yaml
         from types import SimpleNamespace
 
         defaults = {"small_stem": None, "weights": None, "pretrained": False,
                     "pretrained_file": None, "projector_hidden": 2048, "projector_dim": 2048,
-                    "projector_layers": 3}
+                    "projector_layers": 3, "pool": "avg"}
         config = SimpleNamespace(**{**defaults, **config})
     backbone, dim = build_backbone(config.backbone, config.image_size, config.small_stem,
-                                   config.weights, config.pretrained, config.pretrained_file)
+                                   config.weights, config.pretrained, config.pretrained_file,
+                                   config.pool)
     projector = Projector(dim, hidden_dim=config.projector_hidden,
                           out_dim=config.projector_dim, num_layers=config.projector_layers)
     return SSLModel(backbone, projector)
