@@ -5,7 +5,8 @@ augmentation and alpha-query expansion do to search on a collection.
     python benchmarks/postprocess.py --collections fmnist digits --geometries 64s1 96
 
 Encoders: the ImageNet Lite0 start of ``benchmarks/pretrained_start.py`` at each geometry
-(``64s1`` = 64 px with the stride-1 stem), embeddings cached under ``--cache``; or
+(``64s1`` = 64 px with the stride-1 stem; ``96s1-max`` max-pooled), embeddings cached
+under ``--cache``; or
 ``--npy BANK.npy LABELS.npy [QUERIES.npy QUERY_LABELS.npy]`` for any encoder's vectors.
 Every variant is :func:`groco.index.postprocess.Postprocess` applied as the index applies
 it: fitted on the bank alone (the queries are images the index never saw), the bank's
@@ -53,8 +54,9 @@ def start_embeddings(collection: str, geometry: str, args) -> tuple:
         q = z["queries"] if z["queries"].size else None
         return z["bank"], z["bank_y"], q, (z["query_y"] if q is not None else None)
     torch.set_num_threads(args.threads)
-    stride1 = geometry.endswith("s1")
-    size = 0 if geometry == "raw" else int(geometry.removesuffix("s1"))
+    shape, _, pool = geometry.partition("-")
+    stride1 = shape.endswith("s1")
+    size = 0 if geometry == "raw" else int(shape.removesuffix("s1"))
     if collection == "fmnist":
         from fashion_mnist import balanced_subset, read_idx
 
@@ -71,7 +73,7 @@ def start_embeddings(collection: str, geometry: str, args) -> tuple:
         queries = None if raw[2] is None else unit_rows(
             raw[2].reshape(len(raw[2]), -1).astype(np.float32))
     else:
-        model = lite0(args.weights, stride1)
+        model = lite0(args.weights, stride1, pool or "avg")
         bank, _ = embed(model, raw[0], size)
         queries = None if raw[2] is None else embed(model, raw[2], size)[0]
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ def main() -> None:
     parser.add_argument("--collections", nargs="+", default=["fmnist", "digits"],
                         choices=["fmnist", "digits"])
     parser.add_argument("--geometries", nargs="+", default=["raw", "64s1", "96"],
-                        help="raw (pixels), N (px) or Ns1 (px, stride-1 stem)")
+                        help="raw (pixels), N (px) or Ns1 (px, stride-1 stem), each "
+                        "with -max for max pooling (e.g. 96s1-max)")
     parser.add_argument("--npy", type=Path, nargs="+",
                         help="BANK LABELS [QUERIES QUERY_LABELS] instead of the start")
     parser.add_argument("--bank", type=int, default=4000)

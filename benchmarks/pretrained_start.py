@@ -33,9 +33,11 @@ from fashion_mnist import balanced_subset, read_idx  # noqa: E402
 ARCH = "tf_efficientnet_lite0"
 
 
-def lite0(weights: Path, stride1: bool) -> torch.nn.Module:
-    """The pretrained backbone (pooled features), optionally with a stride-1 stem."""
+def lite0(weights: Path, stride1: bool, pool: str = "avg") -> torch.nn.Module:
+    """The pretrained backbone (pooled features: ``avg`` or ``max`` over the last feature
+    map), optionally with a stride-1 stem."""
     import timm
+    from timm.layers import SelectAdaptivePool2d
 
     from groco.training.weights import load_backbone_weights
 
@@ -43,6 +45,8 @@ def lite0(weights: Path, stride1: bool) -> torch.nn.Module:
     load_backbone_weights(model, weights)
     if stride1:
         model.conv_stem.stride = (1, 1)
+    if pool != "avg":
+        model.global_pool = SelectAdaptivePool2d(pool_type=pool, flatten=True)
     return model.eval()
 
 
