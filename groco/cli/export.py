@@ -37,9 +37,9 @@ def export(
                                          "(default: the same automatic choice)."),
     pool: str = typer.Option(None, "--pool", help="--backbone's global pooling: avg or max "
                              "(default: avg; --geometry auto measures both)."),
-    geometry: str = typer.Option(None, "--geometry", help="--backbone's input size, stem "
-                                 "and pooling: auto (scored on --data, raw pixels among the "
-                                 "candidates with labels) or e.g. 96, 64s1, 96s1-max, raw32."),
+    geometry: str = typer.Option(None, "--geometry", help="--backbone's size, stem and "
+                                 "pooling: auto (scored on --data; raw pixels too with "
+                                 "labels) or e.g. 96, 64s1, 96s1-max, raw32."),
     max_cost: float = typer.Option(DEFAULT_MAX_COST, "--max-cost", help="--geometry auto: "
                                    "FLOPs cap, relative to the network at its pretraining "
                                    "size.", min=0.001, max=1000.0),
