@@ -15,11 +15,13 @@ sample of the collection, with the training monitor's own scores
 geometry would log):
 
 - with 2+ labelled folders, weighted k-NN top-1 (leave-one-out on the sample);
-- the best network geometry of that first round is then scored with each other pooling of
-  :data:`POOLINGS` (a ViT has none: its tokens are pooled by its own rule);
 - without labels, copy retrieval (:func:`groco.training.labelfree.copy_retrieval`) when
   :data:`LABEL_FREE_CHOOSES` says it ranks geometries as k-NN does on the benchmark
   collections, else the :data:`FALLBACK` rule.
+
+The best network geometry of that first round is then scored with each other pooling of
+:data:`~groco.training.config.POOLS` (a ViT has none: its tokens are pooled by its own
+rule), and the choice is made over both rounds.
 
 **Cost** of a geometry: the network's forward FLOPs for one image
 (``torch.utils.flop_counter``), relative to the same network at the input size its weights
@@ -42,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from groco.training.config import POOLS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (64, 96, 128)
@@ -59,13 +63,11 @@ LABEL_FREE_CHOOSES = False
 the default cap it ranks them as k-NN does on Fashion-MNIST (Kendall tau +0.81) but hardly
 on the digits (+0.14), where the costliest-candidate rule does better (+0.65; +0.85 on
 Fashion-MNIST; BENCHMARKS.md, "Serving geometry")."""
-POOLINGS = ("avg", "max")
-"""Global poolings tried at the first round's best network geometry."""
 PREFERRED_POOL = "max"
 """The pooling a tie (and the rule without labels, where every pooling costs the same)
-chooses: max pooling scored higher k-NN top-1 and precision@10 than averaging for the
-Lite0 start at 64s1 and 96s1 on both benchmark collections (BENCHMARKS.md, "Serving
-geometry")."""
+chooses: for the Lite0 start, max pooling raised precision@10 over averaging at every
+geometry measured on both benchmark collections, and k-NN top-1 in 7 of 8 cells
+(BENCHMARKS.md, "Global pooling")."""
 FALLBACK = "costliest"
 """The rule without labels: the costliest candidate within the cost cap (for a CNN, the
 most pixels through its body). On the benchmarks it picks 96s1: the best on Fashion-MNIST,
@@ -99,7 +101,7 @@ class Geometry:
         stem = base.endswith("s1") and not raw
         size = base[3:] if raw else base.removesuffix("s1")
         if (not size.isdigit() or int(size) < 8 or (dash and raw)
-                or (dash and pool not in POOLINGS)):
+                or (dash and pool not in POOLS)):
             raise ValueError(f"geometry {text!r}: use a size of 8+ px, with s1 for the "
                              "stride-1 stem, -max for max pooling, or raw for raw pixels "
                              "(e.g. 96, 64s1, 96s1-max, raw32)")
@@ -250,9 +252,10 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
              "weights": None if weights is None else str(weights)}
     rows: list[GeometryScore] = []
     notes: list[str] = []
-    reference: list[float] = []  # the network with its own stem at its pretraining size
+    reference: float | None = None  # FLOPs: the network, own stem, pretraining size
 
     def score(geometry: Geometry) -> None:
+        nonlocal reference
         began = time.perf_counter()
         if geometry.raw:
             network, cost = raw_pixel_network(), 0.0
@@ -265,11 +268,11 @@ def score_geometries(backbone: str, data: str | Path, geometries: Sequence[Geome
                     rows.append(GeometryScore(geometry, None,
                                               skipped=str(error).split(";")[0]))
                 return
-            if not reference:
+            if reference is None:
                 own = (build_backbone(backbone, geometry.image_size, False, **start)[0]
                        if geometry.small_stem else network)
-                reference.append(forward_flops(own, pretraining_size(own)))
-            cost = forward_flops(network, geometry.image_size) / reference[0]
+                reference = forward_flops(own, pretraining_size(own))
+            cost = forward_flops(network, geometry.image_size) / reference
         row = GeometryScore(geometry, cost)
         rows.append(row)
         if cost > max_cost:
@@ -350,7 +353,7 @@ def resolve_geometry(text: str, backbone: str, data: str | Path | None, *,
     choice = score_geometries(backbone, data, candidates(), pretrained=pretrained,
                               pretrained_file=pretrained_file, weights=weights,
                               max_cost=max_cost, seed=seed, workers=workers,
-                              networks_only=networks_only, pools=POOLINGS,
+                              networks_only=networks_only, pools=POOLS,
                               progress=progress)
     progress(choice.table())
     if record is not None:
