@@ -173,6 +173,10 @@ VARIANTS: dict[str, dict] = {
                    "NOISE": 4.0, "MAX_ROTATION": 0.0, "DIGIT_SCALE": (0.85, 1.0)},
     "shift": {"SATURATION": 0.0, "CLUTTER": (0, 0), "NOISE": 0.0, "MAX_ROTATION": 0.0,
               "DIGIT_SCALE": (0.55, 0.75), "light": True, "black": True},
+    "roam": {"SATURATION": 0.0, "CLUTTER": (0, 0), "NOISE": 0.0, "MAX_ROTATION": 0.0,
+             "DIGIT_SCALE": (0.4, 0.5), "light": True, "black": True},
+    "roam48": {"SIZE": 48, "SATURATION": 0.0, "CLUTTER": (0, 0), "NOISE": 0.0,
+               "MAX_ROTATION": 0.0, "DIGIT_SCALE": (0.3, 0.4), "light": True, "black": True},
 }
 """Rendering overrides tried: module constants, plus ``light`` (the digit always lighter
 than the background, grey) and ``black`` (a black background)."""
@@ -208,7 +212,7 @@ def measure(name: str, work: Path, epochs: int | None, settings: dict | None = N
     data = None
     if name != "plain":
         use_variant(name)
-        data = write_digits_in_the_wild(work / "images")
+        data = write_digits_in_the_wild(work / "images", size=SIZE)
     demo._draw_map = lambda index, log: False
     started = time.perf_counter()
     result = demo.run_demo(work, data=data, epochs=epochs, log=lambda message: None)

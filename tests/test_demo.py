@@ -11,11 +11,14 @@ from outbound import exercise
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_flow(demo_run):
+    from groco.demo import RAW_PIXELS_SIZES
     from groco.index.map import has_map
 
     _, work, output, _, _ = demo_run
     assert "k-NN top-1" in output and "untrained" in output
-    assert "raw pixels (32 px)" in output and (work / "raw-pixels" / "index").is_dir()
+    assert "raw pixels (best size," in output and "points over the better of the two" in output
+    assert all((work / "raw-pixels" / f"{size}px" / "index").is_dir()
+               for size in RAW_PIXELS_SIZES)
     assert (work / "encoder.onnx").is_file()
     assert (work / "index" / "manifest.json").is_file()
     assert (work / "run" / "last.safetensors").is_file()
@@ -30,6 +33,36 @@ def test_demo_writes_the_bundled_digits(tmp_path):
     files = find_images(folder)
     assert len(files) == 1797
     assert {label_of(f, folder) for f in files} == {str(d) for d in range(10)}
+
+
+def test_the_built_in_collection_moves_and_resizes_each_digit(tmp_path):
+    """The roaming digits: every scan once, under its digit's folder, a grey 48 px picture
+    whose ink fills 30-40 % of the side at a place that varies; the same seed writes the
+    same pixels, another seed others."""
+    import numpy as np
+    from PIL import Image
+
+    from groco.demo import ROAMING_SIZE, write_roaming_digits
+    from groco.images import find_images, label_of
+
+    folder = write_roaming_digits(tmp_path / "a")
+    files = sorted(find_images(folder))
+    assert len(files) == 1797
+    assert {label_of(f, folder) for f in files} == {str(d) for d in range(10)}
+    boxes = []
+    for f in files[:200]:
+        image = Image.open(f)
+        assert image.size == (ROAMING_SIZE, ROAMING_SIZE)
+        left, top, right, bottom = image.getbbox()
+        assert max(right - left, bottom - top) <= round(0.4 * ROAMING_SIZE)
+        boxes.append((left, top))
+    lefts, tops = zip(*boxes, strict=True)
+    assert np.ptp(lefts) >= ROAMING_SIZE // 2 and np.ptp(tops) >= ROAMING_SIZE // 2
+    again = write_roaming_digits(tmp_path / "b")
+    other = write_roaming_digits(tmp_path / "c", seed=1)
+    first = files[0].relative_to(folder)
+    assert (again / first).read_bytes() == files[0].read_bytes()
+    assert (other / first).read_bytes() != files[0].read_bytes()
 
 
 @pytest.mark.slow
