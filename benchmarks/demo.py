@@ -57,7 +57,8 @@ def main() -> None:
                     f"{r['untrained']:.1f} | {gap:+.1f} | {r['seconds']:.0f} |")
     print(header())
     print("`groco demo --no-serve` on its built-in collection (k-NN top-1 %, k=20, "
-          "leave-one-out over 1,797 images; seconds: the whole command).\n")
+          "leave-one-out over the 1,797 pictures and 12 JPEG copies; seconds: the whole "
+          "command).\n")
     print("| seed | trained | raw pixels (best size) | untrained | trained − better baseline "
           "| seconds |")
     print("|---|---|---|---|---|---|")

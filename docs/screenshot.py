@@ -2,7 +2,8 @@
 (the results), and optionally show the page as it opens (the collection) and the
 Duplicates tab.
 
-    python docs/screenshot.py groco-demo/index groco-demo/roaming-digits/3/0003.png docs/screenshot.png
+    python docs/screenshot.py groco-demo/index groco-demo/roaming-digits/3/0964.png \\
+        docs/screenshot.png
     python docs/screenshot.py INDEX QUERY docs/screenshot.png --browse docs/browse.png \\
         --duplicates docs/duplicates.png --map docs/map.png --encoder ENCODER.onnx
 """

@@ -35,9 +35,14 @@ ROAMING_SCALE = (0.3, 0.4)
 """A roaming digit's side as a share of the picture's, drawn uniformly."""
 ROAMING_BRIGHTNESS = (90.0, 255.0)
 """A roaming digit's grey (of 255) on the black picture, drawn uniformly."""
+ROAMING_COPIES = 12
+"""Pictures of the roaming digits also saved as a JPEG copy beside the PNG (quality
+:data:`COPY_QUALITY`), so the Duplicates tab has copies to find."""
+COPY_QUALITY = 75
 ROAMING_DIGITS = (f"roaming digits: scikit-learn's 1,797 handwritten digits (10 classes), each "
                   f"drawn {ROAMING_SCALE[0]:.0%}-{ROAMING_SCALE[1]:.0%} of the side of a black "
-                  f"{ROAMING_SIZE} px picture at a random place and grey")
+                  f"{ROAMING_SIZE} px picture at a random place and grey, "
+                  f"{ROAMING_COPIES} of them also as a JPEG copy")
 """What the built-in collection is, as the demo's report says it."""
 
 
@@ -106,8 +111,9 @@ def draw_roaming_digit(scan: np.ndarray, rng: np.random.Generator,
 
 def write_roaming_digits(folder: Path, seed: int = 0) -> Path:
     """The built-in collection (:data:`ROAMING_DIGITS`) as ``folder/<digit>/<n>.png``,
-    ``n`` the scan's index in ``load_digits``; written once (a ``.complete`` marker), the
-    same pixels for the same ``seed``."""
+    ``n`` the scan's index in ``load_digits``, and :data:`ROAMING_COPIES` of them also as
+    ``<n>-copy.jpg``; written once (a ``.complete`` marker), the same pixels for the same
+    ``seed``."""
     from sklearn.datasets import load_digits
 
     done = folder / ".complete"
@@ -115,9 +121,13 @@ def write_roaming_digits(folder: Path, seed: int = 0) -> Path:
         return folder
     digits = load_digits()
     rng = np.random.default_rng(seed)
+    copied = set(rng.choice(len(digits.images), ROAMING_COPIES, replace=False).tolist())
     for n, (scan, target) in enumerate(zip(digits.images, digits.target, strict=True)):
         (folder / str(target)).mkdir(parents=True, exist_ok=True)
-        draw_roaming_digit(scan, rng).save(folder / str(target) / f"{n:04d}.png")
+        picture = draw_roaming_digit(scan, rng)
+        picture.save(folder / str(target) / f"{n:04d}.png")
+        if n in copied:
+            picture.save(folder / str(target) / f"{n:04d}-copy.jpg", quality=COPY_QUALITY)
     done.write_text("ok\n")
     return folder
 
@@ -134,6 +144,7 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     ``work``; measure it beside its baselines."""
     from groco.encoder.export import export_encoder, export_untrained
     from groco.index.build import build_index_dir
+    from groco.index.curate.calibrate import calibrate
     from groco.training import checkpoint
     from groco.training.config import TrainConfig
     from groco.training.trainer import Trainer
@@ -154,9 +165,11 @@ def run_demo(work: Path, data: Path | None = None, epochs: int | None = None,
     encoder = work / "encoder.onnx"
     export_encoder(run, encoder)
 
-    log("[3/5] building the index")
+    log("[3/5] building the index and calibrating its duplicate thresholds")
     index = work / "index"
     build_index_dir(images, encoder, index, progress=True)
+    near = calibrate(index).near
+    log(f"near copies at cosine >= {near:.4f} (the Duplicates tab's threshold)")
 
     log("[4/5] drawing the map of the collection")
     mapped = _draw_map(index, log)

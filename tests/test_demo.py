@@ -37,16 +37,19 @@ def test_demo_writes_the_bundled_digits(tmp_path):
 
 def test_the_built_in_collection_moves_and_resizes_each_digit(tmp_path):
     """The roaming digits: every scan once, under its digit's folder, a grey 48 px picture
-    whose ink fills 30-40 % of the side at a place that varies; the same seed writes the
-    same pixels, another seed others."""
+    whose ink fills 30-40 % of the side at a place that varies, a few of them also as a JPEG
+    copy beside the original; the same seed writes the same pixels, another seed others."""
     import numpy as np
     from PIL import Image
 
-    from groco.demo import ROAMING_SIZE, write_roaming_digits
+    from groco.demo import ROAMING_COPIES, ROAMING_SIZE, write_roaming_digits
     from groco.images import find_images, label_of
 
     folder = write_roaming_digits(tmp_path / "a")
-    files = sorted(find_images(folder))
+    copies = sorted(folder.glob("*/*-copy.jpg"))
+    assert len(copies) == ROAMING_COPIES
+    assert all(c.with_name(c.name.replace("-copy.jpg", ".png")).is_file() for c in copies)
+    files = sorted(f for f in find_images(folder) if f.suffix == ".png")
     assert len(files) == 1797
     assert {label_of(f, folder) for f in files} == {str(d) for d in range(10)}
     boxes = []
