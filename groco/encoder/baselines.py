@@ -187,12 +187,10 @@ def export_backbone(
     facts = {"weights": Path(weights).name} if weights is not None else {}
     if method == "untrained":
         facts["seed"] = str(seed)
-    if pool != "avg":
-        facts["pool"] = pool
     body = traced(model, image_size, files=(Path(weights),) if weights is not None else ())
 
     def metadata(precision: str) -> dict[str, str]:
-        return encoder_metadata(preprocessing, dim, precision, name, method, **facts)
+        return encoder_metadata(preprocessing, dim, precision, name, method, pool, **facts)
 
     what = {"pretrained": "timm's pretrained weights", "untrained": f"random init (seed {seed})",
             "weights": f"weights file {weights}"}[method]

@@ -254,11 +254,10 @@ def export_encoder(
                   files=(run_dir / weights_file, run_dir / checkpoint.CONFIG))
 
     pool = getattr(model.features.backbone, "groco_pool", "avg")
-    extra = {} if pool == "avg" else {"pool": pool}
 
     def metadata(precision: str) -> dict[str, str]:
         return encoder_metadata(preprocessing, dim, precision, config.backbone, config.method,
-                                epochs=config.epochs, weights=weights_file, **extra)
+                                pool, epochs=config.epochs, weights=weights_file)
 
     report = export_checked(
         body, out_path, model.embed, preprocessing, metadata, precision=precision,

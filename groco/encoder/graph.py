@@ -115,17 +115,20 @@ def append_l2_normalisation(features_model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def encoder_metadata(preprocessing: Preprocessing, embedding_dim: int, precision: str,
-                     backbone: str, method: str, **facts: Any) -> dict[str, str]:
+                     backbone: str, method: str, pool: str = "avg",
+                     **facts: Any) -> dict[str, str]:
     """The ``groco.*`` metadata of an encoder (all but ``groco.hash``), values as strings.
 
     ``preprocessing``'s entries (input size, resize, mean/std, policy), ``embedding_dim``,
     ``backbone`` (a timm name, or e.g. ``raw-pixels``), ``method`` (how the weights came
     to be: a training method, ``pretrained``, ``untrained``, ...), ``precision``, the groco
-    version, and any further ``facts`` (e.g. ``epochs``, ``weights``).
+    version, ``pool`` when the network's global pooling is not timm's default ``avg``, and
+    any further ``facts`` (e.g. ``epochs``, ``weights``).
     """
+    pooled = {} if pool == "avg" else {"pool": pool}
     values: dict[str, Any] = {"embedding_dim": embedding_dim, "backbone": backbone,
-                              "method": method, **facts, "version": groco.__version__,
-                              "precision": precision}
+                              "method": method, **facts, **pooled,
+                              "version": groco.__version__, "precision": precision}
     return {**preprocessing.metadata(),
             **{META_PREFIX + key: str(value) for key, value in values.items()}}
 

@@ -85,8 +85,8 @@ class TrainConfig:
     pool: str = setting("avg", "Global pooling of a CNN's last feature map: avg or max "
                         "(default: avg; --geometry auto measures max too).")
     geometry: str | None = setting(
-        None, "auto: score sizes x stems of the start on IMAGES, train at the best; or e.g. "
-        "96, 64s1 (s1: stride-1 stem). Overrides --image-size.")
+        None, "auto: score sizes, stems and pooling on IMAGES, train at the best; or e.g. 96, "
+        "64s1 (stride-1 stem), 96s1-max. Overrides --image-size.")
     geometry_max_cost: float = setting(
         1.0, "--geometry auto: FLOPs cap, relative to the network at its pretraining size.",
         low=0.001, high=1000.0)
