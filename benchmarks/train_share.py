@@ -62,7 +62,8 @@ def train(run: Path, bank: Path, args: argparse.Namespace, seed: int) -> float:
     command = [sys.executable, "-m", "groco.cli", "train", str(bank), "--out", str(run),
                "--backbone", "tf_efficientnet_lite0", "--weights", str(args.weights),
                "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-               "--seed", str(seed), "--small-stem" if args.small_stem else "--no-small-stem"]
+               "--seed", str(seed), "--small-stem" if args.small_stem else "--no-small-stem",
+               "--pool", args.pool]
     started = time.perf_counter()
     with open(run.with_suffix(".log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -76,6 +77,8 @@ def main() -> None:
                         help="geometries to serve at: SIZE or SIZEs1 (stride-1 stem)")
     parser.add_argument("--image-size", type=int, default=64, help="training size")
     parser.add_argument("--small-stem", action="store_true", help="train with the stride-1 stem")
+    parser.add_argument("--pool", choices=["avg", "max"], default="avg",
+                        help="global pooling, trained and served")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--bank", type=int, default=4000)
     parser.add_argument("--queries", type=int, default=1000)
@@ -88,7 +91,8 @@ def main() -> None:
     bank_dir = write_folder(REPO / ".bench/fmnist", "train", args.bank)
     bank = folder_images(bank_dir)
     queries = folder_images(write_folder(REPO / ".bench/fmnist", "t10k", args.queries))
-    trained = f"{args.image_size}{'s1' if args.small_stem else ''}"
+    trained = (f"{args.image_size}{'s1' if args.small_stem else ''}"
+               f"{'-max' if args.pool == 'max' else ''}")
     starts = {"start": args.weights}
     for seed in args.seeds:
         run = args.work / f"run{trained}-s{seed}"
@@ -102,7 +106,7 @@ def main() -> None:
         for name, weights in starts.items():
             out = args.work / f"{name.replace(' ', '')}-{trained}-at-{geometry}.onnx"
             export_backbone("tf_efficientnet_lite0", size, out, weights=weights,
-                            small_stem=stride1)
+                            small_stem=stride1, pool=args.pool)
             rows[(geometry, name)] = figures(out, bank, queries)
             print(geometry, name, json.dumps(rows[(geometry, name)]), file=sys.stderr,
                   flush=True)
