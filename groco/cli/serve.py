@@ -10,6 +10,7 @@ import typer
 
 from groco.app.settings import AppSettings
 from groco.cli.app import fail
+from groco.demo import DEMO_SETTINGS
 from groco.knn import KNN_K
 
 if TYPE_CHECKING:
@@ -116,7 +117,8 @@ def demo(
                                                           "digits]."),
     work: Path = typer.Option(Path("groco-demo"), help="Folder for the demo's run, encoder "
                                                        "and index."),
-    epochs: int = typer.Option(None, help="Training epochs [default: 12].", min=1, max=10_000),
+    epochs: int = typer.Option(None, help=f"Training epochs [default: "
+                                          f"{DEMO_SETTINGS['epochs']}].", min=1, max=10_000),
     seed: int = typer.Option(0, help="Training seed.", min=0, max=2**32 - 1),
     serve_ui: bool = typer.Option(True, "--serve/--no-serve", help="Open the web UI at the end."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port of the web UI."),
