@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -63,7 +64,7 @@ def train(run: Path, bank: Path, args: argparse.Namespace, seed: int) -> float:
                "--backbone", "tf_efficientnet_lite0", "--weights", str(args.weights),
                "--image-size", str(args.image_size), "--epochs", str(args.epochs),
                "--seed", str(seed), "--small-stem" if args.small_stem else "--no-small-stem",
-               "--pool", args.pool]
+               "--pool", args.pool, *shlex.split(args.train_args)]
     started = time.perf_counter()
     with open(run.with_suffix(".log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--pool", choices=["avg", "max"], default="avg",
                         help="global pooling, trained and served")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-args", default="",
+                        help="more `groco train` options, e.g. '--lr 0.6 --crop-min-scale 0.5'")
+    parser.add_argument("--tag", default="", help="added to the runs' names (another recipe)")
     parser.add_argument("--bank", type=int, default=4000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--weights", type=Path, default=REPO / ".bench/lite0.safetensors")
@@ -92,7 +96,7 @@ def main() -> None:
     bank = folder_images(bank_dir)
     queries = folder_images(write_folder(REPO / ".bench/fmnist", "t10k", args.queries))
     trained = (f"{args.image_size}{'s1' if args.small_stem else ''}"
-               f"{'-max' if args.pool == 'max' else ''}")
+               f"{'-max' if args.pool == 'max' else ''}{'-' + args.tag if args.tag else ''}")
     starts = {"start": args.weights}
     for seed in args.seeds:
         run = args.work / f"run{trained}-s{seed}"
@@ -112,7 +116,7 @@ def main() -> None:
                   flush=True)
     print(header())
     print(f"Fashion-MNIST: {len(bank[1])} bank, {len(queries[1])} queries; trained at "
-          f"{trained}, {args.epochs} epochs, seeds {args.seeds}\n")
+          f"{trained}, {args.epochs} epochs {args.train_args}, seeds {args.seeds}\n")
     print("| served at | encoder | post-processing | k-NN top-1 | precision@10 | mAP@R |")
     print("|---|---|---|---|---|---|")
     for (geometry, name), by_post in rows.items():
