@@ -86,6 +86,8 @@ def main() -> None:
     from PIL import Image
     from pretrained_start import embed, lite0
 
+    from groco.training.geometry import Geometry
+
     torch.set_num_threads(2)
     clean = write_folder(args.work / "fmnist", "t10k", None)
     folder = planted_folder(args.work, clean, None)
@@ -98,9 +100,9 @@ def main() -> None:
     rows = []
     for geometry in args.geometries:
         started = time.perf_counter()
-        base, _, pool = geometry.partition("-")
-        model = lite0(args.weights, base.endswith("s1"), pool or "avg")
-        x, _ = embed(model, grey, int(base.removesuffix("s1")))
+        shape = Geometry.parse(geometry)
+        model = lite0(args.weights, shape.small_stem, shape.pool)
+        x, _ = embed(model, grey, shape.image_size)
         found = {k: top_share(v, digits, noise) for k, v in scores(x, digits | noise).items()}
         names = list(found)
         rows.append(f"| {geometry} | " + " | ".join(found.values())

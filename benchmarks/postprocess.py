@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, retrieval_figures, unit_rows  # noqa: E402
 
 from groco.index.postprocess import Postprocess  # noqa: E402
+from groco.training.geometry import Geometry  # noqa: E402
 
 VARIANTS = ["none", "centre", "dba1", "dba2", "dba3", "dba5", "qe2", "qe3", "qe5",
             "centre+dba3", "centre+qe3", "dba3+qe3", "centre+dba2+qe2", "centre+dba3+qe3"]
@@ -54,9 +55,7 @@ def start_embeddings(collection: str, geometry: str, args) -> tuple:
         q = z["queries"] if z["queries"].size else None
         return z["bank"], z["bank_y"], q, (z["query_y"] if q is not None else None)
     torch.set_num_threads(args.threads)
-    shape, _, pool = geometry.partition("-")
-    stride1 = shape.endswith("s1")
-    size = 0 if geometry == "raw" else int(shape.removesuffix("s1"))
+    network = None if geometry == "raw" else Geometry.parse(geometry)
     if collection == "fmnist":
         from fashion_mnist import balanced_subset, read_idx
 
@@ -68,14 +67,14 @@ def start_embeddings(collection: str, geometry: str, args) -> tuple:
     else:
         x, y = digits_arrays(args.cache / "digits")
         raw = (x, y, None, None)
-    if geometry == "raw":
+    if network is None:
         bank = unit_rows(raw[0].reshape(len(raw[0]), -1).astype(np.float32))
         queries = None if raw[2] is None else unit_rows(
             raw[2].reshape(len(raw[2]), -1).astype(np.float32))
     else:
-        model = lite0(args.weights, stride1, pool or "avg")
-        bank, _ = embed(model, raw[0], size)
-        queries = None if raw[2] is None else embed(model, raw[2], size)[0]
+        model = lite0(args.weights, network.small_stem, network.pool)
+        bank, _ = embed(model, raw[0], network.image_size)
+        queries = None if raw[2] is None else embed(model, raw[2], network.image_size)[0]
     args.cache.mkdir(parents=True, exist_ok=True)
     np.savez(cache, bank=bank, bank_y=raw[1], queries=np.zeros(0) if queries is None
              else queries, query_y=np.zeros(0) if raw[3] is None else raw[3])

@@ -90,13 +90,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / ".bench/train-share")
     args = parser.parse_args()
     from groco.encoder.baselines import export_backbone
+    from groco.training.geometry import Geometry
 
     args.work.mkdir(parents=True, exist_ok=True)
     bank_dir = write_folder(REPO / ".bench/fmnist", "train", args.bank)
     bank = folder_images(bank_dir)
     queries = folder_images(write_folder(REPO / ".bench/fmnist", "t10k", args.queries))
-    trained = (f"{args.image_size}{'s1' if args.small_stem else ''}"
-               f"{'-max' if args.pool == 'max' else ''}{'-' + args.tag if args.tag else ''}")
+    trained = (Geometry(args.image_size, args.small_stem, pool=args.pool).name
+               + (f"-{args.tag}" if args.tag else ""))
     starts = {"start": args.weights}
     for seed in args.seeds:
         run = args.work / f"run{trained}-s{seed}"
@@ -106,17 +107,18 @@ def main() -> None:
         starts[f"seed {seed}"] = run / "best.safetensors"
     rows = {}
     for geometry in args.serve:
-        size, stride1 = int(geometry.removesuffix("s1")), geometry.endswith("s1")
+        served = Geometry.parse(geometry)
         for name, weights in starts.items():
             out = args.work / f"{name.replace(' ', '')}-{trained}-at-{geometry}.onnx"
-            export_backbone("tf_efficientnet_lite0", size, out, weights=weights,
-                            small_stem=stride1, pool=args.pool)
+            export_backbone("tf_efficientnet_lite0", served.image_size, out, weights=weights,
+                            small_stem=served.small_stem, pool=args.pool)
             rows[(geometry, name)] = figures(out, bank, queries)
             print(geometry, name, json.dumps(rows[(geometry, name)]), file=sys.stderr,
                   flush=True)
     print(header())
     print(f"Fashion-MNIST: {len(bank[1])} bank, {len(queries[1])} queries; trained at "
-          f"{trained}, {args.epochs} epochs {args.train_args}, seeds {args.seeds}\n")
+          f"{trained}, {args.epochs} epochs{' ' + args.train_args if args.train_args else ''}, "
+          f"seeds {args.seeds}\n")
     print("| served at | encoder | post-processing | k-NN top-1 | precision@10 | mAP@R |")
     print("|---|---|---|---|---|---|")
     for (geometry, name), by_post in rows.items():
